@@ -1,0 +1,114 @@
+/**
+ * The driver contract, after Convoy's convoydriver package: the same interfaces and method
+ * names in camelCase, the same arguments, string maps at the boundary.
+ * @module
+ */
+
+/** A value or a promise of it: every driver method may answer either way. */
+export type Awaitable<T> = T | Promise<T>;
+/** Options and info maps stay string maps on the wire, as in Convoy. */
+export type StringMap = Record<string, string>;
+
+/** Per-call context for long operations. */
+export interface OperationContext {
+  /** Aborts the operation; the driver stops and throws a CancelledError. */
+  signal?: AbortSignal;
+  /** Called with progress as the operation advances. */
+  progress?: (p: Progress) => void;
+}
+
+/** Progress of a long operation. */
+export interface Progress {
+  done: number;
+  total: number;
+  bytes: number;
+}
+
+/**
+ * A driver instance. `volumeOps()` is required; `snapshotOps()` and `backupOps()` throw a
+ * NotSupportedError when the driver does not offer them.
+ */
+export interface ConvoyDriver {
+  name(): string;
+  info(): Awaitable<StringMap>;
+  volumeOps(): Awaitable<VolumeOperations>;
+  snapshotOps(): Awaitable<SnapshotOperations>;
+  backupOps(): Awaitable<BackupOperations>;
+  /** Optional: release resources when the daemon stops. Volumes stay mounted. */
+  shutdown?(): Awaitable<void>;
+}
+
+/** Volume operations; every driver implements them. */
+export interface VolumeOperations {
+  name(): string;
+  /** Creates volume `id`; with `opts[OPT_BACKUP_URL]` it restores that backup into it. */
+  createVolume(id: string, opts: StringMap): Awaitable<void>;
+  /** Deletes volume `id`; with `opts[OPT_REFERENCE_ONLY] === "true"` the data is kept. Throws ConflictError while mounted. */
+  deleteVolume(id: string, opts: StringMap): Awaitable<void>;
+  /** Mounts volume `id` (at `opts[OPT_MOUNT_POINT]` when given) and resolves to the mount point. */
+  mountVolume(id: string, opts: StringMap): Awaitable<string>;
+  umountVolume(id: string): Awaitable<void>;
+  /** The current mount point, or "" when not mounted. */
+  mountPoint(id: string): Awaitable<string>;
+  /** Throws NotFoundError when the volume does not exist. */
+  getVolumeInfo(id: string): Awaitable<StringMap>;
+  /** Every volume of this driver, keyed by name. */
+  listVolume(opts: StringMap): Awaitable<Record<string, StringMap>>;
+}
+
+/** Snapshot operations, optional. */
+export interface SnapshotOperations {
+  name(): string;
+  createSnapshot(id: string, volumeID: string): Awaitable<void>;
+  deleteSnapshot(id: string, volumeID: string): Awaitable<void>;
+  /** Throws NotFoundError when the snapshot does not exist. */
+  getSnapshotInfo(id: string, volumeID: string): Awaitable<StringMap>;
+  /** Snapshots keyed by name; `opts[OPT_VOLUME_NAME]` restricts them to one volume. */
+  listSnapshot(opts: StringMap): Awaitable<Record<string, StringMap>>;
+}
+
+/**
+ * Backup operations, optional. Restore is `createVolume` with `opts[OPT_BACKUP_URL]`.
+ * `opts[OPT_ENDPOINT_URL]` carries a custom S3 endpoint.
+ */
+export interface BackupOperations {
+  name(): string;
+  /** Backs up snapshot `snapshotID` of `volumeID` to `destURL`; resolves to the backup URL. */
+  createBackup(
+    snapshotID: string,
+    volumeID: string,
+    destURL: string,
+    opts: StringMap,
+    ctx?: OperationContext,
+  ): Awaitable<string>;
+  deleteBackup(backupURL: string, opts?: StringMap): Awaitable<void>;
+  getBackupInfo(backupURL: string, opts?: StringMap): Awaitable<StringMap>;
+  /** Backups in `destURL` made by this driver, keyed by backup URL. `opts[OPT_VOLUME_NAME]` filters. */
+  listBackup(destURL: string, opts: StringMap): Awaitable<Record<string, StringMap>>;
+}
+
+/** Creates a driver. `root` is the driver's own folder under the daemon root; `config` is `--driver-opts`. */
+export type InitFunc = (root: string, config: StringMap) => Promise<ConvoyDriver>;
+
+/** A byte range of a snapshot, in bytes. */
+export interface Mapping {
+  offset: number;
+  size: number;
+}
+
+/** The ranges that differ between two snapshots, and the block size they are aligned to. */
+export interface Mappings {
+  mappings: Mapping[];
+  blockSize: number;
+}
+
+/** What the delta-block backup engine needs from a block driver (Convoy's DeltaBlockBackupOperations). */
+export interface DeltaBlockOperations {
+  hasSnapshot(id: string, volumeID: string): Awaitable<boolean>;
+  /** Ranges of `id` that differ from `compareID`; with an empty `compareID`, every allocated range. */
+  compareSnapshot(id: string, compareID: string, volumeID: string): Awaitable<Mappings>;
+  openSnapshot(id: string, volumeID: string): Awaitable<void>;
+  /** Fills `data` with the snapshot's bytes starting at `start`. */
+  readSnapshot(id: string, volumeID: string, start: number, data: Uint8Array): Awaitable<void>;
+  closeSnapshot(id: string, volumeID: string): Awaitable<void>;
+}

@@ -1,0 +1,28 @@
+/** Flags of `convoy daemon`, as the CLI parsed them; the daemon validates and merges them with convoy.cfg. */
+export interface DaemonFlags {
+  /** Default /var/lib/convoy. */
+  root?: string;
+  /** Default /var/run/convoy/convoy.sock. */
+  socket?: string;
+  /** Enabled drivers, the first is the default (default ["vfs"]). */
+  drivers?: string[];
+  /** Raw "key=value" entries, split on the first "=". */
+  driverOpts?: string[];
+  /** Extra plugin folders, searched after the bundled plugins and <root>/plugins. */
+  plugins?: string[];
+  /** Append JSON logs to this file instead of text to stderr. */
+  log?: string;
+  debug?: boolean;
+  /** Timeout of each external command, e.g. "1m", "90s" (default 1m). */
+  cmdTimeout?: string;
+  ignoreDockerDelete?: boolean;
+  createOnDockerMount?: boolean;
+  /** Ignore a saved convoy.cfg and save the flags instead. */
+  ignoreConfigFile?: boolean;
+  /** Write /etc/docker/plugins/convoy.spec (default true). */
+  dockerSpec?: boolean;
+}
+
+export const DEFAULT_ROOT = "/var/lib/convoy";
+export const DEFAULT_SOCKET = "/var/run/convoy/convoy.sock";
+export const DEFAULT_CMD_TIMEOUT = "1m";

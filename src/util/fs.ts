@@ -1,0 +1,68 @@
+import { lstat, mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+
+/**
+ * Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
+ * directory. A reader sees the old content or the new, never a part.
+ */
+export async function atomicWriteFile(path: string, data: string | Uint8Array): Promise<void> {
+  const dir = dirname(path);
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${crypto.randomUUID().slice(0, 8)}`);
+  const fh = await open(tmp, "w", 0o644);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncDir(dir);
+}
+
+/** fsyncs a directory so a rename in it survives a crash; ignored where unsupported. */
+export async function fsyncDir(dir: string): Promise<void> {
+  try {
+    const fh = await open(dir, "r");
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    // Some filesystems (and runtimes) refuse fsync on a directory; the rename is still atomic.
+  }
+}
+
+/** Writes JSON atomically, compact with a trailing newline (as Go's json.Encoder). */
+export function atomicWriteJSON(path: string, value: unknown): Promise<void> {
+  return atomicWriteFile(path, JSON.stringify(value) + "\n");
+}
+
+/** Reads and parses a JSON file; resolves to `undefined` only when the file does not exist. */
+export async function readJSONFile<T = unknown>(path: string): Promise<T | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw err;
+  }
+  return JSON.parse(text) as T;
+}
+
+/** True when `path` exists. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}

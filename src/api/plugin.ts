@@ -49,7 +49,11 @@ export interface BackupStoreApi {
    */
   createSingleFileBackup(file: string, opts: SingleFileBackupOptions): Promise<string>;
   /** Downloads the archive of a single-file backup into `targetFile`. */
-  restoreSingleFileBackup(backupURL: string, targetFile: string, opts?: BackupTargetOptions): Promise<void>;
+  restoreSingleFileBackup(
+    backupURL: string,
+    targetFile: string,
+    opts?: BackupTargetOptions,
+  ): Promise<void>;
   /** The volume record of the backup's volume; throws NotFoundError when the backup does not exist. */
   getBackupVolume(backupURL: string, opts?: BackupTargetOptions): Promise<BackupVolume>;
   /** Deletes one backup, and the volume's folder in the store when it was the last. */

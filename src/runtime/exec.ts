@@ -52,7 +52,9 @@ export function createExec(defaults: { timeoutMs: number }): Exec {
     const onAbort = () => ctl.abort();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      const r = deno ? await runDeno(cmd, args, opts, ctl.signal) : await runNode(cmd, args, opts, ctl.signal);
+      const r = deno
+        ? await runDeno(cmd, args, opts, ctl.signal)
+        : await runNode(cmd, args, opts, ctl.signal);
       if (timedOut) {
         throw new TimeoutError(
           `Timeout executing "${describe(cmd, args)}" after ${Math.round(timeoutMs / 1000)}s`,
@@ -107,12 +109,18 @@ async function runDeno(
   try {
     if (opts.input !== undefined) {
       const w = child.stdin.getWriter();
-      await w.write(typeof opts.input === "string" ? new TextEncoder().encode(opts.input) : opts.input)
+      await w.write(
+        typeof opts.input === "string" ? new TextEncoder().encode(opts.input) : opts.input,
+      )
         .catch(() => {});
       await w.close().catch(() => {});
     }
     const out = await child.output();
-    return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+    return {
+      code: out.code,
+      stdout: decoder.decode(out.stdout),
+      stderr: decoder.decode(out.stderr),
+    };
   } finally {
     signal.removeEventListener("abort", kill);
   }

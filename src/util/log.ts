@@ -31,12 +31,16 @@ export function createLogger(opts: LoggerOptions = {}, base: LogFields = {}): Lo
     const all = { ...base, ...fields };
     const time = new Date().toISOString();
     if (opts.file) {
-      appendFileSync(opts.file, JSON.stringify({ time, level, msg, ...all }) + "\n", { mode: 0o644 });
+      appendFileSync(opts.file, JSON.stringify({ time, level, msg, ...all }) + "\n", {
+        mode: 0o644,
+      });
     } else {
       const kv = Object.entries(all).map(([k, v]) =>
         `${k}=${typeof v === "string" && !/\s|"/.test(v) ? v : JSON.stringify(v)}`
       );
-      process.stderr.write(`${time} ${level.toUpperCase()} ${msg}${kv.length ? " " + kv.join(" ") : ""}\n`);
+      process.stderr.write(
+        `${time} ${level.toUpperCase()} ${msg}${kv.length ? " " + kv.join(" ") : ""}\n`,
+      );
     }
   };
   return {

@@ -1,0 +1,150 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { BackendError, NotSupportedError } from "../api/errors.ts";
+import { MemoryStore } from "../store/memory.ts";
+import type { ObjectStore } from "../store/types.ts";
+import { silentLogger } from "../util/log.ts";
+import { createSingleFileBackup, deleteSingleFileBackup } from "./singlefile.ts";
+
+const VOLUME = {
+  name: "vol1",
+  driver: "vfs",
+  size: 0,
+  createdTime: "Mon Jan 02 15:04:05 -0700 2006",
+};
+const SNAPSHOT = { name: "snap1", createdTime: "Mon Jan 02 15:04:06 -0700 2006" };
+const NOW = () => "Mon Jan 02 15:04:07 -0700 2006";
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** A MemoryStore that records writes and can fail writes whose key matches `failOn`. */
+function recording(failOn?: RegExp): MemoryStore & { writes: string[] } {
+  const store = new MemoryStore() as MemoryStore & { writes: string[] };
+  store.writes = [];
+  const write = store.write.bind(store);
+  store.write = (key, body) => {
+    store.writes.push(key);
+    if (failOn?.test(key)) return Promise.reject(new BackendError(`Cannot write "${key}": boom`));
+    return write(key, body);
+  };
+  return store;
+}
+
+async function withArchive(fn: (file: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "convoy-sf-"));
+  try {
+    await writeFile(join(dir, "snap.tar.gz"), "archive bytes");
+    await fn(join(dir, "snap.tar.gz"));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function backup(store: ObjectStore, file: string): Promise<string> {
+  return createSingleFileBackup(store, file, {
+    volume: VOLUME,
+    snapshot: SNAPSHOT,
+    log: silentLogger,
+    now: NOW,
+  });
+}
+
+describe("createSingleFileBackup()", () => {
+  it("createSingleFileBackup() writes the archive, then the backup record, then volume.cfg", async () => {
+    await withArchive(async (file) => {
+      const store = recording();
+      const name = await backup(store, file);
+      assert.match(name, /^backup-[0-9a-f]{16}$/);
+      const dir = "convoy-objectstore/volumes/vo/l1/vol1";
+      assert.deepEqual(store.writes, [
+        `${dir}/BackupFiles/${name}.bak`,
+        `${dir}/backups/backup_${name}.cfg`,
+        `${dir}/volume.cfg`,
+      ]);
+      assert.equal(dec.decode(await store.read(`${dir}/BackupFiles/${name}.bak`)), "archive bytes");
+      assert.equal(
+        dec.decode(await store.read(`${dir}/backups/backup_${name}.cfg`)),
+        `{"Name":"${name}","Driver":"","VolumeName":"vol1","SnapshotName":"snap1",` +
+          `"SnapshotCreatedAt":"${SNAPSHOT.createdTime}","CreatedTime":"${NOW()}",` +
+          `"SingleFile":{"FilePath":"${dir}/BackupFiles/${name}.bak"}}`,
+      );
+      assert.equal(
+        dec.decode(await store.read(`${dir}/volume.cfg`)),
+        `{"Name":"vol1","Driver":"vfs","Size":0,"CreatedTime":"${VOLUME.createdTime}",` +
+          `"LastBackupName":""}`,
+      );
+    });
+  });
+
+  it("createSingleFileBackup() refreshes volume.cfg but keeps LastBackupName and unknown fields", async () => {
+    await withArchive(async (file) => {
+      const store = new MemoryStore();
+      const key = "convoy-objectstore/volumes/vo/l1/vol1/volume.cfg";
+      await store.write(
+        key,
+        enc.encode(
+          '{"Name":"vol1","Driver":"vfs","Size":5,"CreatedTime":"old","LastBackupName":"backup-1","X":true}',
+        ),
+      );
+      await backup(store, file);
+      assert.equal(
+        dec.decode(await store.read(key)),
+        `{"Name":"vol1","Driver":"vfs","Size":0,"CreatedTime":"${VOLUME.createdTime}",` +
+          `"LastBackupName":"backup-1","X":true}`,
+      );
+    });
+  });
+
+  it("createSingleFileBackup() removes the archive when the backup record cannot be written", async () => {
+    await withArchive(async (file) => {
+      const store = recording(/backup_.*\.cfg$/);
+      await assert.rejects(backup(store, file), BackendError);
+      assert.deepEqual(store.keys(), []);
+    });
+  });
+
+  it("createSingleFileBackup() removes archive and record when volume.cfg cannot be written", async () => {
+    await withArchive(async (file) => {
+      const store = recording(/volume\.cfg$/);
+      await assert.rejects(backup(store, file), BackendError);
+      assert.deepEqual(store.keys(), []);
+    });
+  });
+});
+
+describe("deleteSingleFileBackup()", () => {
+  it("deleteSingleFileBackup() refuses a delta-block backup", async () => {
+    const store = new MemoryStore();
+    const sum = "ab".repeat(32);
+    await store.write(
+      "convoy-objectstore/volumes/vo/l1/vol1/backups/backup_backup-1.cfg",
+      enc.encode(
+        '{"Name":"backup-1","Driver":"","VolumeName":"vol1","SnapshotName":"s","SnapshotCreatedAt":"",' +
+          `"CreatedTime":"","Blocks":[{"Offset":0,"BlockChecksum":"${sum}"}],"SingleFile":{"FilePath":""}}`,
+      ),
+    );
+    await assert.rejects(
+      deleteSingleFileBackup(store, { volume: "vol1", backup: "backup-1" }, { log: silentLogger }),
+      NotSupportedError,
+    );
+    assert.equal(store.keys().length, 1);
+  });
+
+  it("deleteSingleFileBackup() refuses an archive path outside the volume folder", async () => {
+    const store = new MemoryStore();
+    const other = "convoy-objectstore/volumes/vo/l1/vol10/BackupFiles/backup-1.bak";
+    await store.write(other, enc.encode("not mine"));
+    await store.write(
+      "convoy-objectstore/volumes/vo/l1/vol1/backups/backup_backup-1.cfg",
+      enc.encode(`{"Name":"backup-1","VolumeName":"vol1","SingleFile":{"FilePath":"${other}"}}`),
+    );
+    await assert.rejects(
+      deleteSingleFileBackup(store, { volume: "vol1", backup: "backup-1" }, { log: silentLogger }),
+      BackendError,
+    );
+    assert.equal(dec.decode(await store.read(other)), "not mine");
+  });
+});

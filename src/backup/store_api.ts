@@ -1,0 +1,135 @@
+/**
+ * The host's BackupStoreApi (src/api/plugin.ts): what drivers call to keep single-file backups
+ * in a backup store, and to list and inspect any backup there.
+ * @module
+ */
+import type { StringMap } from "../api/driver.ts";
+import { NotFoundError } from "../api/errors.ts";
+import type { BackupStoreApi, BackupTargetOptions, BackupVolume } from "../api/plugin.ts";
+import { defaultStoreRegistry } from "../store/registry.ts";
+import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
+import type { Logger } from "../util/log.ts";
+import { validateName } from "../util/names.ts";
+import { backupInfo, loadVolumeRecord, volumeBackupInfos, walkVolumes } from "./catalog.ts";
+import { volumeConfigPath } from "./layout.ts";
+import type { BackupRecord, VolumeRecord } from "./records.ts";
+import {
+  createSingleFileBackup,
+  deleteSingleFileBackup,
+  requireBackupRecord,
+  restoreSingleFileBackup,
+} from "./singlefile.ts";
+import { type BackupRef, decodeBackupURL, encodeBackupURL } from "./url.ts";
+
+/** Options of createBackupStoreApi. */
+export interface BackupStoreApiOptions {
+  log: Logger;
+  /** Where stores come from (default: the built-in registry). Tests inject wrappers here. */
+  stores?: { open(destURL: string, opts?: OpenStoreOptions): Promise<ObjectStore> };
+  /** The CreatedTime of new backup records (default: now, as RubyDate). */
+  now?: () => string;
+}
+
+function endpointOf(opts?: { endpoint?: string }): OpenStoreOptions {
+  return opts?.endpoint ? { endpoint: opts.endpoint } : {};
+}
+
+/** The BackupStoreApi handed to drivers, over the stores of `opts.stores`. */
+export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreApi {
+  const stores = opts.stores ?? defaultStoreRegistry;
+  const log = opts.log.child({ component: "backupstore" });
+
+  async function openBackup(
+    url: string,
+    topts?: BackupTargetOptions,
+  ): Promise<{ store: ObjectStore; ref: BackupRef }> {
+    const ref = decodeBackupURL(url);
+    return { store: await stores.open(ref.destURL, endpointOf(topts)), ref };
+  }
+
+  /** Both records of an existing backup; NotFoundError `Cannot find backup "<url>": …`. */
+  async function loadBoth(
+    url: string,
+    topts?: BackupTargetOptions,
+  ): Promise<{ store: ObjectStore; volume: VolumeRecord; backup: BackupRecord }> {
+    const { store, ref } = await openBackup(url, topts);
+    const backup = await requireBackupRecord(store, ref, { action: "find", url });
+    const volume = await loadVolumeRecord(store, ref.volume);
+    if (!volume) {
+      throw new NotFoundError(
+        `Cannot find backup "${url}": volume record "${
+          volumeConfigPath(ref.volume)
+        }" does not exist`,
+      );
+    }
+    return { store, volume, backup };
+  }
+
+  return {
+    async createSingleFileBackup(file, copts) {
+      const store = await stores.open(copts.destURL, endpointOf(copts));
+      const backup = await createSingleFileBackup(store, file, {
+        volume: copts.volume,
+        snapshot: copts.snapshot,
+        signal: copts.signal,
+        progress: copts.progress,
+        log,
+        now: opts.now,
+      });
+      return encodeBackupURL({ backup, volume: copts.volume.name, destURL: store.url });
+    },
+
+    async restoreSingleFileBackup(url, targetFile, topts) {
+      const { store, ref } = await openBackup(url, topts);
+      await restoreSingleFileBackup(store, ref, {
+        url,
+        file: targetFile,
+        signal: topts?.signal,
+        progress: topts?.progress,
+        log,
+      });
+    },
+
+    async getBackupVolume(url, topts): Promise<BackupVolume> {
+      const { volume } = await loadBoth(url, topts);
+      return {
+        name: volume.Name,
+        driver: volume.Driver,
+        size: volume.Size,
+        createdTime: volume.CreatedTime,
+      };
+    },
+
+    async deleteBackup(url, topts) {
+      const { store, ref } = await openBackup(url, topts);
+      await deleteSingleFileBackup(store, ref, { url, log });
+    },
+
+    async getBackupInfo(url, topts): Promise<StringMap> {
+      const { store, volume, backup } = await loadBoth(url, topts);
+      return backupInfo(store.url, { volume, backup });
+    },
+
+    async listBackup(destURL, lopts) {
+      const store = await stores.open(destURL, endpointOf(lopts));
+      if (lopts.volumeName) {
+        const name = validateName(lopts.volumeName, "volume");
+        const volume = await loadVolumeRecord(store, name);
+        if (!volume) {
+          throw new NotFoundError(
+            `Cannot list backups of volume "${name}" in "${store.url}": volume record "${
+              volumeConfigPath(name)
+            }" does not exist`,
+          );
+        }
+        return volume.Driver === lopts.driver ? await volumeBackupInfos(store, volume, log) : {};
+      }
+      const out: Record<string, StringMap> = {};
+      for (const volume of await walkVolumes(store, log)) {
+        if (volume.Driver !== lopts.driver) continue;
+        Object.assign(out, await volumeBackupInfos(store, volume, log));
+      }
+      return out;
+    },
+  };
+}

@@ -1,0 +1,71 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Logger } from "../util/log.ts";
+import { parseDriverOpts, resolveConfig, saveConfig } from "./config.ts";
+
+function recordingLogger(lines: string[]): Logger {
+  const l: Logger = {
+    debug() {},
+    info() {},
+    warn: (m) => lines.push(m),
+    error: (m) => lines.push(m),
+    child: () => l,
+  };
+  return l;
+}
+
+describe("config", () => {
+  it("parseDriverOpts() splits on the first '=' only and rejects entries without one", () => {
+    assert.deepEqual(parseDriverOpts(["vfs.path=/a=b", "x="]), { "vfs.path": "/a=b", x: "" });
+    assert.throws(
+      () => parseDriverOpts(["novalue"]),
+      /Invalid --driver-opts "novalue": expected key=value/,
+    );
+    assert.throws(() => parseDriverOpts(["=v"]), /expected key=value/);
+  });
+
+  it("resolveConfig() defaults to the vfs driver with no flags", async () => {
+    const root = await mkdtemp(join(tmpdir(), "convoy-cfg-"));
+    try {
+      const r = await resolveConfig({ root }, recordingLogger([]));
+      assert.deepEqual(r.config.DriverList, ["vfs"]);
+      assert.equal(r.config.DefaultDriver, "vfs");
+      assert.equal(r.cmdTimeoutMs, 60_000);
+      assert.equal(r.socket, "/var/run/convoy/convoy.sock");
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("resolveConfig() keeps the saved config and warns about each conflicting flag", async () => {
+    const root = await mkdtemp(join(tmpdir(), "convoy-cfg-"));
+    try {
+      const first = await resolveConfig(
+        { root, drivers: ["vfs"], driverOpts: ["vfs.path=/a"] },
+        recordingLogger([]),
+      );
+      await saveConfig(first.config);
+      const warnings: string[] = [];
+      const again = await resolveConfig(
+        { root, drivers: ["vfs", "loop"], driverOpts: ["vfs.path=/b"], cmdTimeout: "5m" },
+        recordingLogger(warnings),
+      );
+      assert.deepEqual(again.config.DriverList, ["vfs"]);
+      assert.equal(again.config.DriverOpts["vfs.path"], "/a");
+      assert.equal(warnings.length, 3);
+      assert.match(warnings.join("\n"), /--drivers vfs,loop/);
+      assert.match(warnings.join("\n"), /--driver-opts vfs.path=\/b/);
+      assert.match(warnings.join("\n"), /--cmd-timeout 5m/);
+      const replaced = await resolveConfig(
+        { root, drivers: ["vfs", "loop"], ignoreConfigFile: true },
+        recordingLogger([]),
+      );
+      assert.deepEqual(replaced.config.DriverList, ["vfs", "loop"]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});

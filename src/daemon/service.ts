@@ -1,0 +1,652 @@
+import {
+  AlreadyExistsError,
+  ConflictError,
+  ConvoyError,
+  errorMessage,
+  InvalidArgumentError,
+  NotFoundError,
+  NotSupportedError,
+} from "../api/errors.ts";
+import type {
+  BackupOperations,
+  ConvoyDriver,
+  SnapshotOperations,
+  StringMap,
+  VolumeOperations,
+} from "../api/driver.ts";
+import {
+  OPT_BACKUP_URL,
+  OPT_ENDPOINT_URL,
+  OPT_MOUNT_POINT,
+  OPT_PREPARE_FOR_VM,
+  OPT_REFERENCE_ONLY,
+  OPT_SIZE,
+  OPT_SNAPSHOT_CREATED_TIME,
+  OPT_VOLUME_CREATED_TIME,
+  OPT_VOLUME_ID,
+  OPT_VOLUME_IOPS,
+  OPT_VOLUME_NAME,
+  OPT_VOLUME_TYPE,
+} from "../api/options.ts";
+import type { BackupStoreApi } from "../api/plugin.ts";
+import { generateName, validateName } from "../util/names.ts";
+import type { Logger } from "../util/log.ts";
+import type { DaemonConfig } from "./config.ts";
+import { KeyedMutex } from "./locks.ts";
+import type { SnapshotRecord, State, VolumeRecord } from "./state.ts";
+
+/** Convoy's VolumeResponse. */
+export interface VolumeResponse {
+  Name: string;
+  Driver: string;
+  MountPoint: string;
+  CreatedTime: string;
+  DriverInfo: StringMap;
+  Snapshots: Record<string, SnapshotResponse>;
+}
+
+/** Convoy's SnapshotResponse; VolumeName and VolumeCreatedAt only on snapshot inspect. */
+export interface SnapshotResponse {
+  Name: string;
+  VolumeName?: string;
+  VolumeCreatedAt?: string;
+  CreatedTime: string;
+  DriverInfo: StringMap;
+}
+
+/** A create request, as REST or Docker delivers it. */
+export interface CreateVolumeRequest {
+  name?: string;
+  driver?: string;
+  size?: number;
+  backupURL?: string;
+  endpoint?: string;
+  driverVolumeID?: string;
+  type?: string;
+  iops?: number;
+  prepareForVM?: boolean;
+}
+
+/** Replaces every escaped "&" Convoy's CLI printed (`\u0026` or `u0026`). */
+export function unescapeURL(url: string): string {
+  return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
+}
+
+const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
+
+/**
+ * The daemon's volume, snapshot and backup operations over the enabled drivers. It keeps the
+ * persisted index (State), takes a lock per volume, and never probes drivers to find a volume.
+ */
+export class VolumeService {
+  readonly drivers: Map<string, ConvoyDriver>;
+  readonly state: State;
+  readonly config: DaemonConfig;
+  readonly backup: BackupStoreApi;
+  readonly log: Logger;
+  readonly locks = new KeyedMutex();
+  /** Snapshots being backed up: they may not be deleted meanwhile. */
+  readonly #backingUp = new Map<string, number>();
+
+  constructor(opts: {
+    drivers: Map<string, ConvoyDriver>;
+    state: State;
+    config: DaemonConfig;
+    backup: BackupStoreApi;
+    log: Logger;
+  }) {
+    this.drivers = opts.drivers;
+    this.state = opts.state;
+    this.config = opts.config;
+    this.backup = opts.backup;
+    this.log = opts.log;
+  }
+
+  // ---- lookups -------------------------------------------------------------------------------
+
+  driver(name: string, action: string): ConvoyDriver {
+    const d = this.drivers.get(name);
+    if (!d) {
+      throw new InvalidArgumentError(
+        `${action}: driver "${name}" is not enabled (enabled: ${
+          [...this.drivers.keys()].join(", ")
+        })`,
+      );
+    }
+    return d;
+  }
+
+  async volumeOps(driver: string, action: string): Promise<VolumeOperations> {
+    return await this.driver(driver, action).volumeOps();
+  }
+
+  async snapshotOps(driver: string, action: string): Promise<SnapshotOperations> {
+    return await this.#capability(driver, action, "snapshotOps", "snapshots");
+  }
+
+  async backupOps(driver: string, action: string): Promise<BackupOperations> {
+    return await this.#capability(driver, action, "backupOps", "backups");
+  }
+
+  async #capability<K extends "snapshotOps" | "backupOps">(
+    driver: string,
+    action: string,
+    method: K,
+    what: string,
+  ): Promise<Awaited<ReturnType<ConvoyDriver[K]>>> {
+    const d = this.driver(driver, action);
+    try {
+      return await d[method]() as Awaited<ReturnType<ConvoyDriver[K]>>;
+    } catch (err) {
+      if ((err as ConvoyError).code === "NotSupported") {
+        throw new NotSupportedError(`${action}: driver "${driver}" does not support ${what}`);
+      }
+      throw err;
+    }
+  }
+
+  /** The ready volume `name`; NotFoundError otherwise. */
+  volume(name: string, action: string): VolumeRecord {
+    validateName(name, "volume");
+    const v = this.state.volumes.get(name);
+    if (!v || v.Status !== "ready") {
+      throw new NotFoundError(`${action}: volume "${name}" does not exist`);
+    }
+    return v;
+  }
+
+  /** The ready snapshot `name` and its volume; NotFoundError otherwise. */
+  snapshot(name: string, action: string): { volume: VolumeRecord; snapshot: SnapshotRecord } {
+    validateName(name, "snapshot");
+    const v = this.state.volumeOfSnapshot(name);
+    const s = v?.Snapshots[name];
+    if (!v || !s || s.Status !== "ready") {
+      throw new NotFoundError(`${action}: snapshot "${name}" does not exist`);
+    }
+    return { volume: v, snapshot: s };
+  }
+
+  // ---- info and listing ----------------------------------------------------------------------
+
+  async info(): Promise<Record<string, unknown>> {
+    const out: Record<string, unknown> = { General: this.config };
+    for (const [name, d] of this.drivers) {
+      try {
+        out[name] = await d.info();
+      } catch (err) {
+        out[name] = { Error: errorMessage(err) };
+      }
+    }
+    return out;
+  }
+
+  async #snapshotResponses(v: VolumeRecord): Promise<Record<string, SnapshotResponse>> {
+    const out: Record<string, SnapshotResponse> = {};
+    const ready = Object.values(v.Snapshots).filter((s) => s.Status === "ready");
+    if (!ready.length) return out;
+    const sops = await this.snapshotOps(v.Driver, `Cannot inspect volume "${v.Name}"`);
+    for (const s of ready) {
+      let info: StringMap;
+      try {
+        info = { ...await sops.getSnapshotInfo(s.Name, v.Name) };
+      } catch (err) {
+        info = { Error: errorMessage(err) };
+      }
+      info.Driver = v.Driver;
+      out[s.Name] = {
+        Name: s.Name,
+        CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] || s.CreatedTime,
+        DriverInfo: info,
+      };
+    }
+    return out;
+  }
+
+  /** Convoy's VolumeResponse of a ready volume. */
+  async volumeResponse(v: VolumeRecord): Promise<VolumeResponse> {
+    const vops = await this.volumeOps(v.Driver, `Cannot inspect volume "${v.Name}"`);
+    const info = { ...await vops.getVolumeInfo(v.Name) };
+    info.Driver = v.Driver;
+    return {
+      Name: v.Name,
+      Driver: v.Driver,
+      MountPoint: await vops.mountPoint(v.Name),
+      CreatedTime: info[OPT_VOLUME_CREATED_TIME] || v.CreatedTime,
+      DriverInfo: info,
+      Snapshots: await this.#snapshotResponses(v),
+    };
+  }
+
+  async inspectVolume(name: string): Promise<VolumeResponse> {
+    return await this.volumeResponse(this.volume(name, `Cannot inspect volume "${name}"`));
+  }
+
+  /**
+   * Every ready volume. One volume whose driver fails is still listed, with the error in its
+   * DriverInfo; the list never stops at a failing driver. Takes no locks.
+   */
+  async listVolumes(opts: { driverInfo?: boolean } = {}): Promise<Record<string, unknown>> {
+    const out: Record<string, unknown> = {};
+    const vols = [...this.state.volumes.values()].filter((v) => v.Status === "ready")
+      .sort((a, b) => a.Name.localeCompare(b.Name));
+    await Promise.all(vols.map(async (v) => {
+      try {
+        if (opts.driverInfo) {
+          const vops = await this.volumeOps(v.Driver, `Cannot list volume "${v.Name}"`);
+          out[v.Name] = { ...await vops.getVolumeInfo(v.Name), Driver: v.Driver };
+        } else {
+          out[v.Name] = await this.volumeResponse(v);
+        }
+      } catch (err) {
+        this.log.warn("cannot get volume info", { volume: v.Name, error: errorMessage(err) });
+        const info = { Driver: v.Driver, Error: errorMessage(err) };
+        out[v.Name] = opts.driverInfo ? info : {
+          Name: v.Name,
+          Driver: v.Driver,
+          MountPoint: v.MountPoint,
+          CreatedTime: v.CreatedTime,
+          DriverInfo: info,
+          Snapshots: {},
+        };
+      }
+    }));
+    return Object.fromEntries(Object.keys(out).sort().map((k) => [k, out[k]]));
+  }
+
+  // ---- volumes -------------------------------------------------------------------------------
+
+  #uniqueName(prefix: string): string {
+    for (;;) {
+      const name = generateName(prefix);
+      if (!this.state.nameTaken(name)) return name;
+    }
+  }
+
+  /** Creates a volume (restoring a backup when `backupURL` is set); resolves to its name. */
+  async createVolume(req: CreateVolumeRequest): Promise<string> {
+    const name = req.name ? validateName(req.name, "volume") : this.#uniqueName("volume");
+    const action = `Cannot create volume "${name}"`;
+    const driverName = req.driver || this.config.DefaultDriver;
+    const vops = await this.volumeOps(driverName, action);
+    if (req.endpoint && !req.backupURL) {
+      throw new InvalidArgumentError(`${action}: an endpoint can only be used with a backup URL`);
+    }
+    if (req.size !== undefined && (!Number.isSafeInteger(req.size) || req.size < 0)) {
+      throw new InvalidArgumentError(`${action}: invalid size ${req.size}`);
+    }
+    if (this.state.volumes.has(name)) {
+      throw new AlreadyExistsError(`${action}: volume already exists`);
+    }
+    if (this.state.nameTaken(name)) {
+      throw new AlreadyExistsError(`${action}: a snapshot with that name exists`);
+    }
+    const rec = this.state.newVolume({ Name: name, Driver: driverName, Status: "creating" });
+    this.state.volumes.set(name, rec);
+    const opts: StringMap = {
+      [OPT_SIZE]: String(req.size ?? 0),
+      [OPT_BACKUP_URL]: req.backupURL ? unescapeURL(req.backupURL) : "",
+      [OPT_ENDPOINT_URL]: req.endpoint ?? "",
+      [OPT_VOLUME_NAME]: name,
+      [OPT_VOLUME_ID]: req.driverVolumeID ?? "",
+      [OPT_VOLUME_TYPE]: req.type ?? "",
+      [OPT_VOLUME_IOPS]: String(req.iops ?? 0),
+      [OPT_PREPARE_FOR_VM]: String(req.prepareForVM ?? false),
+    };
+    try {
+      await this.locks.run(name, async () => {
+        await this.state.save();
+        this.log.debug("create volume", { volume: name, driver: driverName });
+        await vops.createVolume(name, opts);
+        const info = await vops.getVolumeInfo(name);
+        rec.CreatedTime = info[OPT_VOLUME_CREATED_TIME] ?? "";
+        rec.Status = "ready";
+        await this.state.save();
+      });
+    } catch (err) {
+      if (this.state.volumes.get(name) === rec) this.state.volumes.delete(name);
+      await this.state.save();
+      throw err;
+    }
+    this.log.info("volume created", { volume: name, driver: driverName });
+    return name;
+  }
+
+  /** Deletes a volume and its snapshots; with `referenceOnly` the driver keeps the data. */
+  async deleteVolume(name: string, opts: { referenceOnly?: boolean } = {}): Promise<void> {
+    const action = `Cannot delete volume "${name}"`;
+    this.volume(name, action);
+    await this.locks.run(name, async () => {
+      const v = this.volume(name, action);
+      for (const s of Object.keys(v.Snapshots)) {
+        if (this.#backingUp.has(s)) {
+          throw new ConflictError(`${action}: snapshot "${s}" is being backed up`);
+        }
+      }
+      if (v.MountIDs.length) {
+        throw new ConflictError(`${action}: volume is in use by ${v.MountIDs.length} container(s)`);
+      }
+      const vops = await this.volumeOps(v.Driver, action);
+      v.Status = "deleting";
+      await this.state.save();
+      try {
+        await vops.deleteVolume(name, {
+          [OPT_REFERENCE_ONLY]: String(opts.referenceOnly ?? false),
+        });
+      } catch (err) {
+        v.Status = "ready";
+        await this.state.save();
+        throw err;
+      }
+      this.state.volumes.delete(name);
+      await this.state.save();
+    });
+    this.log.info("volume deleted", { volume: name, referenceOnly: opts.referenceOnly ?? false });
+  }
+
+  /**
+   * Mounts a volume and resolves to its mount point. With a Docker `mountID` the mount is
+   * reference-counted: only the first holder mounts, a repeated ID is idempotent.
+   */
+  async mountVolume(
+    name: string,
+    opts: { mountPoint?: string; mountID?: string } = {},
+  ): Promise<string> {
+    const action = `Cannot mount volume "${name}"`;
+    this.volume(name, action);
+    return await this.locks.run(name, async () => {
+      const v = this.volume(name, action);
+      const vops = await this.volumeOps(v.Driver, action);
+      const current = await vops.mountPoint(name);
+      let mp = current;
+      if (!current || (opts.mountPoint && opts.mountPoint !== current)) {
+        mp = await vops.mountVolume(
+          name,
+          opts.mountPoint ? { [OPT_MOUNT_POINT]: opts.mountPoint } : {},
+        );
+      }
+      if (opts.mountID && !v.MountIDs.includes(opts.mountID)) v.MountIDs.push(opts.mountID);
+      v.MountPoint = mp;
+      await this.state.save();
+      return mp;
+    });
+  }
+
+  /**
+   * Unmounts a volume. With a Docker `mountID` only that holder is released, and the volume is
+   * unmounted when the last one goes. Without one (CLI), a volume in use by containers is refused.
+   */
+  async umountVolume(name: string, opts: { mountID?: string } = {}): Promise<void> {
+    const action = `Cannot unmount volume "${name}"`;
+    this.volume(name, action);
+    await this.locks.run(name, async () => {
+      const v = this.volume(name, action);
+      if (opts.mountID !== undefined) {
+        v.MountIDs = v.MountIDs.filter((id) => id !== opts.mountID);
+        if (v.MountIDs.length) {
+          await this.state.save();
+          return;
+        }
+      } else if (v.MountIDs.length) {
+        throw new ConflictError(`${action}: volume is in use by ${v.MountIDs.length} container(s)`);
+      }
+      const vops = await this.volumeOps(v.Driver, action);
+      if (await vops.mountPoint(name)) await vops.umountVolume(name);
+      v.MountPoint = "";
+      await this.state.save();
+    });
+  }
+
+  // ---- snapshots -----------------------------------------------------------------------------
+
+  async createSnapshot(volumeName: string, opts: { name?: string } = {}): Promise<string> {
+    const name = opts.name ? validateName(opts.name, "snapshot") : this.#uniqueName("snapshot");
+    const action = `Cannot create snapshot "${name}" of volume "${volumeName}"`;
+    this.volume(volumeName, action);
+    return await this.locks.run(volumeName, async () => {
+      const v = this.volume(volumeName, action);
+      const sops = await this.snapshotOps(v.Driver, action);
+      if (this.state.nameTaken(name)) {
+        throw new AlreadyExistsError(
+          `${action}: ${
+            this.state.volumes.has(name) ? "a volume" : "a snapshot"
+          } with that name exists`,
+        );
+      }
+      const rec = this.state.newSnapshot({ Name: name, Status: "creating" });
+      v.Snapshots[name] = rec;
+      try {
+        await this.state.save();
+        await sops.createSnapshot(name, volumeName);
+        const info = await sops.getSnapshotInfo(name, volumeName);
+        rec.CreatedTime = info[OPT_SNAPSHOT_CREATED_TIME] ?? "";
+        rec.Status = "ready";
+        await this.state.save();
+      } catch (err) {
+        delete v.Snapshots[name];
+        await this.state.save();
+        throw err;
+      }
+      this.log.info("snapshot created", { volume: volumeName, snapshot: name });
+      return name;
+    });
+  }
+
+  async deleteSnapshot(name: string): Promise<void> {
+    const action = `Cannot delete snapshot "${name}"`;
+    const { volume } = this.snapshot(name, action);
+    await this.locks.run(volume.Name, async () => {
+      const { volume: v, snapshot: s } = this.snapshot(name, action);
+      if (this.#backingUp.has(name)) throw new ConflictError(`${action}: it is being backed up`);
+      const sops = await this.snapshotOps(v.Driver, action);
+      s.Status = "deleting";
+      await this.state.save();
+      try {
+        await sops.deleteSnapshot(name, v.Name);
+      } catch (err) {
+        s.Status = "ready";
+        await this.state.save();
+        throw err;
+      }
+      delete v.Snapshots[name];
+      await this.state.save();
+    });
+    this.log.info("snapshot deleted", { snapshot: name });
+  }
+
+  async inspectSnapshot(name: string): Promise<SnapshotResponse> {
+    const action = `Cannot inspect snapshot "${name}"`;
+    const { volume: v, snapshot: s } = this.snapshot(name, action);
+    const sops = await this.snapshotOps(v.Driver, action);
+    const info: StringMap = { ...await sops.getSnapshotInfo(name, v.Name), Driver: v.Driver };
+    return {
+      Name: name,
+      VolumeName: v.Name,
+      VolumeCreatedAt: v.CreatedTime,
+      CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] || s.CreatedTime,
+      DriverInfo: info,
+    };
+  }
+
+  // ---- backups -------------------------------------------------------------------------------
+
+  /** Backs up a snapshot to `destURL`; resolves to the backup URL. The volume stays usable meanwhile. */
+  async createBackup(
+    snapshotName: string,
+    opts: { destURL: string; endpoint?: string; signal?: AbortSignal },
+  ): Promise<string> {
+    const action = `Cannot back up snapshot "${snapshotName}"`;
+    if (!opts.destURL) throw new InvalidArgumentError(`${action}: no destination URL given`);
+    const { volume: v, snapshot: s } = this.snapshot(snapshotName, action);
+    const bops = await this.backupOps(v.Driver, action);
+    this.#backingUp.set(snapshotName, (this.#backingUp.get(snapshotName) ?? 0) + 1);
+    try {
+      const url = await bops.createBackup(snapshotName, v.Name, unescapeURL(opts.destURL), {
+        [OPT_VOLUME_NAME]: v.Name,
+        [OPT_VOLUME_CREATED_TIME]: v.CreatedTime,
+        [OPT_SNAPSHOT_CREATED_TIME]: s.CreatedTime,
+        [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
+      }, { signal: opts.signal });
+      this.log.info("backup created", { snapshot: snapshotName, url });
+      return url;
+    } finally {
+      const n = this.#backingUp.get(snapshotName)! - 1;
+      if (n) this.#backingUp.set(snapshotName, n);
+      else this.#backingUp.delete(snapshotName);
+    }
+  }
+
+  /** The driver that made a backup: from the store's volume record, or the URL scheme (ebs://). */
+  async #backupDriver(url: string, endpoint: string | undefined, action: string): Promise<string> {
+    let scheme: string;
+    try {
+      scheme = new URL(url).protocol.replace(/:$/, "");
+    } catch {
+      throw new InvalidArgumentError(`${action}: invalid backup URL`);
+    }
+    if (!STORE_SCHEMES.has(scheme)) return scheme;
+    return (await this.backup.getBackupVolume(url, { endpoint })).driver;
+  }
+
+  async deleteBackup(url: string, opts: { endpoint?: string } = {}): Promise<void> {
+    url = unescapeURL(url);
+    const action = `Cannot delete backup "${url}"`;
+    const driver = await this.#backupDriver(url, opts.endpoint, action);
+    const bops = await this.backupOps(driver, action);
+    await bops.deleteBackup(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
+    this.log.info("backup deleted", { url });
+  }
+
+  async inspectBackup(url: string, opts: { endpoint?: string } = {}): Promise<StringMap> {
+    url = unescapeURL(url);
+    const action = `Cannot inspect backup "${url}"`;
+    const driver = await this.#backupDriver(url, opts.endpoint, action);
+    const bops = await this.backupOps(driver, action);
+    return await bops.getBackupInfo(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
+  }
+
+  /** Backups in `destURL` from every driver that makes backups, keyed by URL. */
+  async listBackups(
+    destURL: string,
+    opts: { volumeName?: string; endpoint?: string } = {},
+  ): Promise<Record<string, StringMap>> {
+    if (!destURL) throw new InvalidArgumentError("Cannot list backups: no destination URL given");
+    if (opts.volumeName) validateName(opts.volumeName, "volume");
+    const out: Record<string, StringMap> = {};
+    for (const [name, d] of this.drivers) {
+      let bops: BackupOperations;
+      try {
+        bops = await d.backupOps();
+      } catch (err) {
+        if ((err as ConvoyError).code === "NotSupported") continue;
+        throw err;
+      }
+      Object.assign(
+        out,
+        await bops.listBackup(unescapeURL(destURL), {
+          [OPT_VOLUME_NAME]: opts.volumeName ?? "",
+          [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
+        }),
+      );
+      this.log.debug("backups listed", { driver: name });
+    }
+    return out;
+  }
+
+  // ---- start-up ------------------------------------------------------------------------------
+
+  /**
+   * Reconciles the index with the drivers after a start or a crash: records left "creating" or
+   * "deleting" are settled by asking their own driver, volumes a driver reports that the index
+   * lacks are adopted (unless the name is taken), and records a driver no longer has are dropped.
+   */
+  async reconcile(): Promise<void> {
+    for (const [driverName, d] of this.drivers) {
+      let listed: Record<string, StringMap>;
+      try {
+        listed = await (await d.volumeOps()).listVolume({});
+      } catch (err) {
+        this.log.error("cannot list volumes of driver; keeping its records", {
+          driver: driverName,
+          error: errorMessage(err),
+        });
+        continue;
+      }
+      for (const v of [...this.state.volumes.values()]) {
+        if (v.Driver !== driverName) continue;
+        if (!listed[v.Name]) {
+          if (v.Status === "ready") {
+            this.log.warn("volume is gone from its driver; forgetting it", {
+              volume: v.Name,
+              driver: driverName,
+            });
+          }
+          this.state.volumes.delete(v.Name);
+        } else if (v.Status !== "ready") {
+          this.log.warn("settling interrupted operation", { volume: v.Name, was: v.Status });
+          v.Status = "ready";
+          v.CreatedTime ||= listed[v.Name][OPT_VOLUME_CREATED_TIME] ?? "";
+        }
+      }
+      for (const [name, info] of Object.entries(listed)) {
+        if (this.state.volumes.has(name)) continue;
+        if (this.state.nameTaken(name)) {
+          this.log.warn("volume name already used; not adopting", {
+            volume: name,
+            driver: driverName,
+          });
+          continue;
+        }
+        this.state.volumes.set(
+          name,
+          {
+            ...this.state.newVolume({ Name: name, Driver: driverName, Status: "ready" }),
+            CreatedTime: info[OPT_VOLUME_CREATED_TIME] ?? "",
+          },
+        );
+        this.log.info("adopted volume", { volume: name, driver: driverName });
+      }
+      await this.#reconcileSnapshots(driverName, d);
+    }
+    await this.state.save();
+  }
+
+  async #reconcileSnapshots(driverName: string, d: ConvoyDriver): Promise<void> {
+    let sops: SnapshotOperations;
+    try {
+      sops = await d.snapshotOps();
+    } catch {
+      return;
+    }
+    for (const v of this.state.volumes.values()) {
+      if (v.Driver !== driverName) continue;
+      let listed: Record<string, StringMap>;
+      try {
+        listed = await sops.listSnapshot({ [OPT_VOLUME_NAME]: v.Name });
+      } catch (err) {
+        this.log.error("cannot list snapshots", { volume: v.Name, error: errorMessage(err) });
+        continue;
+      }
+      for (const s of Object.values(v.Snapshots)) {
+        if (!listed[s.Name]) delete v.Snapshots[s.Name];
+        else if (s.Status !== "ready") {
+          s.Status = "ready";
+          s.CreatedTime ||= listed[s.Name][OPT_SNAPSHOT_CREATED_TIME] ?? "";
+        }
+      }
+      for (const [name, info] of Object.entries(listed)) {
+        if (v.Snapshots[name]) continue;
+        if (this.state.nameTaken(name)) {
+          this.log.warn("snapshot name already used; not adopting", {
+            snapshot: name,
+            volume: v.Name,
+          });
+          continue;
+        }
+        v.Snapshots[name] = {
+          ...this.state.newSnapshot({ Name: name, Status: "ready" }),
+          CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] ?? "",
+        };
+      }
+    }
+  }
+}

@@ -1,0 +1,13 @@
+import type { PluginSetup } from "../api/plugin.ts";
+import vfs from "../../plugins/vfs/mod.ts";
+
+/** A plugin compiled into every build (deno run, npm, single binaries). */
+export interface BundledPlugin {
+  source: string;
+  setup: PluginSetup;
+}
+
+/** The bundled plugins/ folder, imported statically so single binaries embed it. */
+export const bundledPlugins: BundledPlugin[] = [
+  { source: "plugins/vfs/mod.ts", setup: vfs },
+];

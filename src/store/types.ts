@@ -1,0 +1,90 @@
+/**
+ * The object store the backup engine sees. Keys are '/'-separated paths relative to the store
+ * URL's path, without leading or trailing slash (see `checkKey`).
+ * @module
+ */
+import { InvalidArgumentError } from "../api/errors.ts";
+
+/** Options of `ObjectStore.write`. */
+export interface WriteOptions {
+  /** Byte length of a stream body, when known (lets remote stores avoid buffering). */
+  size?: number;
+}
+
+/** A flat store of named objects (Convoy's ObjectStoreDriver, trimmed). */
+export interface ObjectStore {
+  /** The scheme of the store, e.g. "vfs". */
+  readonly kind: string;
+  /** The normalised destination URL, e.g. "vfs:///mnt/backups". */
+  readonly url: string;
+  /**
+   * Resolves to the object's size, or to `undefined` only when the object does not exist.
+   * Any other failure rejects with a BackendError carrying the cause.
+   */
+  stat(key: string): Promise<{ size: number } | undefined>;
+  /** The whole object; rejects with NotFoundError when it does not exist. */
+  read(key: string): Promise<Uint8Array>;
+  /** The object as a stream; rejects with NotFoundError when it does not exist. */
+  readStream(key: string): Promise<ReadableStream<Uint8Array>>;
+  /**
+   * Creates or replaces the object. Readers see the old object or the new one, never a part;
+   * when the write fails no partial object is left behind.
+   */
+  write(
+    key: string,
+    body: Uint8Array | ReadableStream<Uint8Array>,
+    opts?: WriteOptions,
+  ): Promise<void>;
+  /**
+   * Behaves like `ls`, not like `find`: the names directly under `prefix` (objects and
+   * "subdirectories", each once, without trailing slash), sorted. `""` lists the root.
+   * Resolves to `[]` when nothing exists under `prefix`.
+   */
+  list(prefix: string): Promise<string[]>;
+  /**
+   * Behaves like `rm -rf` on each key: removes the object `key` and everything under `key/`.
+   * Only whole path segments match ("a/vol1" never touches "a/vol10"). Missing keys are fine.
+   * Leaves no empty directories behind.
+   */
+  remove(...keys: string[]): Promise<void>;
+}
+
+/** Options of `StoreFactory.open`. */
+export interface OpenStoreOptions {
+  /** A custom service endpoint (only for factories with `supportsEndpoint`). */
+  endpoint?: string;
+}
+
+/** Opens the stores of one URL scheme; registered in a StoreRegistry. */
+export interface StoreFactory {
+  /** The URL scheme without ":", e.g. "vfs". */
+  readonly scheme: string;
+  /** True when the store accepts a custom endpoint (s3-compatible services). */
+  readonly supportsEndpoint: boolean;
+  /**
+   * Opens the store at `destURL`, checking it is reachable. Throws InvalidArgumentError for a
+   * malformed URL, NotFoundError when the location does not exist.
+   */
+  open(destURL: string, opts: OpenStoreOptions): Promise<ObjectStore>;
+}
+
+const BAD_SEGMENT = /^\.{1,2}$/;
+
+/**
+ * Returns `key` without leading or trailing slashes, after checking it is a safe relative key:
+ * no empty, "." or ".." segments, no backslash or NUL. `""` (the root) is allowed only with
+ * `allowRoot`. Throws InvalidArgumentError.
+ */
+export function checkKey(key: string, opts: { allowRoot?: boolean } = {}): string {
+  const k = key.replace(/^\/+/, "").replace(/\/+$/, "");
+  if (k === "") {
+    if (opts.allowRoot) return "";
+    throw new InvalidArgumentError(`Invalid object key "${key}": key is empty`);
+  }
+  if (/[\\\0]/.test(k) || k.split("/").some((s) => s === "" || BAD_SEGMENT.test(s))) {
+    throw new InvalidArgumentError(
+      `Invalid object key "${key}": must be "/"-separated names without empty, "." or ".." parts`,
+    );
+  }
+  return k;
+}

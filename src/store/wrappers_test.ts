@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { BackendError, NotFoundError } from "../api/errors.ts";
+import type { LogFields, Logger } from "../util/log.ts";
+import { MemoryStore } from "./memory.ts";
+import type { ObjectStore } from "./types.ts";
+import { withLogging, withRetry } from "./wrappers.ts";
+
+/** A store whose `read` fails `failures` times with `err` before delegating. */
+function flaky(store: ObjectStore, failures: number, err: Error): ObjectStore & { calls: number } {
+  const s = Object.create(store) as ObjectStore & { calls: number };
+  s.calls = 0;
+  s.read = (key) => {
+    s.calls++;
+    return s.calls <= failures ? Promise.reject(err) : store.read(key);
+  };
+  return s;
+}
+
+describe("withRetry()", () => {
+  it("withRetry() retries a transient BackendError", async () => {
+    const mem = new MemoryStore();
+    await mem.write("k", new Uint8Array([7]));
+    const f = flaky(mem, 2, new BackendError("Cannot read: connection reset"));
+    const store = withRetry(f, { attempts: 3, delayMs: 1 });
+    assert.deepEqual(await store.read("k"), new Uint8Array([7]));
+    assert.equal(f.calls, 3);
+  });
+
+  it("withRetry() does not retry NotFoundError", async () => {
+    const f = flaky(new MemoryStore(), 5, new NotFoundError("Cannot read: missing"));
+    await assert.rejects(withRetry(f, { delayMs: 1 }).read("k"), NotFoundError);
+    assert.equal(f.calls, 1);
+  });
+});
+
+describe("withLogging()", () => {
+  it("withLogging() logs each operation with its key", async () => {
+    const lines: [string, LogFields | undefined][] = [];
+    const log: Logger = {
+      debug: (m, f) => lines.push([m, f]),
+      info: (m, f) => lines.push([m, f]),
+      warn: (m, f) => lines.push([m, f]),
+      error: (m, f) => lines.push([m, f]),
+      child: () => log,
+    };
+    const store = withLogging(new MemoryStore(), log);
+    await store.write("a/b", new Uint8Array([1]));
+    await assert.rejects(store.read("none"), NotFoundError);
+    assert.deepEqual(lines.map(([m, f]) => [m, f?.key]), [
+      ["store write", "a/b"],
+      ["store read failed", "none"],
+    ]);
+  });
+});

@@ -1,0 +1,211 @@
+/**
+ * Integration-test helpers: the real daemon and CLI as subprocesses, on a temporary root and
+ * socket. Nothing here is a mock.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
+const BIN = join(REPO, "src", "bin.ts");
+/** The deno binary running the tests. */
+export const DENO = process.execPath;
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion. */
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { env?: Record<string, string>; input?: string } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      env: { ...process.env, NO_COLOR: "1", ...opts.env },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c) => (stdout += c));
+    child.stderr.on("data", (c) => (stderr += c));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    child.stdin.end(opts.input ?? "");
+  });
+}
+
+/** Runs the convoy CLI (`deno run -A src/bin.ts ...`). */
+export function convoy(
+  args: string[],
+  opts: { socket?: string; env?: Record<string, string> } = {},
+): Promise<RunResult> {
+  const pre = opts.socket ? ["--socket", opts.socket] : [];
+  return run(DENO, ["run", "-A", "--quiet", BIN, ...pre, ...args], { env: opts.env });
+}
+
+/** Like convoy(), but throws with the CLI's stderr unless it exits 0; resolves to trimmed stdout. */
+export async function ok(
+  args: string[],
+  opts: { socket?: string; env?: Record<string, string> } = {},
+): Promise<string> {
+  const r = await convoy(args, opts);
+  if (r.code !== 0) {
+    throw new Error(`convoy ${args.join(" ")} exited ${r.code}: ${r.stderr.trim()}`);
+  }
+  return r.stdout.trim();
+}
+
+/** Resolves true once something accepts connections on the socket. */
+export function canConnect(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ path });
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+/** A daemon subprocess. */
+export interface TestDaemon {
+  root: string;
+  socket: string;
+  proc: ChildProcess;
+  /** stdout + stderr so far. */
+  output(): string;
+  /** SIGTERM and wait. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait. */
+  kill9(): Promise<void>;
+  exited: Promise<number | null>;
+}
+
+/** Starts `convoy daemon` and waits until its socket answers (or the process exits). */
+export async function startDaemon(opts: {
+  root: string;
+  socket?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  waitForSocket?: boolean;
+}): Promise<TestDaemon> {
+  const socket = opts.socket ?? join(opts.root, "convoy.sock");
+  const proc = spawn(
+    DENO,
+    [
+      "run",
+      "-A",
+      "--quiet",
+      BIN,
+      "--socket",
+      socket,
+      "daemon",
+      "--root",
+      opts.root,
+      "--no-docker-spec",
+      ...(opts.args ?? []),
+    ],
+    { env: { ...process.env, NO_COLOR: "1", ...opts.env }, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  proc.stdout!.on("data", (c) => (out += c));
+  proc.stderr!.on("data", (c) => (out += c));
+  const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
+  let done = false;
+  exited.then(() => (done = true));
+  const d: TestDaemon = {
+    root: opts.root,
+    socket,
+    proc,
+    output: () => out,
+    exited,
+    stop: async () => {
+      // process.kill, not proc.kill: Deno's child wrapper reports a null code after proc.kill().
+      if (!done) process.kill(proc.pid!, "SIGTERM");
+      return await exited;
+    },
+    kill9: async () => {
+      if (!done) proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+  if (opts.waitForSocket === false) return d;
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (done) throw new Error(`daemon exited early (${await exited}): ${out}`);
+    if (await canConnect(socket)) return d;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await d.kill9();
+  throw new Error(`daemon did not listen on ${socket} in 30 s: ${out}`);
+}
+
+/** Mount points at or below `dir`, deepest first. */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const info = await readFile("/proc/self/mountinfo", "utf8");
+  const points = info.split("\n").filter(Boolean).map((l) =>
+    l.split(" ")[4].replace(/\\040/g, " ")
+  );
+  return points.filter((p) => p === dir || p.startsWith(dir + "/")).sort((a, b) =>
+    b.length - a.length
+  );
+}
+
+/** A fresh temporary directory; cleanup unmounts whatever a failed test left mounted in it, then removes it. */
+export async function tempDir(
+  prefix = "convoy-test-",
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  return {
+    dir,
+    cleanup: async () => {
+      for (const mp of await mountsUnder(dir)) await run("umount", ["-l", mp]);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One raw HTTP request over the daemon's socket; resolves to status and body text. */
+export function rawRequest(
+  socket: string,
+  method: string,
+  path: string,
+  body = "",
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ path: socket });
+    let data = "";
+    s.on("connect", () =>
+      s.write(
+        `${method} ${path} HTTP/1.1\r\nHost: convoy\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      ));
+    s.on("data", (c) => (data += c));
+    s.on("error", reject);
+    s.on("end", () => {
+      const [head, ...rest] = data.split("\r\n\r\n");
+      const status = Number(head.split(" ")[1]);
+      let text = rest.join("\r\n\r\n");
+      if (/transfer-encoding: chunked/i.test(head)) {
+        let out = "";
+        let i = 0;
+        for (;;) {
+          const nl = text.indexOf("\r\n", i);
+          const n = parseInt(text.slice(i, nl), 16);
+          if (!n) break;
+          out += text.slice(nl + 2, nl + 2 + n);
+          i = nl + 2 + n + 2;
+        }
+        text = out;
+      }
+      resolve({ status, body: text });
+    });
+  });
+}

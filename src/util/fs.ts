@@ -11,6 +11,7 @@ export async function atomicWriteFile(path: string, data: string | Uint8Array): 
   const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${crypto.randomUUID().slice(0, 8)}`);
   const fh = await open(tmp, "w", 0o644);
   try {
+    await fh.chmod(0o644); // regardless of the umask: shared (NFS) records must stay readable
     await fh.writeFile(data);
     await fh.sync();
   } finally {

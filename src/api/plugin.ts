@@ -5,7 +5,7 @@
  * @module
  */
 import type { z } from "zod";
-import type { InitFunc, OperationContext, StringMap } from "./driver.ts";
+import type { DeltaBlockOperations, InitFunc, OperationContext, StringMap } from "./driver.ts";
 import type * as errors from "./errors.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { Logger } from "../util/log.ts";
@@ -23,6 +23,43 @@ export interface BackupVolume {
   /** Bytes; 0 for file-level (vfs) volumes. */
   size: number;
   createdTime: string;
+  /**
+   * A stable identity of this volume (e.g. a UUID made at create). Incremental backups only
+   * build on earlier backups with the same identity, so two volumes that share a name (other
+   * hosts, or a re-created volume) never merge each other's blocks.
+   */
+  uuid?: string;
+}
+
+/** Options of `api.backup.createDeltaBackup`. */
+export interface DeltaBackupOptions extends OperationContext {
+  volume: BackupVolume;
+  snapshot: { name: string; createdTime: string };
+  destURL: string;
+  endpoint?: string;
+  /** Block compression for a new store: "gzip" (readable by Convoy v0.5.2) or "zstd". */
+  compression?: string;
+}
+
+/** Options of `api.backup.restoreDeltaBackup`. */
+export interface DeltaRestoreOptions extends BackupTargetOptions {
+  /** Bytes of the target to keep; a regular-file target is truncated to the volume size. */
+  truncate?: boolean;
+}
+
+/** What `verifyBackup` found. */
+export interface VerifyReport {
+  backupURL: string;
+  blocks: number;
+  checked: number;
+  bytes: number;
+  /** One line per missing or corrupt block; empty when the backup is sound. */
+  problems: string[];
+}
+
+/** Options of the backup helpers that address an existing backup. */
+export interface BackupTargetOptions extends OperationContext {
+  endpoint?: string;
 }
 
 /** Options of `api.backup.createSingleFileBackup`. */
@@ -30,11 +67,6 @@ export interface SingleFileBackupOptions extends OperationContext {
   volume: BackupVolume;
   snapshot: { name: string; createdTime: string };
   destURL: string;
-  endpoint?: string;
-}
-
-/** Options of the backup helpers that address an existing backup. */
-export interface BackupTargetOptions extends OperationContext {
   endpoint?: string;
 }
 
@@ -56,6 +88,19 @@ export interface BackupStoreApi {
   ): Promise<void>;
   /** The volume record of the backup's volume; throws NotFoundError when the backup does not exist. */
   getBackupVolume(backupURL: string, opts?: BackupTargetOptions): Promise<BackupVolume>;
+  /**
+   * Backs up snapshot `opts.snapshot` of a block volume in Convoy's delta-block format: only
+   * the ranges `ops.compareSnapshot` reports changed since the volume's last backup are read;
+   * blocks are deduplicated, all-zero blocks are not stored. Resolves to the backup URL.
+   */
+  createDeltaBackup(ops: DeltaBlockOperations, opts: DeltaBackupOptions): Promise<string>;
+  /** Writes every block of a delta-block backup into `target` (a file or block device), verifying checksums. */
+  restoreDeltaBackup(backupURL: string, target: string, opts?: DeltaRestoreOptions): Promise<void>;
+  /** Checks that every block (or a `sample` fraction) of a backup is present and sound. */
+  verifyBackup(
+    backupURL: string,
+    opts?: BackupTargetOptions & { sample?: number },
+  ): Promise<VerifyReport>;
   /** Deletes one backup, and the volume's folder in the store when it was the last. */
   deleteBackup(backupURL: string, opts?: BackupTargetOptions): Promise<void>;
   /** Convoy's BackupInfo map of one backup. */

@@ -4,7 +4,7 @@
  * @module
  */
 import type { StringMap } from "../api/driver.ts";
-import { NotFoundError } from "../api/errors.ts";
+import { NotFoundError, NotSupportedError } from "../api/errors.ts";
 import type { BackupStoreApi, BackupTargetOptions, BackupVolume } from "../api/plugin.ts";
 import { defaultStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
@@ -98,6 +98,18 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
         size: volume.Size,
         createdTime: volume.CreatedTime,
       };
+    },
+
+    createDeltaBackup() {
+      return Promise.reject(new NotSupportedError("Delta-block backups are not implemented yet"));
+    },
+
+    restoreDeltaBackup() {
+      return Promise.reject(new NotSupportedError("Delta-block restores are not implemented yet"));
+    },
+
+    verifyBackup() {
+      return Promise.reject(new NotSupportedError("Backup verification is not implemented yet"));
     },
 
     async deleteBackup(url, topts) {

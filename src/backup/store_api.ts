@@ -4,15 +4,22 @@
  * @module
  */
 import type { StringMap } from "../api/driver.ts";
-import { NotFoundError, NotSupportedError } from "../api/errors.ts";
+import { NotFoundError } from "../api/errors.ts";
 import type { BackupStoreApi, BackupTargetOptions, BackupVolume } from "../api/plugin.ts";
 import { defaultStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { validateName } from "../util/names.ts";
 import { backupInfo, loadVolumeRecord, volumeBackupInfos, walkVolumes } from "./catalog.ts";
+import {
+  backupSize,
+  createDeltaBackup,
+  deleteDeltaBackup,
+  restoreDeltaBackup,
+  verifyDeltaBackup,
+} from "./deltablock.ts";
 import { volumeConfigPath } from "./layout.ts";
-import type { BackupRecord, VolumeRecord } from "./records.ts";
+import { type BackupRecord, isSingleFileBackup, type VolumeRecord } from "./records.ts";
 import {
   createSingleFileBackup,
   deleteSingleFileBackup,
@@ -91,30 +98,65 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
     },
 
     async getBackupVolume(url, topts): Promise<BackupVolume> {
-      const { volume } = await loadBoth(url, topts);
+      const { volume, backup } = await loadBoth(url, topts);
+      const uuid = (backup as { VolumeUUID?: string }).VolumeUUID;
       return {
         name: volume.Name,
         driver: volume.Driver,
-        size: volume.Size,
-        createdTime: volume.CreatedTime,
+        size: backupSize(volume, backup),
+        createdTime: (backup as { VolumeCreatedAt?: string }).VolumeCreatedAt ?? volume.CreatedTime,
+        ...(uuid ? { uuid } : {}),
       };
     },
 
-    createDeltaBackup() {
-      return Promise.reject(new NotSupportedError("Delta-block backups are not implemented yet"));
+    async createDeltaBackup(ops, copts) {
+      const store = await stores.open(copts.destURL, endpointOf(copts));
+      const backup = await createDeltaBackup(store, ops, { ...copts, log, now: opts.now });
+      return encodeBackupURL({ backup, volume: copts.volume.name, destURL: store.url });
     },
 
-    restoreDeltaBackup() {
-      return Promise.reject(new NotSupportedError("Delta-block restores are not implemented yet"));
+    async restoreDeltaBackup(url, target, topts) {
+      const { store, ref } = await openBackup(url, topts);
+      await restoreDeltaBackup(store, {
+        volume: ref.volume,
+        backup: ref.backup,
+        url,
+        target,
+        signal: topts?.signal,
+        progress: topts?.progress,
+        log,
+      });
     },
 
-    verifyBackup() {
-      return Promise.reject(new NotSupportedError("Backup verification is not implemented yet"));
+    async verifyBackup(url, vopts) {
+      const { store, ref } = await openBackup(url, vopts);
+      const rec = await requireBackupRecord(store, ref, { action: "verify", url });
+      if (isSingleFileBackup(rec)) {
+        const key = rec.SingleFile.FilePath;
+        const st = await store.stat(key);
+        return {
+          backupURL: url,
+          blocks: 1,
+          checked: 1,
+          bytes: st?.size ?? 0,
+          problems: st ? [] : [`Cannot verify backup "${url}": archive "${key}" is missing`],
+        };
+      }
+      return await verifyDeltaBackup(store, {
+        volume: ref.volume,
+        backup: ref.backup,
+        url,
+        sample: vopts?.sample,
+        signal: vopts?.signal,
+        progress: vopts?.progress,
+      });
     },
 
     async deleteBackup(url, topts) {
       const { store, ref } = await openBackup(url, topts);
-      await deleteSingleFileBackup(store, ref, { url, log });
+      const rec = await requireBackupRecord(store, ref, { action: "delete", url });
+      if (isSingleFileBackup(rec)) await deleteSingleFileBackup(store, ref, { url, log });
+      else await deleteDeltaBackup(store, { volume: ref.volume, backup: ref.backup, url, log });
     },
 
     async getBackupInfo(url, topts): Promise<StringMap> {

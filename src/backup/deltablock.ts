@@ -1,0 +1,531 @@
+/**
+ * Convoy's delta-block backups: a volume is cut into 2 MiB blocks, each stored once per volume
+ * under its checksum; a backup record maps offsets to checksums. Only the blocks a driver
+ * reports changed since the volume's last backup are read; all-zero blocks are not stored.
+ * Order of writes: blocks, then the backup record, then volume.cfg — a backup killed midway is
+ * never listed, and a re-run reuses the blocks it had uploaded.
+ * @module
+ */
+import { open, stat } from "node:fs/promises";
+import {
+  BackendError,
+  CancelledError,
+  errorMessage,
+  InvalidArgumentError,
+  isErrorCode,
+  NotFoundError,
+} from "../api/errors.ts";
+import type { DeltaBlockOperations, Mapping, Progress } from "../api/driver.ts";
+import type { DeltaBackupOptions, VerifyReport } from "../api/plugin.ts";
+import type { ObjectStore } from "../store/types.ts";
+import type { Logger } from "../util/log.ts";
+import { generateName } from "../util/names.ts";
+import { rubyDate } from "../util/time.ts";
+import {
+  listBackupNames,
+  loadBackupRecord,
+  loadVolumeRecord,
+  saveBackupRecord,
+  saveVolumeRecord,
+} from "./catalog.ts";
+import {
+  BLOCK_SIZE,
+  blockChecksum,
+  type ChecksumAlgorithm,
+  compressBlock,
+  type Compression,
+  decompressBlock,
+  defaultCodec,
+  isZero,
+} from "./codec.ts";
+import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
+import { liveLeases, takeBackupLease, takeLease } from "./leases.ts";
+import type { BackupRecord, BlockMapping, VolumeRecord } from "./records.ts";
+
+/** Blocks in flight at once: bounds memory to about this many × 2 × 2 MiB. */
+export const DEFAULT_CONCURRENCY = 4;
+
+/** Our additions to volume.cfg (Convoy ignores unknown fields). */
+interface VolumeExtra {
+  BlockCompression?: Compression;
+  ChecksumAlgorithm?: ChecksumAlgorithm;
+}
+/** Our additions to backup_<name>.cfg. */
+interface BackupExtra {
+  VolumeUUID?: string;
+  VolumeSize?: number;
+  VolumeCreatedAt?: string;
+  ChecksumAlgorithm?: ChecksumAlgorithm;
+}
+
+function checksumOf(v: VolumeRecord | BackupRecord): ChecksumAlgorithm {
+  return (v as VolumeExtra).ChecksumAlgorithm === "sha256" ? "sha256" : "sha512";
+}
+
+/** Runs `fn` over `items` with at most `n` at a time; stops at the first failure and rethrows it. */
+async function pool<T>(
+  items: T[],
+  opts: { concurrency: number; signal?: AbortSignal },
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async () => {
+    while (failed === undefined && next < items.length) {
+      if (opts.signal?.aborted) throw new CancelledError("Operation cancelled");
+      const item = items[next++];
+      try {
+        await fn(item);
+      } catch (err) {
+        failed ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(opts.concurrency, items.length) }, worker));
+  if (failed !== undefined) throw failed;
+  if (opts.signal?.aborted) throw new CancelledError("Operation cancelled");
+}
+
+/** 2 MiB block offsets covering `mappings`, sorted and unique. */
+export function blockOffsets(mappings: Mapping[], limit: number): number[] {
+  const set = new Set<number>();
+  for (const m of mappings) {
+    if (m.size <= 0) continue;
+    const first = Math.floor(m.offset / BLOCK_SIZE) * BLOCK_SIZE;
+    for (let off = first; off < m.offset + m.size && off < limit; off += BLOCK_SIZE) set.add(off);
+  }
+  return [...set].sort((a, b) => a - b);
+}
+
+/**
+ * The complete block map of a new backup: the base map, overridden by the blocks read now, minus
+ * the offsets that are zero now (they restore as zeros from a fresh target).
+ */
+export function mergeBlocks(
+  base: BlockMapping[],
+  changed: BlockMapping[],
+  zeroed: number[],
+): BlockMapping[] {
+  const map = new Map<number, string>(base.map((b) => [b.Offset, b.BlockChecksum]));
+  for (const b of changed) map.set(b.Offset, b.BlockChecksum);
+  for (const z of zeroed) map.delete(z);
+  return [...map].sort((a, b) => a[0] - b[0]).map(([Offset, BlockChecksum]) => ({
+    Offset,
+    BlockChecksum,
+  }));
+}
+
+/** Picks the base of an incremental backup: the newest earlier backup of the same volume identity. */
+async function findBase(
+  store: ObjectStore,
+  opts: { volume: DeltaBackupOptions["volume"]; record?: VolumeRecord; log: Logger },
+): Promise<BackupRecord | undefined> {
+  const { volume, record } = opts;
+  if (!record) return undefined;
+  const sameVolume = (b: BackupRecord) => {
+    const uuid = (b as BackupExtra).VolumeUUID;
+    if (volume.uuid && uuid) return uuid === volume.uuid;
+    // Records without an identity (Convoy's): trust them only if volume.cfg describes this volume.
+    return !uuid && record.CreatedTime === volume.createdTime && record.Driver === volume.driver;
+  };
+  const last = record.LastBackupName
+    ? await loadBackupRecord(store, { volume: volume.name, backup: record.LastBackupName }).catch(
+      () => undefined,
+    )
+    : undefined;
+  if (last && sameVolume(last) && last.SingleFile.FilePath === "") return last;
+  let best: BackupRecord | undefined;
+  for (const name of await listBackupNames(store, volume.name)) {
+    const b = await loadBackupRecord(store, { volume: volume.name, backup: name }).catch(() =>
+      undefined
+    );
+    if (!b || b.SingleFile.FilePath !== "" || !sameVolume(b)) continue;
+    if (!best || Date.parse(b.CreatedTime) > Date.parse(best.CreatedTime)) best = b;
+  }
+  if (!best && last) {
+    opts.log.info("last backup belongs to another volume of the same name; doing a full backup", {
+      volume: volume.name,
+      last: last.Name,
+    });
+  }
+  return best;
+}
+
+/** Options of createDeltaBackup beyond the plugin API's. */
+export interface EngineOptions {
+  log: Logger;
+  now?: () => string;
+  concurrency?: number;
+}
+
+/**
+ * Backs up a snapshot in delta-block format and resolves to the new backup's name. Incremental
+ * against the newest earlier backup of the same volume identity whose snapshot the driver still
+ * has; a full backup otherwise (never merged with a stale map).
+ */
+export async function createDeltaBackup(
+  store: ObjectStore,
+  ops: DeltaBlockOperations,
+  opts: DeltaBackupOptions & EngineOptions,
+): Promise<string> {
+  const { volume, snapshot, signal } = opts;
+  const vol = volume.name;
+  const log = opts.log.child({ volume: vol, snapshot: snapshot.name });
+  const name = generateName("backup", 16);
+  const lease = await takeBackupLease(store, vol, { id: name, signal });
+  try {
+    const record = await loadVolumeRecord(store, vol);
+    const codec = record
+      ? {
+        checksum: checksumOf(record),
+        // A volume.cfg without our fields was written by Convoy: stay readable by it.
+        compression: (record as VolumeExtra).BlockCompression ?? "gzip",
+      }
+      : defaultCodec(opts.compression);
+    if (record && opts.compression && opts.compression !== codec.compression) {
+      throw new InvalidArgumentError(
+        `Cannot back up volume "${vol}" with ${opts.compression}: its blocks in "${store.url}" use ${codec.compression}`,
+      );
+    }
+    const base = await findBase(store, { volume, record, log });
+    const incremental = base !== undefined && base.SnapshotName !== snapshot.name &&
+      await ops.hasSnapshot(base.SnapshotName, vol);
+    const mappings = await ops.compareSnapshot(
+      snapshot.name,
+      incremental ? base.SnapshotName : "",
+      vol,
+    );
+    if (mappings.blockSize !== BLOCK_SIZE) {
+      throw new InvalidArgumentError(
+        `Cannot back up volume "${vol}": driver block size ${mappings.blockSize} is not ${BLOCK_SIZE}`,
+      );
+    }
+    const offsets = blockOffsets(mappings.mappings, volume.size || Number.MAX_SAFE_INTEGER);
+    log.info("backup started", {
+      backup: name,
+      mode: incremental ? "incremental" : "full",
+      blocks: offsets.length,
+    });
+    const known = new Set<string>(incremental ? base.Blocks.map((b) => b.BlockChecksum) : []);
+    const inflight = new Map<string, Promise<void>>();
+    const changed: BlockMapping[] = [];
+    const zeroed: number[] = [];
+    const progress: Progress = { done: 0, total: offsets.length, bytes: 0 };
+    let uploaded = 0;
+    const buffers: Uint8Array[] = [];
+    await ops.openSnapshot(snapshot.name, vol);
+    try {
+      await pool(
+        offsets,
+        { concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, signal },
+        async (offset) => {
+          const buf = buffers.pop() ?? new Uint8Array(BLOCK_SIZE);
+          try {
+            const len = Math.min(BLOCK_SIZE, (volume.size || Number.MAX_SAFE_INTEGER) - offset);
+            if (len < BLOCK_SIZE) buf.fill(0);
+            await ops.readSnapshot(snapshot.name, vol, offset, buf.subarray(0, len));
+            if (isZero(buf)) {
+              zeroed.push(offset);
+            } else {
+              const sum = await blockChecksum(buf, codec.checksum);
+              if (!known.has(sum)) {
+                let p = inflight.get(sum);
+                if (!p) {
+                  p = (async () => {
+                    const key = blockPath(vol, sum);
+                    if (await store.stat(key)) return;
+                    const data = await compressBlock(buf, codec.compression);
+                    await store.write(key, data);
+                    uploaded += data.length;
+                  })();
+                  inflight.set(sum, p);
+                }
+                await p;
+                known.add(sum);
+              }
+              changed.push({ Offset: offset, BlockChecksum: sum });
+            }
+          } finally {
+            buffers.push(buf);
+          }
+          progress.done++;
+          progress.bytes += BLOCK_SIZE;
+          opts.progress?.({ ...progress });
+        },
+      );
+    } finally {
+      await ops.closeSnapshot(snapshot.name, vol);
+    }
+    const blocks = mergeBlocks(incremental ? base.Blocks : [], changed, zeroed);
+    const now = opts.now?.() ?? rubyDate();
+    const backup: BackupRecord & BackupExtra = {
+      Name: name,
+      Driver: "",
+      VolumeName: vol,
+      SnapshotName: snapshot.name,
+      SnapshotCreatedAt: snapshot.createdTime,
+      CreatedTime: now,
+      Blocks: blocks,
+      SingleFile: { FilePath: "" },
+      VolumeUUID: volume.uuid,
+      VolumeSize: volume.size,
+      VolumeCreatedAt: volume.createdTime,
+      ChecksumAlgorithm: codec.checksum,
+    };
+    await saveBackupRecord(store, backup);
+    const updated: VolumeRecord & VolumeExtra = {
+      ...(record ?? {}),
+      Name: vol,
+      Driver: volume.driver,
+      Size: volume.size,
+      CreatedTime: volume.createdTime,
+      LastBackupName: name,
+      BlockCompression: codec.compression,
+      ChecksumAlgorithm: codec.checksum,
+    };
+    await saveVolumeRecord(store, updated);
+    log.info("backup completed", {
+      backup: name,
+      mode: incremental ? "incremental" : "full",
+      blocksRead: offsets.length,
+      blocksChanged: changed.length,
+      bytesUploaded: uploaded,
+    });
+    return name;
+  } finally {
+    await lease.release().catch((err) =>
+      log.warn("cannot release lease", { error: errorMessage(err) })
+    );
+  }
+}
+
+/** Loads a delta-block backup's records; NotFoundError naming the URL when missing. */
+async function loadDelta(
+  store: ObjectStore,
+  ref: { volume: string; backup: string; url: string; action: string },
+): Promise<{ volume: VolumeRecord; backup: BackupRecord }> {
+  const backup = await loadBackupRecord(store, ref);
+  if (!backup) {
+    throw new NotFoundError(
+      `Cannot ${ref.action} backup "${ref.url}": backup record "${
+        backupConfigPath(ref.volume, ref.backup)
+      }" does not exist`,
+    );
+  }
+  const volume = await loadVolumeRecord(store, ref.volume);
+  if (!volume) {
+    throw new NotFoundError(
+      `Cannot ${ref.action} backup "${ref.url}": the volume has no volume.cfg in the store`,
+    );
+  }
+  if (backup.SingleFile.FilePath !== "") {
+    throw new InvalidArgumentError(
+      `Cannot ${ref.action} backup "${ref.url}": it is a single-file backup, not a block backup`,
+    );
+  }
+  return { volume, backup };
+}
+
+/** The size of the volume a backup was taken of. */
+export function backupSize(volume: VolumeRecord, backup: BackupRecord): number {
+  return (backup as BackupExtra).VolumeSize ?? volume.Size;
+}
+
+/** Reads, decompresses and verifies one block; a clear error names the backup and the block. */
+async function fetchBlock(
+  store: ObjectStore,
+  opts: {
+    volume: string;
+    block: BlockMapping;
+    algo: ChecksumAlgorithm;
+    url: string;
+    action: string;
+  },
+): Promise<Uint8Array> {
+  const { block } = opts;
+  const where = `block ${block.BlockChecksum} at offset ${block.Offset}`;
+  let raw: Uint8Array;
+  try {
+    raw = await store.read(blockPath(opts.volume, block.BlockChecksum));
+  } catch (err) {
+    if (isErrorCode(err, "NotFound")) {
+      throw new NotFoundError(`Cannot ${opts.action} backup "${opts.url}": ${where} is missing`, {
+        cause: err,
+      });
+    }
+    throw err;
+  }
+  let data: Uint8Array;
+  try {
+    data = await decompressBlock(raw);
+  } catch (err) {
+    throw new BackendError(
+      `Cannot ${opts.action} backup "${opts.url}": ${where} is corrupt (${errorMessage(err)})`,
+      {
+        cause: err,
+      },
+    );
+  }
+  if (data.length !== BLOCK_SIZE || await blockChecksum(data, opts.algo) !== block.BlockChecksum) {
+    throw new BackendError(
+      `Cannot ${opts.action} backup "${opts.url}": ${where} is corrupt (checksum mismatch)`,
+    );
+  }
+  return data;
+}
+
+/**
+ * Writes every block of a delta-block backup into `target` (an existing file or block device);
+ * unmapped ranges are left as they are (zeros in a fresh target). A regular-file target is sized
+ * to the volume.
+ */
+export async function restoreDeltaBackup(
+  store: ObjectStore,
+  opts: {
+    volume: string;
+    backup: string;
+    url: string;
+    target: string;
+    signal?: AbortSignal;
+    progress?: (p: Progress) => void;
+    log: Logger;
+    concurrency?: number;
+  },
+): Promise<void> {
+  const { volume, backup } = await loadDelta(store, { ...opts, action: "restore" });
+  const size = backupSize(volume, backup);
+  const algo = checksumOf(backup);
+  const st = await stat(opts.target);
+  const fh = await open(opts.target, "r+");
+  try {
+    if (st.isFile()) await fh.truncate(size);
+    const progress: Progress = { done: 0, total: backup.Blocks.length, bytes: 0 };
+    await pool(backup.Blocks, {
+      concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
+      signal: opts.signal,
+    }, async (block) => {
+      if (block.Offset + BLOCK_SIZE > size && size > 0) {
+        throw new BackendError(
+          `Cannot restore backup "${opts.url}": block at offset ${block.Offset} is past the volume size ${size}`,
+        );
+      }
+      const data = await fetchBlock(store, {
+        volume: opts.volume,
+        block,
+        algo,
+        url: opts.url,
+        action: "restore",
+      });
+      await fh.write(data, 0, data.length, block.Offset);
+      progress.done++;
+      progress.bytes += data.length;
+      opts.progress?.({ ...progress });
+    });
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  opts.log.info("Restored delta-block backup", {
+    volume: opts.volume,
+    backup: opts.backup,
+    blocks: backup.Blocks.length,
+  });
+}
+
+/** Checks every block (or a random `sample` fraction) of a delta-block backup without restoring it. */
+export async function verifyDeltaBackup(
+  store: ObjectStore,
+  opts: {
+    volume: string;
+    backup: string;
+    url: string;
+    sample?: number;
+    signal?: AbortSignal;
+    progress?: (p: Progress) => void;
+  },
+): Promise<VerifyReport> {
+  const { backup } = await loadDelta(store, { ...opts, action: "verify" });
+  const algo = checksumOf(backup);
+  let blocks = backup.Blocks;
+  if (opts.sample !== undefined && opts.sample < 1) {
+    if (!(opts.sample > 0)) {
+      throw new InvalidArgumentError(
+        `Invalid sample ${opts.sample}: expected a fraction in (0, 1]`,
+      );
+    }
+    const want = Math.max(1, Math.ceil(blocks.length * opts.sample));
+    blocks = [...blocks].sort(() => Math.random() - 0.5).slice(0, want);
+  }
+  const problems: string[] = [];
+  let bytes = 0;
+  let done = 0;
+  await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
+    try {
+      bytes += (await fetchBlock(store, {
+        volume: opts.volume,
+        block,
+        algo,
+        url: opts.url,
+        action: "verify",
+      })).length;
+    } catch (err) {
+      if (isErrorCode(err, "Cancelled")) throw err;
+      problems.push(errorMessage(err));
+    }
+    opts.progress?.({ done: ++done, total: blocks.length, bytes });
+  });
+  return {
+    backupURL: opts.url,
+    blocks: backup.Blocks.length,
+    checked: blocks.length,
+    bytes,
+    problems: problems.sort(),
+  };
+}
+
+/**
+ * Deletes a delta-block backup: its record, then (unless a backup of the volume is running,
+ * here or on another host) the blocks no remaining backup uses; the whole volume folder when it
+ * was the last backup.
+ */
+export async function deleteDeltaBackup(
+  store: ObjectStore,
+  opts: { volume: string; backup: string; url: string; log: Logger },
+): Promise<void> {
+  const log = opts.log.child({ volume: opts.volume, backup: opts.backup });
+  const { volume, backup } = await loadDelta(store, { ...opts, action: "delete" });
+  await store.remove(backupConfigPath(opts.volume, opts.backup));
+  if (volume.LastBackupName === opts.backup) {
+    await saveVolumeRecord(store, { ...volume, LastBackupName: "" });
+  }
+  const gcID = generateName("gc", 16);
+  const lease = await takeLease(store, opts.volume, { kind: "gc", id: gcID });
+  let released = false;
+  try {
+    if ((await liveLeases(store, opts.volume, { kind: "backup" })).length > 0) {
+      log.info("a backup of this volume is running; its unused blocks are kept");
+      return;
+    }
+    const remaining = await listBackupNames(store, opts.volume);
+    if (remaining.length === 0) {
+      await lease.release();
+      released = true;
+      if ((await liveLeases(store, opts.volume, { kind: "backup" })).length === 0) {
+        await store.remove(volumeDir(opts.volume));
+        log.info("deleted the last backup; removed the volume's folder");
+      }
+      return;
+    }
+    const discard = new Set(backup.Blocks.map((b) => b.BlockChecksum));
+    for (const name of remaining) {
+      if (discard.size === 0) break;
+      const other = await loadBackupRecord(store, { volume: opts.volume, backup: name });
+      for (const b of other?.Blocks ?? []) discard.delete(b.BlockChecksum);
+    }
+    const keys = [...discard].map((sum) => blockPath(opts.volume, sum));
+    for (let i = 0; i < keys.length; i += 1000) await store.remove(...keys.slice(i, i + 1000));
+    log.info("deleted backup", { blocksRemoved: keys.length });
+  } finally {
+    if (!released) await lease.release().catch(() => {});
+  }
+}

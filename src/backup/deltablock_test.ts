@@ -1,0 +1,338 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gunzipSync, gzipSync } from "node:zlib";
+import type { DeltaBlockOperations, Mappings } from "../api/driver.ts";
+import { MemoryStore } from "../store/memory.ts";
+import { silentLogger } from "../util/log.ts";
+import { BLOCK_SIZE } from "./codec.ts";
+import {
+  blockOffsets,
+  createDeltaBackup,
+  deleteDeltaBackup,
+  mergeBlocks,
+  restoreDeltaBackup,
+  verifyDeltaBackup,
+} from "./deltablock.ts";
+import { takeLease } from "./leases.ts";
+
+const MiB = 1024 * 1024;
+
+/**
+ * A test double of a block driver (the engine's only input), over in-memory snapshot images.
+ * compareSnapshot reports blocks whose bytes differ, and with no base every non-hole block.
+ */
+class FakeDisk implements DeltaBlockOperations {
+  snaps = new Map<string, Uint8Array>();
+  reads = 0;
+  failAfter = Infinity;
+  constructor(readonly size: number) {}
+  snapshot(name: string, disk: Uint8Array) {
+    this.snaps.set(name, disk.slice());
+  }
+  hasSnapshot(id: string) {
+    return this.snaps.has(id);
+  }
+  compareSnapshot(id: string, base: string): Mappings {
+    const a = this.snaps.get(id)!;
+    const b = base ? this.snaps.get(base)! : undefined;
+    const mappings = [];
+    for (let off = 0; off < this.size; off += BLOCK_SIZE) {
+      const x = a.subarray(off, off + BLOCK_SIZE);
+      const y = b?.subarray(off, off + BLOCK_SIZE);
+      const differs = y ? Buffer.compare(x, y) !== 0 : x.some((v) => v !== 0);
+      if (differs) mappings.push({ offset: off, size: BLOCK_SIZE });
+    }
+    return { mappings, blockSize: BLOCK_SIZE };
+  }
+  openSnapshot() {}
+  closeSnapshot() {}
+  readSnapshot(id: string, _vol: string, start: number, data: Uint8Array) {
+    if (++this.reads > this.failAfter) throw new Error("disk vanished");
+    data.set(this.snaps.get(id)!.subarray(start, start + data.length));
+  }
+}
+
+function fill(disk: Uint8Array, block: number, seed: number) {
+  const b = disk.subarray(block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
+  for (let i = 0; i < b.length; i += 4096) b[i] = (seed + i / 4096) % 251 + 1;
+}
+
+const volume = {
+  name: "vol1",
+  driver: "loop",
+  size: 8 * BLOCK_SIZE,
+  createdTime: "Mon Jan 02 15:04:05 +0000 2006",
+  uuid: "u-1",
+};
+
+function backup(
+  store: MemoryStore,
+  disk: FakeDisk,
+  snap: string,
+  extra: Record<string, unknown> = {},
+) {
+  return createDeltaBackup(store, disk, {
+    volume,
+    snapshot: { name: snap, createdTime: "t" },
+    destURL: store.url,
+    log: silentLogger,
+    ...extra,
+  });
+}
+
+async function restore(store: MemoryStore, name: string): Promise<Uint8Array> {
+  const dir = await mkdtemp(join(tmpdir(), "convoy-restore-"));
+  try {
+    const target = join(dir, "img");
+    await writeFile(target, "");
+    await restoreDeltaBackup(store, {
+      volume: "vol1",
+      backup: name,
+      url: `u:${name}`,
+      target,
+      log: silentLogger,
+    });
+    return new Uint8Array(await readFile(target));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const blockKeys = (s: MemoryStore) => s.keys().filter((k) => k.endsWith(".blk"));
+
+describe("delta-block engine", () => {
+  it("createDeltaBackup() stores each distinct non-zero block once and restores byte for byte", async () => {
+    const store = new MemoryStore("full");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 0, 1);
+    fill(img, 3, 7);
+    img.copyWithin(5 * BLOCK_SIZE, 3 * BLOCK_SIZE, 4 * BLOCK_SIZE); // block 5 = block 3
+    disk.snapshot("s1", img);
+    const name = await backup(store, disk, "s1");
+    assert.equal(
+      blockKeys(store).length,
+      2,
+      "blocks 3 and 5 are one object; zero blocks are not stored",
+    );
+    assert.deepEqual(await restore(store, name), img);
+  });
+
+  it("createDeltaBackup() reads only the blocks changed since the last backup and merges the map", async () => {
+    const store = new MemoryStore("incr");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 6; b++) fill(img, b, b + 10);
+    disk.snapshot("s1", img);
+    const first = await backup(store, disk, "s1");
+    disk.reads = 0;
+    fill(img, 2, 99);
+    img.fill(0, 4 * BLOCK_SIZE, 5 * BLOCK_SIZE); // block 4 zeroed since s1
+    disk.snapshot("s2", img);
+    const second = await backup(store, disk, "s2");
+    assert.equal(disk.reads, 2, "only blocks 2 and 4 are read");
+    assert.deepEqual(
+      await restore(store, second),
+      img,
+      "the zeroed block restores as zeros, not stale data",
+    );
+    const s1 = disk.snaps.get("s1")!;
+    assert.deepEqual(await restore(store, first), s1);
+  });
+
+  it("createDeltaBackup() falls back to a full backup, never merging a stale map, when the base snapshot is gone", async () => {
+    const store = new MemoryStore("fallback");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 1, 5);
+    fill(img, 6, 6);
+    disk.snapshot("s1", img);
+    await backup(store, disk, "s1");
+    disk.snaps.delete("s1");
+    img.fill(0, 6 * BLOCK_SIZE, 7 * BLOCK_SIZE); // discarded: a hole now, so a full compare skips it
+    disk.snapshot("s2", img);
+    const second = await backup(store, disk, "s2");
+    assert.deepEqual(await restore(store, second), img);
+  });
+
+  it("createDeltaBackup() does not build on a backup of another volume with the same name", async () => {
+    const store = new MemoryStore("uuid");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 2, 3);
+    disk.snapshot("s1", img);
+    await backup(store, disk, "s1");
+    const other = new Uint8Array(volume.size);
+    fill(other, 5, 8);
+    disk.snapshot("s2", other);
+    const name = await createDeltaBackup(store, disk, {
+      volume: { ...volume, uuid: "u-2" },
+      snapshot: { name: "s2", createdTime: "t" },
+      destURL: store.url,
+      log: silentLogger,
+    });
+    assert.deepEqual(
+      await restore(store, name),
+      other,
+      "block 2 of the other volume is not merged in",
+    );
+  });
+
+  it("a backup killed midway is never listed, and a re-run reuses the blocks it uploaded", async () => {
+    const store = new MemoryStore("crash");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 8; b++) fill(img, b, b * 3 + 1);
+    disk.snapshot("s1", img);
+    disk.failAfter = 5;
+    await assert.rejects(backup(store, disk, "s1", { concurrency: 1 }), /disk vanished/);
+    assert.deepEqual(
+      store.keys().filter((k) => k.includes("/backups/") || k.endsWith("volume.cfg")),
+      [],
+    );
+    const uploaded = blockKeys(store).length;
+    assert.ok(uploaded >= 4 && uploaded <= 5);
+    disk.failAfter = Infinity;
+    const name = await backup(store, disk, "s1");
+    assert.deepEqual(await restore(store, name), img);
+    assert.equal(blockKeys(store).length, 8);
+  });
+
+  it("deleteDeltaBackup() keeps blocks other backups use, and removes the volume's folder with the last backup", async () => {
+    const store = new MemoryStore("gc");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 0, 1);
+    fill(img, 1, 2);
+    disk.snapshot("s1", img);
+    const first = await backup(store, disk, "s1");
+    fill(img, 1, 50);
+    disk.snapshot("s2", img);
+    const second = await backup(store, disk, "s2");
+    assert.equal(blockKeys(store).length, 3);
+    await deleteDeltaBackup(store, { volume: "vol1", backup: first, url: "u", log: silentLogger });
+    assert.equal(blockKeys(store).length, 2, "the block only the first backup used is gone");
+    assert.deepEqual(await restore(store, second), img);
+    await deleteDeltaBackup(store, { volume: "vol1", backup: second, url: "u", log: silentLogger });
+    assert.deepEqual(store.keys(), []);
+  });
+
+  it("deleteDeltaBackup() deletes no block while another backup of the volume holds a lease", async () => {
+    const store = new MemoryStore("lease");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 0, 1);
+    disk.snapshot("s1", img);
+    const first = await backup(store, disk, "s1");
+    fill(img, 0, 2);
+    disk.snapshot("s2", img);
+    const second = await backup(store, disk, "s2");
+    const lease = await takeLease(store, "vol1", { kind: "backup", id: "other-host" });
+    await deleteDeltaBackup(store, { volume: "vol1", backup: first, url: "u", log: silentLogger });
+    assert.equal(
+      blockKeys(store).length,
+      2,
+      "a concurrent backup may just have reused the old block",
+    );
+    await lease.release();
+    assert.deepEqual(await restore(store, second), img);
+  });
+
+  it("restore and verify name the backup and block that is missing or corrupt", async () => {
+    const store = new MemoryStore("verify");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 4; b++) fill(img, b, b + 1);
+    disk.snapshot("s1", img);
+    const name = await backup(store, disk, "s1");
+    const ok = await verifyDeltaBackup(store, { volume: "vol1", backup: name, url: "URL" });
+    assert.deepEqual(ok.problems, []);
+    assert.equal(ok.checked, 4);
+    const [k1, k2] = blockKeys(store);
+    await store.remove(k1);
+    await store.write(k2, gzipSync(new Uint8Array(BLOCK_SIZE).fill(9)));
+    const bad = await verifyDeltaBackup(store, { volume: "vol1", backup: name, url: "URL" });
+    assert.equal(bad.problems.length, 2);
+    assert.match(
+      bad.problems.join("\n"),
+      /Cannot verify backup "URL": block [0-9a-f]{64} at offset \d+ is missing/,
+    );
+    assert.match(bad.problems.join("\n"), /is corrupt \(checksum mismatch\)/);
+    await assert.rejects(
+      restore(store, name),
+      /Cannot restore backup "u:backup-[0-9a-f]+": block [0-9a-f]{64} at offset \d+ is (missing|corrupt)/,
+    );
+    const sampled = await verifyDeltaBackup(store, {
+      volume: "vol1",
+      backup: name,
+      url: "URL",
+      sample: 0.25,
+    });
+    assert.equal(sampled.checked, 1);
+  });
+
+  it("restores a store written by Convoy v0.5.2 (gzip blocks named by SHA-512) and writes that format on request", async () => {
+    const store = new MemoryStore("convoy");
+    const block = new Uint8Array(BLOCK_SIZE).map((_, i) => (i * 31) % 256);
+    const sum = createHash("sha512").update(block).digest("hex").slice(0, 64);
+    const enc = new TextEncoder();
+    const dir = "convoy-objectstore/volumes/vo/l1/vol1";
+    await store.write(
+      `${dir}/blocks/${sum.slice(0, 2)}/${sum.slice(2, 4)}/${sum}.blk`,
+      gzipSync(block),
+    );
+    await store.write(
+      `${dir}/volume.cfg`,
+      enc.encode(
+        `{"Name":"vol1","Driver":"devicemapper","Size":${
+          4 * MiB
+        },"CreatedTime":"Mon Jan 02 15:04:05 -0700 2006","LastBackupName":"backup-0123456789ab4def"}`,
+      ),
+    );
+    await store.write(
+      `${dir}/backups/backup_backup-0123456789ab4def.cfg`,
+      enc.encode(
+        `{"Name":"backup-0123456789ab4def","Driver":"","VolumeName":"vol1","SnapshotName":"snap1","SnapshotCreatedAt":"x","CreatedTime":"y","Blocks":[{"Offset":${
+          2 * MiB
+        },"BlockChecksum":"${sum}"}],"SingleFile":{"FilePath":""}}`,
+      ),
+    );
+    const restored = await restore(store, "backup-0123456789ab4def");
+    assert.equal(restored.length, 4 * MiB);
+    assert.deepEqual(restored.subarray(2 * MiB), block);
+    assert.ok(restored.subarray(0, 2 * MiB).every((b) => b === 0));
+
+    const gz = new MemoryStore("gzip");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 1, 4);
+    disk.snapshot("s1", img);
+    await backup(gz, disk, "s1", { compression: "gzip" });
+    const [key] = blockKeys(gz);
+    const raw = gunzipSync(await gz.read(key));
+    assert.equal(
+      createHash("sha512").update(raw).digest("hex").slice(0, 64),
+      key.split("/").at(-1)!.slice(0, 64),
+    );
+  });
+
+  it("blockOffsets() and mergeBlocks() align ranges to 2 MiB blocks and let new blocks win", () => {
+    assert.deepEqual(
+      blockOffsets([{ offset: 0, size: 3 * MiB }, { offset: 4 * MiB, size: 1 }], 100 * MiB),
+      [0, 2 * MiB, 4 * MiB],
+    );
+    const a = "a".repeat(64);
+    const b = "b".repeat(64);
+    assert.deepEqual(
+      mergeBlocks([{ Offset: 0, BlockChecksum: a }, { Offset: 2 * MiB, BlockChecksum: a }], [{
+        Offset: 0,
+        BlockChecksum: b,
+      }], [2 * MiB]),
+      [{ Offset: 0, BlockChecksum: b }],
+    );
+  });
+});

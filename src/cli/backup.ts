@@ -1,0 +1,87 @@
+import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { checkName, normalizeBackupUrl, unescapeAmpersands } from "./parse.ts";
+import type { Session } from "./session.ts";
+
+const ENDPOINT_HELP = "custom S3 endpoint, e.g. http://minio:9000 (env: CONVOY_S3_ENDPOINT)";
+
+/** `convoy backup [--s3-endpoint URL] create|delete|list|inspect`. */
+export function addBackupCommands(program: CommandUnknownOpts, s: Session): void {
+  const backup = program
+    .command("backup")
+    .description("manage backups of snapshots in an object store (s3://, vfs://)")
+    .option("--s3-endpoint <url>", ENDPOINT_HELP);
+
+  /** The endpoint for `url`: the sub-command's flag, else the parent's, else the env var. */
+  const endpoint = (url: string, own: string | undefined): string =>
+    s.endpointFor(url, own ?? backup.opts().s3Endpoint);
+  const print = (body: string) => s.print(unescapeAmpersands(body));
+
+  backup
+    .command("create")
+    .description("back up a snapshot; prints the backup URL")
+    .argument("<snapshot>", "snapshot name")
+    .option("--dest <url>", "destination: s3://bucket@region/path/ or vfs:///path/")
+    .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .action(async (snapshot, opts) => {
+      checkName(snapshot, "snapshot");
+      const dest = normalizeBackupUrl(opts.dest ?? "");
+      print(
+        await s.call("POST", "/v1/backups/create", {
+          URL: dest,
+          Endpoint: endpoint(dest, opts.s3Endpoint),
+          SnapshotName: snapshot,
+          Verbose: s.verbose,
+        }),
+      );
+    });
+
+  backup
+    .command("delete")
+    .description("delete a backup")
+    .argument("<url>", "backup URL")
+    .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .action(async (url, opts) => {
+      const backupUrl = normalizeBackupUrl(url);
+      print(
+        await s.call("DELETE", "/v1/backups", {
+          URL: backupUrl,
+          Endpoint: endpoint(backupUrl, opts.s3Endpoint),
+        }),
+      );
+    });
+
+  backup
+    .command("list")
+    .description("list the backups in a destination")
+    .argument("<dest>", "destination URL: s3://bucket@region/path/ or vfs:///path/")
+    .option("--volume-name <name>", "only the backups of this volume")
+    .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .action(async (dest, opts) => {
+      const volume = opts.volumeName ?? "";
+      if (volume !== "") checkName(volume, "volume");
+      const url = normalizeBackupUrl(dest);
+      print(
+        await s.call("GET", "/v1/backups/list", {
+          URL: url,
+          Endpoint: endpoint(url, opts.s3Endpoint),
+          VolumeName: volume,
+          SnapshotName: "",
+        }),
+      );
+    });
+
+  backup
+    .command("inspect")
+    .description("show a backup's details")
+    .argument("<url>", "backup URL")
+    .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .action(async (url, opts) => {
+      const backupUrl = normalizeBackupUrl(url);
+      print(
+        await s.call("GET", "/v1/backups/inspect", {
+          URL: backupUrl,
+          Endpoint: endpoint(backupUrl, opts.s3Endpoint),
+        }),
+      );
+    });
+}

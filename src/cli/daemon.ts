@@ -1,0 +1,56 @@
+import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import type { DaemonFlags } from "../daemon/options.ts";
+import { DEFAULT_CMD_TIMEOUT, DEFAULT_ROOT } from "../daemon/options.ts";
+import { collect, driverOptArg, durationArg } from "./parse.ts";
+import type { Session } from "./session.ts";
+
+/** `convoy daemon`: parses the flags into DaemonFlags and runs the daemon until it stops. */
+export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void {
+  program
+    .command("daemon")
+    .description("start the convoy daemon (listens on --socket)")
+    .option(
+      "--root <dir>",
+      `directory of convoy's configuration and state (default: ${DEFAULT_ROOT})`,
+    )
+    .option(
+      "--drivers <name>",
+      "enable a driver; repeatable, the first is the default (required on first start)",
+      collect,
+    )
+    .option(
+      "--driver-opts <key=value>",
+      "driver option shared by all drivers; repeatable, e.g. vfs.path=/srv/nfs",
+      driverOptArg,
+    )
+    .option("--plugins <dir>", "extra folder of driver plugins; repeatable", collect)
+    .option("--log <file>", "append JSON logs to this file instead of text logs to stderr")
+    .option("--debug", "log at debug level")
+    .option(
+      "--cmd-timeout <duration>",
+      `timeout of each external command, e.g. 90s, 2m (default: ${DEFAULT_CMD_TIMEOUT})`,
+      durationArg,
+    )
+    .option("--ignore-docker-delete", "make Docker's volume remove a no-op")
+    .option("--create-on-docker-mount", "create a missing volume when Docker mounts it")
+    .option("--ignore-config-file", "ignore a saved convoy.cfg and save these flags instead")
+    .option("--no-docker-spec", "do not write /etc/docker/plugins/convoy.spec")
+    .action(async (opts) => {
+      const g = s.globals;
+      const flags: DaemonFlags = {
+        root: opts.root,
+        socket: g.socket,
+        drivers: opts.drivers,
+        driverOpts: opts.driverOpts,
+        plugins: opts.plugins,
+        log: opts.log,
+        debug: opts.debug === true || g.debug,
+        cmdTimeout: opts.cmdTimeout,
+        ignoreDockerDelete: opts.ignoreDockerDelete === true ? true : undefined,
+        createOnDockerMount: opts.createOnDockerMount === true ? true : undefined,
+        ignoreConfigFile: opts.ignoreConfigFile === true ? true : undefined,
+        dockerSpec: opts.dockerSpec,
+      };
+      await s.deps.runDaemon(flags);
+    });
+}

@@ -1,0 +1,51 @@
+/**
+ * The single place that maps errors to exit codes and to the one-line message on stderr.
+ *
+ * - 0: success, `--help`, `--version`
+ * - 1: any failed operation (daemon error, unreachable daemon, invalid name, …)
+ * - 2: usage errors (unknown command or option, missing argument, malformed flag value)
+ *
+ * @module
+ */
+import { CommanderError } from "@commander-js/extra-typings";
+import { errorMessage } from "../api/errors.ts";
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+/** A command-line usage problem found outside commander's own parsing; exits 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** A failure whose details were already written to stderr (e.g. `delete` of several volumes). */
+export class ReportedFailure extends Error {
+  constructor(message = "operation failed") {
+    super(message);
+    this.name = "ReportedFailure";
+  }
+}
+
+/** The exit code for anything thrown while running the CLI. */
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+  if (err instanceof UsageError) return EXIT_USAGE;
+  return EXIT_FAILURE;
+}
+
+/** Collapses a (possibly multi-line) message into one line. */
+export function oneLine(message: string): string {
+  return message.trim().replace(/\s*[\r\n]+\s*/g, " ");
+}
+
+/** The line written to stderr for a failure, or `undefined` when nothing must be written. */
+export function errorLine(err: unknown): string | undefined {
+  // Commander already wrote its message through configureOutput().outputError.
+  if (err instanceof CommanderError || err instanceof ReportedFailure) return undefined;
+  if (err instanceof UsageError) return `convoy: error: ${oneLine(err.message)}`;
+  return `convoy: ${oneLine(errorMessage(err)) || "unknown error"}`;
+}

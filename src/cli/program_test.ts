@@ -1,0 +1,510 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { BackendError, ConvoyError, NotFoundError } from "../api/errors.ts";
+import { DEFAULT_SOCKET } from "../daemon/options.ts";
+import { runFake } from "./testing.ts";
+
+describe("runCli() volume commands", () => {
+  it("create sends every flag in Convoy's request body", async () => {
+    const r = await runFake(
+      [
+        "create",
+        "vol1",
+        "--driver",
+        "ebs",
+        "--size",
+        "10G",
+        "--backup",
+        "s3://b@us-east-1/p?backup=backup-1\\u0026volume=vol0",
+        "--s3-endpoint",
+        "http://minio:9000",
+        "--id",
+        "vol-123",
+        "--type",
+        "io1",
+        "--iops",
+        "300",
+        "--vm",
+      ],
+      { respond: () => "vol1" },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.calls, [{
+      socket: DEFAULT_SOCKET,
+      method: "POST",
+      path: "/v1/volumes/create",
+      body: {
+        Name: "vol1",
+        DriverName: "ebs",
+        Size: 10 * 1024 ** 3,
+        BackupURL: "s3://b@us-east-1/p?backup=backup-1&volume=vol0",
+        Endpoint: "http://minio:9000",
+        DriverVolumeID: "vol-123",
+        Type: "io1",
+        IOPS: 300,
+        PrepareForVM: true,
+        Verbose: false,
+      },
+    }]);
+    assert.equal(r.stdout, "vol1\n");
+    assert.equal(r.stderr, "");
+  });
+
+  it("create without a name sends defaults", async () => {
+    const r = await runFake(["create"], { respond: () => "volume-0123456789abcdef" });
+    assert.equal(r.code, 0);
+    assert.deepEqual(r.calls[0].body, {
+      Name: "",
+      DriverName: "",
+      Size: 0,
+      BackupURL: "",
+      Endpoint: "",
+      DriverVolumeID: "",
+      Type: "",
+      IOPS: 0,
+      PrepareForVM: false,
+      Verbose: false,
+    });
+    assert.equal(r.stdout, "volume-0123456789abcdef\n");
+  });
+
+  it("create rejects an invalid name with exit 1 and no request", async () => {
+    const r = await runFake(["create", "a/b"]);
+    assert.equal(r.code, 1);
+    assert.equal(r.calls.length, 0);
+    assert.match(r.stderr, /^convoy: Invalid volume name "a\/b": [^\n]+\n$/);
+  });
+
+  it("create rejects a malformed --size or --iops as a usage error", async () => {
+    for (
+      const argv of [["create", "--size", "10x"], ["create", "--iops", "abc"], [
+        "create",
+        "--size=-3",
+      ]]
+    ) {
+      const r = await runFake(argv);
+      assert.equal(r.code, 2, argv.join(" "));
+      assert.equal(r.calls.length, 0);
+      assert.match(r.stderr, /^convoy: error: option '--(size|iops) <[a-z]+>' argument [^\n]+\n$/);
+    }
+  });
+
+  it("--verbose asks for JSON on create, mount, snapshot create and backup create", async () => {
+    for (
+      const argv of [
+        ["create", "v1"],
+        ["mount", "v1"],
+        ["snapshot", "create", "v1"],
+        ["backup", "create", "s1", "--dest", "vfs:///b"],
+      ]
+    ) {
+      const r = await runFake(["--verbose", ...argv]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal((r.calls[0].body as Record<string, unknown>).Verbose, true, argv.join(" "));
+    }
+  });
+
+  it("delete sends one request per volume and continues after a failure", async () => {
+    const r = await runFake(["delete", "v1", "bad/name", "v2", "v3", "-r"], {
+      respond: (call) => {
+        if ((call.body as { VolumeName: string }).VolumeName === "v2") {
+          throw new NotFoundError("Volume not found.");
+        }
+        return "";
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.deepEqual(r.calls.map((c) => [c.method, c.path, c.body]), [
+      ["DELETE", "/v1/volumes/", { VolumeName: "v1", ReferenceOnly: true }],
+      ["DELETE", "/v1/volumes/", { VolumeName: "v2", ReferenceOnly: true }],
+      ["DELETE", "/v1/volumes/", { VolumeName: "v3", ReferenceOnly: true }],
+    ]);
+    assert.equal(r.stdout, "\n\n");
+    const lines = r.stderr.trimEnd().split("\n");
+    assert.equal(lines.length, 2);
+    assert.match(lines[0], /^Error deleting bad\/name: Invalid volume name "bad\/name"/);
+    assert.equal(lines[1], "Error deleting v2: Volume not found.");
+  });
+
+  it("delete without --reference sends ReferenceOnly false and prints an empty line", async () => {
+    const r = await runFake(["delete", "v1"]);
+    assert.equal(r.code, 0);
+    assert.deepEqual(r.calls[0].body, { VolumeName: "v1", ReferenceOnly: false });
+    assert.equal(r.stdout, "\n");
+  });
+
+  it("mount accepts flags before or after the volume name", async () => {
+    for (
+      const argv of [["mount", "v1", "--mountpoint", "/mnt/x"], [
+        "mount",
+        "--mountpoint=/mnt/x",
+        "v1",
+      ]]
+    ) {
+      const r = await runFake(argv, { respond: () => "/mnt/x" });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(r.calls[0], {
+        socket: DEFAULT_SOCKET,
+        method: "POST",
+        path: "/v1/volumes/mount",
+        body: { VolumeName: "v1", MountPoint: "/mnt/x", Verbose: false },
+      });
+      assert.equal(r.stdout, "/mnt/x\n");
+    }
+  });
+
+  it("umount, inspect, list and info call their routes", async () => {
+    const cases: [string[], string, string, unknown][] = [
+      [["umount", "v1"], "POST", "/v1/volumes/umount", { VolumeName: "v1" }],
+      [["inspect", "v1"], "GET", "/v1/volumes/", { VolumeName: "v1" }],
+      [["list"], "GET", "/v1/volumes/list", undefined],
+      [["list", "--driver"], "GET", "/v1/volumes/list?driver=1", undefined],
+      [["info"], "GET", "/v1/info", undefined],
+    ];
+    for (const [argv, method, path, body] of cases) {
+      const r = await runFake(argv, { respond: () => '{\n\t"a": "b"\n}' });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual([r.calls[0].method, r.calls[0].path, r.calls[0].body], [method, path, body]);
+      assert.equal(r.stdout, '{\n\t"a": "b"\n}\n');
+    }
+  });
+
+  it("name checks run for mount, umount and inspect", async () => {
+    for (const cmd of ["mount", "umount", "inspect"]) {
+      const r = await runFake([cmd, "x"]);
+      assert.equal(r.code, 1, cmd);
+      assert.equal(r.calls.length, 0);
+      assert.match(r.stderr, /^convoy: Invalid volume name "x"/);
+    }
+  });
+
+  it("--socket selects the socket the transport connects to", async () => {
+    for (const argv of [["-s", "/tmp/a.sock", "info"], ["--socket=/tmp/a.sock", "info"]]) {
+      const r = await runFake(argv);
+      assert.equal(r.calls[0].socket, "/tmp/a.sock");
+    }
+  });
+});
+
+describe("runCli() snapshot commands", () => {
+  it("snapshot create sends the volume and --name", async () => {
+    const r = await runFake(["snapshot", "create", "v1", "--name", "s1"], { respond: () => "s1" });
+    assert.equal(r.code, 0);
+    assert.deepEqual(r.calls[0], {
+      socket: DEFAULT_SOCKET,
+      method: "POST",
+      path: "/v1/snapshots/create",
+      body: { Name: "s1", VolumeName: "v1", Verbose: false },
+    });
+    assert.equal(r.stdout, "s1\n");
+  });
+
+  it("snapshot create rejects an invalid --name with exit 1", async () => {
+    const r = await runFake(["snapshot", "create", "v1", "--name", "s/1"]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^convoy: Invalid snapshot name "s\/1"/);
+  });
+
+  it("snapshot delete and inspect send the snapshot name", async () => {
+    const d = await runFake(["snapshot", "delete", "s1"]);
+    assert.deepEqual([d.calls[0].method, d.calls[0].path, d.calls[0].body], [
+      "DELETE",
+      "/v1/snapshots/",
+      { SnapshotName: "s1" },
+    ]);
+    assert.equal(d.stdout, "\n");
+    const i = await runFake(["snapshot", "inspect", "s1"]);
+    assert.deepEqual([i.calls[0].method, i.calls[0].path, i.calls[0].body], [
+      "GET",
+      "/v1/snapshots/",
+      { SnapshotName: "s1" },
+    ]);
+  });
+});
+
+describe("runCli() backup commands", () => {
+  const url = "s3://b@us-east-1/p?backup=backup-1&volume=v1";
+
+  it("backup create takes --s3-endpoint before the sub-command and prints the URL unescaped", async () => {
+    const r = await runFake(
+      [
+        "backup",
+        "--s3-endpoint",
+        "http://minio:9000",
+        "create",
+        "s1",
+        "--dest",
+        "s3://b@us-east-1/p",
+      ],
+      { respond: () => "s3://b@us-east-1/p?backup=backup-1\\u0026volume=v1" },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.calls[0], {
+      socket: DEFAULT_SOCKET,
+      method: "POST",
+      path: "/v1/backups/create",
+      body: {
+        URL: "s3://b@us-east-1/p",
+        Endpoint: "http://minio:9000",
+        SnapshotName: "s1",
+        Verbose: false,
+      },
+    });
+    assert.equal(r.stdout, url + "\n");
+  });
+
+  it("backup sub-commands accept their own --s3-endpoint, which wins", async () => {
+    const r = await runFake([
+      "backup",
+      "--s3-endpoint",
+      "http://a",
+      "inspect",
+      url,
+      "--s3-endpoint",
+      "http://b",
+    ]);
+    assert.deepEqual(r.calls[0].body, { URL: url, Endpoint: "http://b" });
+  });
+
+  it("CONVOY_S3_ENDPOINT is the default endpoint for s3:// URLs only", async () => {
+    const env = { CONVOY_S3_ENDPOINT: "http://env:9000" };
+    const s3 = await runFake(["backup", "delete", url], { env });
+    assert.deepEqual([s3.calls[0].method, s3.calls[0].path, s3.calls[0].body], [
+      "DELETE",
+      "/v1/backups",
+      { URL: url, Endpoint: "http://env:9000" },
+    ]);
+    const vfs = await runFake(["backup", "list", "vfs:///backups"], { env });
+    assert.deepEqual(vfs.calls[0].body, {
+      URL: "vfs:///backups",
+      Endpoint: "",
+      VolumeName: "",
+      SnapshotName: "",
+    });
+    const create = await runFake(["create", "v1"], { env });
+    assert.equal((create.calls[0].body as { Endpoint: string }).Endpoint, "");
+  });
+
+  it("backup list sends --volume-name and validates it", async () => {
+    const r = await runFake(["backup", "list", "vfs:///b", "--volume-name", "v1"], {
+      respond: () => '{\n\t"vfs:///b?backup=x\\u0026volume=v1": {}\n}',
+    });
+    assert.equal(r.code, 0);
+    assert.deepEqual([r.calls[0].method, r.calls[0].path, r.calls[0].body], [
+      "GET",
+      "/v1/backups/list",
+      { URL: "vfs:///b", Endpoint: "", VolumeName: "v1", SnapshotName: "" },
+    ]);
+    assert.equal(r.stdout, '{\n\t"vfs:///b?backup=x&volume=v1": {}\n}\n');
+    const bad = await runFake(["backup", "list", "vfs:///b", "--volume-name", "a b"]);
+    assert.equal(bad.code, 1);
+    assert.equal(bad.calls.length, 0);
+  });
+
+  it("backup inspect accepts the escaped URL form", async () => {
+    for (const input of [url.replace("&", "\\u0026"), url.replace("&", "u0026")]) {
+      const r = await runFake(["backup", "inspect", input]);
+      assert.deepEqual([r.calls[0].method, r.calls[0].path, r.calls[0].body], [
+        "GET",
+        "/v1/backups/inspect",
+        { URL: url, Endpoint: "" },
+      ]);
+    }
+  });
+
+  it("backup create validates the snapshot name", async () => {
+    const r = await runFake(["backup", "create", "a", "--dest", "vfs:///b"]);
+    assert.equal(r.code, 1);
+    assert.equal(r.calls.length, 0);
+  });
+});
+
+describe("runCli() daemon command", () => {
+  it("daemon passes every flag to runDaemon", async () => {
+    const r = await runFake([
+      "-s",
+      "/tmp/c.sock",
+      "daemon",
+      "--root",
+      "/tmp/root",
+      "--drivers=vfs",
+      "--drivers",
+      "ebs",
+      "--driver-opts",
+      "vfs.path=/srv/a=b",
+      "--driver-opts=ebs.defaultvolumesize=1G",
+      "--plugins",
+      "/p1",
+      "--plugins=/p2",
+      "--log",
+      "/tmp/log.json",
+      "--debug",
+      "--cmd-timeout",
+      "2m",
+      "--ignore-docker-delete",
+      "--create-on-docker-mount",
+      "--ignore-config-file",
+      "--no-docker-spec",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.daemonFlags, [{
+      root: "/tmp/root",
+      socket: "/tmp/c.sock",
+      drivers: ["vfs", "ebs"],
+      driverOpts: ["vfs.path=/srv/a=b", "ebs.defaultvolumesize=1G"],
+      plugins: ["/p1", "/p2"],
+      log: "/tmp/log.json",
+      debug: true,
+      cmdTimeout: "2m",
+      ignoreDockerDelete: true,
+      createOnDockerMount: true,
+      ignoreConfigFile: true,
+      dockerSpec: false,
+    }]);
+  });
+
+  it("daemon leaves unset flags undefined for the daemon's defaults", async () => {
+    const r = await runFake(["daemon"]);
+    assert.equal(r.code, 0);
+    assert.deepEqual(r.daemonFlags, [{
+      root: undefined,
+      socket: DEFAULT_SOCKET,
+      drivers: undefined,
+      driverOpts: undefined,
+      plugins: undefined,
+      log: undefined,
+      debug: false,
+      cmdTimeout: undefined,
+      ignoreDockerDelete: false,
+      createOnDockerMount: false,
+      ignoreConfigFile: false,
+      dockerSpec: true,
+    }]);
+  });
+
+  it("parseArgs() rejects --driver-opts without = or with an empty key", async () => {
+    for (const opt of ["vfs.path", "=x"]) {
+      const r = await runFake(["daemon", "--driver-opts", opt]);
+      assert.equal(r.code, 2, opt);
+      assert.equal(r.daemonFlags.length, 0);
+      assert.match(r.stderr, /^convoy: error: option '--driver-opts <key=value>' argument/);
+      assert.equal(r.stderr.split("\n").length, 2);
+    }
+  });
+
+  it("daemon rejects a malformed --cmd-timeout as a usage error", async () => {
+    const r = await runFake(["daemon", "--cmd-timeout", "soon"]);
+    assert.equal(r.code, 2);
+  });
+
+  it("a failing daemon exits 1 with its message", async () => {
+    const r = await runFake(["daemon"], {
+      runDaemon: () => Promise.reject(new ConvoyError("Conflict", "Failed to lock /x/lock")),
+    });
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, "convoy: Failed to lock /x/lock\n");
+  });
+});
+
+describe("runCli() exit codes and messages", () => {
+  it("usage errors exit 2 with one line on stderr", async () => {
+    const cases: [string[], RegExp][] = [
+      [["foo"], /^convoy: error: unknown command 'foo'/],
+      [["create", "--foo"], /^convoy: error: unknown option '--foo'/],
+      [["mount"], /^convoy: error: missing required argument 'volume'/],
+      [["info", "extra"], /^convoy: error: too many arguments/],
+      [
+        ["backup", "create", "s1", "--dest"],
+        /^convoy: error: option '--dest <url>' argument missing/,
+      ],
+    ];
+    for (const [argv, re] of cases) {
+      const r = await runFake(argv);
+      assert.equal(r.code, 2, argv.join(" "));
+      assert.match(r.stderr, re);
+      assert.equal(r.stderr.split("\n").length, 2, r.stderr);
+      assert.equal(r.calls.length, 0);
+    }
+  });
+
+  it("no command shows the help on stderr and exits 2", async () => {
+    const r = await runFake([]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /Usage: convoy/);
+  });
+
+  it("--help and --version exit 0", async () => {
+    const h = await runFake(["--help"]);
+    assert.equal(h.code, 0);
+    assert.match(h.stdout, /Usage: convoy \[global options\] <command>/);
+    const sub = await runFake(["backup", "create", "--help"]);
+    assert.equal(sub.code, 0);
+    assert.match(sub.stdout, /--dest <url>/);
+    for (const flag of ["-v", "--version"]) {
+      const v = await runFake([flag]);
+      assert.equal(v.code, 0);
+      assert.equal(v.stdout, "Convoy version v0.6.0\n");
+    }
+  });
+
+  it("a failed operation exits 1 with one line and no stack trace", async () => {
+    const r = await runFake(["inspect", "v1"], {
+      respond: () => {
+        throw new BackendError("Failed to execute: mount\noutput: busy\n");
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, "convoy: Failed to execute: mount output: busy\n");
+    assert.equal(r.stdout, "");
+  });
+
+  it("--debug adds requests and the stack trace on stderr", async () => {
+    const r = await runFake(["-d", "inspect", "v1"], {
+      respond: () => {
+        throw new NotFoundError("Volume not found.");
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /convoy: debug: GET \/v1\/volumes\/ \{"VolumeName":"v1"\}/);
+    assert.match(r.stderr, /convoy: Volume not found\.\n/);
+    assert.match(r.stderr, /NotFoundError: Volume not found\.\n\s+at /);
+  });
+});
+
+describe("runCli() shell completion", () => {
+  it("completion bash prints a script for convoy", async () => {
+    const log = console.log;
+    const r = await runFake(["completion", "bash"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /bash completion for convoy/);
+    assert.match(r.stdout, /convoy complete --/);
+    assert.equal(console.log, log);
+  });
+
+  it("completion zsh and fish print scripts", async () => {
+    for (const shell of ["zsh", "fish"]) {
+      const r = await runFake(["completion", shell]);
+      assert.equal(r.code, 0);
+      assert.match(r.stdout, /convoy/);
+    }
+  });
+
+  it("completion rejects an unknown shell with exit 2", async () => {
+    const r = await runFake(["completion", "tcsh"]);
+    assert.equal(r.code, 2);
+  });
+
+  it("complete -- answers command, flag and --driver value completions", async () => {
+    const cmds = await runFake(["complete", "--", "sn"]);
+    assert.equal(cmds.code, 0);
+    assert.match(cmds.stdout, /^snapshot\t/m);
+    const flags = await runFake(["complete", "--", "create", "--dr"]);
+    assert.match(flags.stdout, /^--driver\t/m);
+    const values = await runFake(["complete", "--", "create", "--driver", ""]);
+    for (const d of ["vfs", "loop", "devicemapper", "ebs"]) {
+      assert.match(values.stdout, new RegExp(`^${d}\\t`, "m"));
+    }
+    const sub = await runFake(["complete", "--", "backup", "l"]);
+    assert.match(sub.stdout, /^list\t/m);
+  });
+});

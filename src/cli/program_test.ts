@@ -375,9 +375,9 @@ describe("runCli() daemon command", () => {
       log: undefined,
       debug: false,
       cmdTimeout: undefined,
-      ignoreDockerDelete: false,
-      createOnDockerMount: false,
-      ignoreConfigFile: false,
+      ignoreDockerDelete: undefined,
+      createOnDockerMount: undefined,
+      ignoreConfigFile: undefined,
       dockerSpec: true,
     }]);
   });

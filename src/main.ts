@@ -13,6 +13,7 @@ function defaultDeps(): CliDeps {
     io: {
       stdout: (text) => void process.stdout.write(text),
       stderr: (text) => void process.stderr.write(text),
+      stderrIsTTY: process.stderr.isTTY === true,
     },
     env: process.env,
     connect: (socket) => createSocketTransport(socket),

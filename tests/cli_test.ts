@@ -359,3 +359,76 @@ describe("daemon lifecycle", () => {
     }
   });
 });
+
+describe("long operations", () => {
+  it("a long backup neither blocks list nor other volumes, reports progress, and can be cancelled", async () => {
+    const { dir, cleanup } = await tempDir();
+    const d = await startDaemon({ root: join(dir, "root") });
+    const socket = d.socket;
+    try {
+      const store = join(dir, "store");
+      await mkdir(store);
+      await ok(["create", "big"], { socket });
+      await ok(["create", "other"], { socket });
+      const path = JSON.parse(await ok(["inspect", "big"], { socket })).DriverInfo.Path;
+      const chunk = new Uint8Array(16 * 1024 * 1024);
+      for (let i = 0; i < 24; i++) {
+        crypto.getRandomValues(chunk.subarray(0, 65536));
+        for (let o = 65536; o < chunk.length; o += 65536) chunk.copyWithin(o, 0, 65536);
+        chunk[i] = i; // distinct files, incompressible enough to take a while
+        await writeFile(join(path, `f${i}`), chunk);
+      }
+      await ok(["snapshot", "create", "big", "--name", "bigsnap"], { socket });
+
+      const body = JSON.stringify({
+        URL: `vfs://${store}`,
+        SnapshotName: "bigsnap",
+        JobID: "job-test-1",
+      });
+      const running = rawRequest(socket, "POST", "/v1/backups/create", body);
+      let job: { State: string } | undefined;
+      for (let i = 0; i < 100 && !job; i++) {
+        const jobs = JSON.parse((await rawRequest(socket, "GET", "/v1/jobs")).body) as {
+          ID: string;
+          State: string;
+        }[];
+        job = jobs.find((j) => j.ID === "job-test-1");
+        if (!job) await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(job?.State, "running");
+      const list = JSON.parse(await ok(["list"], { socket }));
+      assert.deepEqual(Object.keys(list), ["big", "other"]);
+      await ok(["snapshot", "create", "other", "--name", "othersnap"], { socket });
+      const meanwhile = JSON.parse((await rawRequest(socket, "GET", "/v1/jobs")).body) as {
+        ID: string;
+        State: string;
+      }[];
+      assert.equal(
+        meanwhile.find((j) => j.ID === "job-test-1")?.State,
+        "running",
+        "list answered while the backup ran",
+      );
+      const del = await convoy(["snapshot", "delete", "bigsnap"], { socket });
+      assert.equal(del.code, 1, "a snapshot being backed up is not deleted");
+      assert.match(del.stderr, /being backed up/);
+
+      await ok(["jobs", "cancel", "job-test-1"], { socket });
+      const res = await running;
+      assert.equal(res.status, 499);
+      assert.match(JSON.parse(res.body).Error, /cancelled/);
+      assert.deepEqual(JSON.parse(await ok(["backup", "list", `vfs://${store}`], { socket })), {});
+
+      const url = await ok(["backup", "create", "othersnap", "--dest", `vfs://${store}`], {
+        socket,
+      });
+      const report = JSON.parse(await ok(["backup", "verify", url], { socket }));
+      assert.deepEqual(report.problems, []);
+      const jobs = JSON.parse(await ok(["jobs"], { socket })) as { Kind: string; State: string }[];
+      assert.ok(jobs.some((j) => j.Kind === "backup" && j.State === "cancelled"));
+      assert.ok(jobs.some((j) => j.Kind === "verify" && j.State === "done"));
+    } finally {
+      await d.stop();
+      await cleanup();
+    }
+  });
+});

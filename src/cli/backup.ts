@@ -1,6 +1,15 @@
-import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { type CommandUnknownOpts, InvalidArgumentError, Option } from "@commander-js/extra-typings";
+import { BackendError } from "../api/errors.ts";
+import { generateName } from "../util/names.ts";
+import { withProgress } from "./progress.ts";
 import { checkName, normalizeBackupUrl, unescapeAmpersands } from "./parse.ts";
 import type { Session } from "./session.ts";
+
+function sampleArg(v: string): number {
+  const n = Number(v);
+  if (!(n > 0 && n <= 1)) throw new InvalidArgumentError("expected a fraction in (0, 1], e.g. 0.1");
+  return n;
+}
 
 const ENDPOINT_HELP = "custom S3 endpoint, e.g. http://minio:9000 (env: CONVOY_S3_ENDPOINT)";
 
@@ -22,17 +31,59 @@ export function addBackupCommands(program: CommandUnknownOpts, s: Session): void
     .argument("<snapshot>", "snapshot name")
     .option("--dest <url>", "destination: s3://bucket@region/path/ or vfs:///path/")
     .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .addOption(
+      new Option(
+        "--compression <codec>",
+        "block compression of a new store (gzip: readable by Convoy v0.5.2)",
+      )
+        .choices(["gzip", "zstd"] as const),
+    )
     .action(async (snapshot, opts) => {
       checkName(snapshot, "snapshot");
       const dest = normalizeBackupUrl(opts.dest ?? "");
+      const jobID = generateName("job", 16);
       print(
-        await s.call("POST", "/v1/backups/create", {
-          URL: dest,
-          Endpoint: endpoint(dest, opts.s3Endpoint),
-          SnapshotName: snapshot,
-          Verbose: s.verbose,
-        }),
+        await withProgress(s, jobID, () =>
+          s.call("POST", "/v1/backups/create", {
+            URL: dest,
+            Endpoint: endpoint(dest, opts.s3Endpoint),
+            SnapshotName: snapshot,
+            Verbose: s.verbose,
+            Compression: opts.compression ?? "",
+            JobID: jobID,
+          })),
       );
+    });
+
+  backup
+    .command("verify")
+    .description("check that every block of a backup is present and sound, without restoring it")
+    .argument("<url>", "backup URL")
+    .option(
+      "--sample <fraction>",
+      "check only this random fraction of the blocks, e.g. 0.1",
+      sampleArg,
+    )
+    .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .action(async (url, opts) => {
+      const backupUrl = normalizeBackupUrl(url);
+      const jobID = generateName("job", 16);
+      const body = await withProgress(s, jobID, () =>
+        s.call("POST", "/v1/backups/verify", {
+          URL: backupUrl,
+          Endpoint: endpoint(backupUrl, opts.s3Endpoint),
+          Sample: opts.sample,
+          JobID: jobID,
+        }));
+      print(body);
+      const report = JSON.parse(body) as { problems: string[] };
+      if (report.problems.length > 0) {
+        throw new BackendError(
+          `Backup "${backupUrl}" is damaged: ${report.problems.length} problem(s), first: ${
+            report.problems[0]
+          }`,
+        );
+      }
     });
 
   backup

@@ -12,6 +12,7 @@ import { VERSION } from "../version.ts";
 import { addBackupCommands } from "./backup.ts";
 import { addCompletionCommands, COMPLETION_COMMANDS } from "./completion.ts";
 import { addDaemonCommand } from "./daemon.ts";
+import { addJobCommands } from "./jobs.ts";
 import { errorLine, EXIT_OK, exitCodeFor, oneLine } from "./exit.ts";
 import { Session } from "./session.ts";
 import { addSnapshotCommands } from "./snapshot.ts";
@@ -50,6 +51,7 @@ export function buildProgram(deps: CliDeps) {
   addVolumeCommands(program, session);
   addSnapshotCommands(program, session);
   addBackupCommands(program, session);
+  addJobCommands(program, session);
   addCompletionCommands(program);
   return { program, session };
 }

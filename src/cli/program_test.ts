@@ -239,6 +239,8 @@ describe("runCli() backup commands", () => {
       { respond: () => "s3://b@us-east-1/p?backup=backup-1\\u0026volume=v1" },
     );
     assert.equal(r.code, 0, r.stderr);
+    const jobID = (r.calls[0].body as { JobID: string }).JobID;
+    assert.match(jobID, /^job-[0-9a-f]{16}$/);
     assert.deepEqual(r.calls[0], {
       socket: DEFAULT_SOCKET,
       method: "POST",
@@ -248,6 +250,8 @@ describe("runCli() backup commands", () => {
         Endpoint: "http://minio:9000",
         SnapshotName: "s1",
         Verbose: false,
+        Compression: "",
+        JobID: jobID,
       },
     });
     assert.equal(r.stdout, url + "\n");

@@ -14,6 +14,8 @@ export type Transport = (method: HttpMethod, path: string, body?: unknown) => Pr
 export interface CliIO {
   stdout(text: string): void;
   stderr(text: string): void;
+  /** True when stderr is a terminal: long operations then draw a progress bar there. */
+  stderrIsTTY?: boolean;
 }
 
 /** Everything the CLI touches outside itself; tests replace any of it. */

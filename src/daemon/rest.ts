@@ -45,7 +45,11 @@ const BackupReq = z.object({
   SnapshotName: str,
   VolumeName: str,
   Verbose: bool,
+  Compression: z.enum(["", "gzip", "zstd"]).nullish().transform((v) => v ?? ""),
+  JobID: str,
+  Sample: z.number().gt(0).lte(1).nullish(),
 });
+const JobRef = z.object({ ID: str });
 
 /** Convoy's REST routes (convoy.md §4.2), keyed "METHOD path" without the /v1 prefix. */
 export const routes: Record<string, Route> = {
@@ -114,6 +118,8 @@ export const routes: Record<string, Route> = {
     const url = await svc.createBackup(b.SnapshotName, {
       destURL: b.URL,
       endpoint: b.Endpoint || undefined,
+      compression: b.Compression || undefined,
+      jobID: b.JobID || undefined,
     });
     return b.Verbose ? json({ URL: url }) : text(url);
   },
@@ -129,6 +135,21 @@ export const routes: Record<string, Route> = {
   "GET /backups/inspect": async (svc, req) => {
     const b = parseBody(req.body, BackupReq);
     return json(await svc.inspectBackup(b.URL, { endpoint: b.Endpoint || undefined }));
+  },
+  "POST /backups/verify": async (svc, req) => {
+    const b = parseBody(req.body, BackupReq);
+    return json(
+      await svc.verifyBackup(b.URL, {
+        endpoint: b.Endpoint || undefined,
+        sample: b.Sample ?? undefined,
+        jobID: b.JobID || undefined,
+      }),
+    );
+  },
+  "GET /jobs": (svc) => Promise.resolve(json(svc.jobs.list())),
+  "DELETE /jobs": (svc, req) => {
+    svc.jobs.cancel(parseBody(req.body, JobRef).ID);
+    return Promise.resolve(text(""));
   },
   "DELETE /backups": async (svc, req) => {
     const b = parseBody(req.body, BackupReq);

@@ -1,5 +1,6 @@
 import {
   AlreadyExistsError,
+  CancelledError,
   ConflictError,
   ConvoyError,
   errorMessage,
@@ -28,7 +29,8 @@ import {
   OPT_VOLUME_NAME,
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
-import type { BackupStoreApi } from "../api/plugin.ts";
+import type { BackupStoreApi, VerifyReport } from "../api/plugin.ts";
+import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
 import type { DaemonConfig } from "./config.ts";
@@ -74,6 +76,19 @@ export function unescapeURL(url: string): string {
 
 const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
 
+/** Marks a Docker mount ID in VolumeRecord.MountIDs taken before Docker last activated the plugin. */
+export const STALE_MOUNT_PREFIX = "stale:";
+
+/** True for a stale Docker mount ID (see VolumeService.markDockerMountsStale). */
+export function isStaleMount(id: string): boolean {
+  return id.startsWith(STALE_MOUNT_PREFIX);
+}
+
+/** Distinct live Docker mount IDs of a volume: the containers using it now. */
+export function liveMountIDs(v: VolumeRecord): string[] {
+  return [...new Set(v.MountIDs.filter((id) => !isStaleMount(id)))];
+}
+
 /**
  * The daemon's volume, snapshot and backup operations over the enabled drivers. It keeps the
  * persisted index (State), takes a lock per volume, and never probes drivers to find a volume.
@@ -85,6 +100,7 @@ export class VolumeService {
   readonly backup: BackupStoreApi;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
+  readonly jobs = new Jobs();
   /** Snapshots being backed up: they may not be deleted meanwhile. */
   readonly #backingUp = new Map<string, number>();
 
@@ -345,7 +361,10 @@ export class VolumeService {
 
   /**
    * Mounts a volume and resolves to its mount point. With a Docker `mountID` the mount is
-   * reference-counted: only the first holder mounts, a repeated ID is idempotent.
+   * reference-counted: the first holder mounts, each later Mount with any ID (the same ID again
+   * for `docker cp` on a running container) adds one reference and returns the same mount
+   * point. A Mount whose ID is held only as stale (see markDockerMountsStale) replaces those
+   * stale references with one live one: Docker re-established that mount after restarting.
    */
   async mountVolume(
     name: string,
@@ -364,7 +383,11 @@ export class VolumeService {
           opts.mountPoint ? { [OPT_MOUNT_POINT]: opts.mountPoint } : {},
         );
       }
-      if (opts.mountID && !v.MountIDs.includes(opts.mountID)) v.MountIDs.push(opts.mountID);
+      if (opts.mountID) {
+        const stale = STALE_MOUNT_PREFIX + opts.mountID;
+        v.MountIDs = v.MountIDs.filter((id) => id !== stale);
+        v.MountIDs.push(opts.mountID);
+      }
       v.MountPoint = mp;
       await this.state.save();
       return mp;
@@ -372,8 +395,10 @@ export class VolumeService {
   }
 
   /**
-   * Unmounts a volume. With a Docker `mountID` only that holder is released, and the volume is
-   * unmounted when the last one goes. Without one (CLI), a volume in use by containers is refused.
+   * Unmounts a volume. With a Docker `mountID` one reference of that ID is released (or, when the
+   * ID is held only as stale, all of its stale references); an unknown ID changes nothing. The
+   * volume is unmounted when the last reference goes. Without an ID (CLI), a volume in use by
+   * containers is refused.
    */
   async umountVolume(name: string, opts: { mountID?: string } = {}): Promise<void> {
     const action = `Cannot unmount volume "${name}"`;
@@ -381,7 +406,11 @@ export class VolumeService {
     await this.locks.run(name, async () => {
       const v = this.volume(name, action);
       if (opts.mountID !== undefined) {
-        v.MountIDs = v.MountIDs.filter((id) => id !== opts.mountID);
+        const i = v.MountIDs.indexOf(opts.mountID);
+        const stale = STALE_MOUNT_PREFIX + opts.mountID;
+        if (i >= 0) v.MountIDs.splice(i, 1);
+        else if (v.MountIDs.includes(stale)) v.MountIDs = v.MountIDs.filter((id) => id !== stale);
+        else return;
         if (v.MountIDs.length) {
           await this.state.save();
           return;
@@ -393,6 +422,50 @@ export class VolumeService {
       if (await vops.mountPoint(name)) await vops.umountVolume(name);
       v.MountPoint = "";
       await this.state.save();
+    });
+  }
+
+  /**
+   * Docker (re)activated the plugin, so it (re)started: every mount ID held so far was taken by
+   * an earlier Docker engine and becomes stale. A stale ID is not dropped (with live-restore its
+   * container may still run): it is released by a Mount or Unmount of the same ID, or by
+   * releaseStaleMounts when Docker removes the volume. Resolves to the number of stale IDs.
+   */
+  async markDockerMountsStale(): Promise<number> {
+    let n = 0;
+    for (const v of this.state.volumes.values()) {
+      const ids = new Set(v.MountIDs.map((id) => isStaleMount(id) ? id : STALE_MOUNT_PREFIX + id));
+      v.MountIDs = [...ids];
+      n += ids.size;
+    }
+    if (n) await this.state.save();
+    return n;
+  }
+
+  /**
+   * Drops the stale mount IDs of a volume (Docker asks to remove it, so no container of the
+   * running engine uses it) and unmounts it when nothing else holds it. Resolves to the number
+   * of distinct live IDs that still hold it.
+   */
+  async releaseStaleMounts(name: string): Promise<number> {
+    const action = `Cannot remove volume "${name}"`;
+    this.volume(name, action);
+    return await this.locks.run(name, async () => {
+      const v = this.volume(name, action);
+      const live = v.MountIDs.filter((id) => !isStaleMount(id));
+      if (live.length === v.MountIDs.length) return new Set(live).size;
+      this.log.info("releasing stale Docker mount IDs", {
+        volume: name,
+        stale: v.MountIDs.length - live.length,
+      });
+      v.MountIDs = live;
+      if (!live.length) {
+        const vops = await this.volumeOps(v.Driver, action);
+        if (await vops.mountPoint(name)) await vops.umountVolume(name);
+        v.MountPoint = "";
+      }
+      await this.state.save();
+      return new Set(live).size;
     });
   }
 
@@ -472,26 +545,59 @@ export class VolumeService {
   /** Backs up a snapshot to `destURL`; resolves to the backup URL. The volume stays usable meanwhile. */
   async createBackup(
     snapshotName: string,
-    opts: { destURL: string; endpoint?: string; signal?: AbortSignal },
+    opts: { destURL: string; endpoint?: string; compression?: string; jobID?: string },
   ): Promise<string> {
     const action = `Cannot back up snapshot "${snapshotName}"`;
     if (!opts.destURL) throw new InvalidArgumentError(`${action}: no destination URL given`);
     const { volume: v, snapshot: s } = this.snapshot(snapshotName, action);
     const bops = await this.backupOps(v.Driver, action);
     this.#backingUp.set(snapshotName, (this.#backingUp.get(snapshotName) ?? 0) + 1);
+    const job = this.jobs.start("backup", {
+      volume: v.Name,
+      snapshot: snapshotName,
+      id: opts.jobID,
+    });
     try {
       const url = await bops.createBackup(snapshotName, v.Name, unescapeURL(opts.destURL), {
         [OPT_VOLUME_NAME]: v.Name,
         [OPT_VOLUME_CREATED_TIME]: v.CreatedTime,
         [OPT_SNAPSHOT_CREATED_TIME]: s.CreatedTime,
         [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
-      }, { signal: opts.signal });
+        Compression: opts.compression ?? "",
+      }, { signal: job.signal, progress: job.progress });
+      job.finish();
       this.log.info("backup created", { snapshot: snapshotName, url });
       return url;
+    } catch (err) {
+      job.finish(err);
+      if (job.signal.aborted) throw new CancelledError(`${action}: cancelled`, { cause: err });
+      throw err;
     } finally {
       const n = this.#backingUp.get(snapshotName)! - 1;
       if (n) this.#backingUp.set(snapshotName, n);
       else this.#backingUp.delete(snapshotName);
+    }
+  }
+
+  /** Checks a backup's blocks (or a sample) without restoring it. */
+  async verifyBackup(
+    url: string,
+    opts: { endpoint?: string; sample?: number; jobID?: string } = {},
+  ): Promise<VerifyReport> {
+    url = unescapeURL(url);
+    const job = this.jobs.start("verify", { id: opts.jobID });
+    try {
+      const report = await this.backup.verifyBackup(url, {
+        endpoint: opts.endpoint,
+        sample: opts.sample,
+        signal: job.signal,
+        progress: job.progress,
+      });
+      job.finish();
+      return report;
+    } catch (err) {
+      job.finish(err);
+      throw err;
     }
   }
 
@@ -607,7 +713,37 @@ export class VolumeService {
       }
       await this.#reconcileSnapshots(driverName, d);
     }
+    await this.#remountInUse();
     await this.state.save();
+  }
+
+  /**
+   * Volumes Docker still holds (mount IDs, live or stale) stay mounted across a daemon restart;
+   * one the driver no longer reports mounted (a reboot) is mounted again at its default place.
+   */
+  async #remountInUse(): Promise<void> {
+    for (const v of this.state.volumes.values()) {
+      if (v.Status !== "ready" || !v.MountIDs.length) continue;
+      try {
+        const vops = await this.volumeOps(v.Driver, `Cannot mount volume "${v.Name}"`);
+        const mp = await vops.mountPoint(v.Name);
+        if (mp) {
+          v.MountPoint = mp;
+          continue;
+        }
+        v.MountPoint = await vops.mountVolume(v.Name, {});
+        this.log.warn("mounted again a volume Docker still uses", {
+          volume: v.Name,
+          mountPoint: v.MountPoint,
+          mountIDs: v.MountIDs.length,
+        });
+      } catch (err) {
+        this.log.error("cannot mount again a volume Docker still uses", {
+          volume: v.Name,
+          error: errorMessage(err),
+        });
+      }
+    }
   }
 
   async #reconcileSnapshots(driverName: string, d: ConvoyDriver): Promise<void> {

@@ -1,0 +1,90 @@
+/**
+ * The single binary CI ships (`bun build --compile`): it runs the daemon and the CLI, and loads
+ * third-party plugins (.ts and .js) from disk.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { canConnect, REPO, run, tempDir } from "./helpers.ts";
+import { JS_PLUGIN, TS_PLUGIN } from "./plugin_fixtures.ts";
+import { spawn } from "node:child_process";
+
+describe("single binary (bun build --compile)", () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let bin: string;
+
+  before(async () => {
+    ({ dir, cleanup } = await tempDir("convoy-bin-"));
+    bin = join(dir, "convoy");
+    const r = await run(join(REPO, "node_modules", ".bin", "bun"), [
+      "build",
+      "--compile",
+      "--minify",
+      join(REPO, "src", "bin.ts"),
+      "--outfile",
+      bin,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+  });
+  after(async () => await cleanup());
+
+  it("serves volumes from a bundled driver and from .ts and .js plugins on disk", async () => {
+    assert.match((await run(bin, ["--version"])).stdout, /^Convoy version v\d+\.\d+\.\d+/);
+    const plugins = join(dir, "plugins");
+    await mkdir(plugins);
+    await writeFile(join(plugins, "tsdemo.ts"), TS_PLUGIN);
+    await writeFile(join(plugins, "jsdemo.js"), JS_PLUGIN);
+    const socket = join(dir, "convoy.sock");
+    const daemon = spawn(bin, [
+      "--socket",
+      socket,
+      "daemon",
+      "--root",
+      join(dir, "root"),
+      "--no-docker-spec",
+      "--plugins",
+      plugins,
+      "--drivers",
+      "vfs",
+      "--drivers",
+      "tsdemo",
+      "--drivers",
+      "jsdemo",
+    ], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    daemon.stdout!.on("data", (c) => (out += c));
+    daemon.stderr!.on("data", (c) => (out += c));
+    const exited = new Promise((r) => daemon.on("exit", r));
+    try {
+      for (let i = 0; i < 100 && !(await canConnect(socket)); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok(await canConnect(socket), out);
+      const cli = async (...args: string[]) => {
+        const r = await run(bin, ["--socket", socket, ...args]);
+        assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+        return r.stdout.trim();
+      };
+      assert.equal(await cli("create", "t1", "--driver", "tsdemo"), "t1");
+      assert.equal(await cli("create", "j1", "--driver", "jsdemo"), "j1");
+      assert.equal(await cli("create", "v1"), "v1");
+      const mp = await cli("mount", "v1");
+      await writeFile(join(mp, "f"), "in the binary");
+      await cli("snapshot", "create", "v1", "--name", "s1");
+      const store = join(dir, "store");
+      await mkdir(store);
+      const url = await cli("backup", "create", "s1", "--dest", `vfs://${store}`);
+      await cli("create", "v2", "--backup", url);
+      assert.equal(await readFile(join(await cli("mount", "v2"), "f"), "utf8"), "in the binary");
+      const list = JSON.parse(await cli("list"));
+      assert.deepEqual(Object.keys(list).sort(), ["j1", "t1", "v1", "v2"]);
+      assert.equal(list.t1.Driver, "tsdemo");
+      assert.equal(list.j1.Driver, "jsdemo");
+    } finally {
+      process.kill(daemon.pid!, "SIGTERM");
+      await exited;
+    }
+  });
+});

@@ -523,7 +523,10 @@ export async function deleteDeltaBackup(
       for (const b of other?.Blocks ?? []) discard.delete(b.BlockChecksum);
     }
     const keys = [...discard].map((sum) => blockPath(opts.volume, sum));
-    for (let i = 0; i < keys.length; i += 1000) await store.remove(...keys.slice(i, i + 1000));
+    for (let i = 0; i < keys.length; i += 1000) {
+      const batch = keys.slice(i, i + 1000);
+      await (store.removeObjects ? store.removeObjects(...batch) : store.remove(...batch));
+    }
     log.info("deleted backup", { blocksRemoved: keys.length });
   } finally {
     if (!released) await lease.release().catch(() => {});

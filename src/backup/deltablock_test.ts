@@ -18,6 +18,9 @@ import {
   verifyDeltaBackup,
 } from "./deltablock.ts";
 import { takeLease } from "./leases.ts";
+import { openStore } from "../store/registry.ts";
+import type { ObjectStore } from "../store/types.ts";
+import { s3TestEndpoint } from "../../tests/s3_helper.ts";
 
 const MiB = 1024 * 1024;
 
@@ -334,5 +337,68 @@ describe("delta-block engine", () => {
       }], [2 * MiB]),
       [{ Offset: 0, BlockChecksum: b }],
     );
+  });
+});
+
+describe("delta-block engine on S3 (local S3 server)", () => {
+  it("backs up, restores incrementally and garbage-collects through an s3:// store", async () => {
+    const s3 = await s3TestEndpoint({ prefix: "convoy-delta" });
+    try {
+      const store: ObjectStore = await openStore(`s3://${s3.bucket}@us-east-1/deltas`, {
+        endpoint: s3.endpoint,
+      });
+      const disk = new FakeDisk(volume.size);
+      const img = new Uint8Array(volume.size);
+      for (let b = 0; b < 5; b++) fill(img, b, b + 40);
+      disk.snapshot("s1", img);
+      const opts = { volume, destURL: store.url, log: silentLogger };
+      const first = await createDeltaBackup(store, disk, {
+        ...opts,
+        snapshot: { name: "s1", createdTime: "t" },
+      });
+      fill(img, 3, 77);
+      disk.snapshot("s2", img);
+      disk.reads = 0;
+      const second = await createDeltaBackup(store, disk, {
+        ...opts,
+        snapshot: { name: "s2", createdTime: "t" },
+      });
+      assert.equal(disk.reads, 1);
+      const dir = await mkdtemp(join(tmpdir(), "convoy-s3-restore-"));
+      try {
+        const target = join(dir, "img");
+        await writeFile(target, "");
+        await restoreDeltaBackup(store, {
+          volume: "vol1",
+          backup: second,
+          url: "u",
+          target,
+          log: silentLogger,
+        });
+        assert.deepEqual(new Uint8Array(await readFile(target)), img);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+      await deleteDeltaBackup(store, {
+        volume: "vol1",
+        backup: first,
+        url: "u",
+        log: silentLogger,
+      });
+      assert.equal(
+        (await verifyDeltaBackup(store, { volume: "vol1", backup: second, url: "u" })).problems
+          .length,
+        0,
+      );
+      await deleteDeltaBackup(store, {
+        volume: "vol1",
+        backup: second,
+        url: "u",
+        log: silentLogger,
+      });
+      assert.deepEqual(await store.list(""), []);
+    } finally {
+      await s3.close();
+    }
   });
 });

@@ -6,6 +6,7 @@
 import { InvalidArgumentError } from "../api/errors.ts";
 import { destScheme } from "./dest_url.ts";
 import { memoryStoreFactory } from "./memory.ts";
+import { s3StoreFactory } from "./s3.ts";
 import type { ObjectStore, OpenStoreOptions, StoreFactory } from "./types.ts";
 import { vfsStoreFactory } from "./vfs.ts";
 
@@ -60,9 +61,11 @@ export function createStoreRegistry(factories: StoreFactory[] = []): StoreRegist
   return registry;
 }
 
-/** The built-in factories: vfs:// and mem:// (tests). s3:// joins here when it exists. */
+/**
+ * The built-in factories: vfs://, s3:// (the AWS SDK loads on first open) and mem:// (tests).
+ */
 export function builtinStoreFactories(): StoreFactory[] {
-  return [vfsStoreFactory, memoryStoreFactory()];
+  return [vfsStoreFactory, s3StoreFactory, memoryStoreFactory()];
 }
 
 /** The process-wide registry of the built-in schemes. */

@@ -40,7 +40,7 @@ describe("openStore()", () => {
     await assert.rejects(openStore("vfs:///tmp", { endpoint: "http://x" }), {
       name: "InvalidArgumentError",
       message:
-        'Cannot use endpoint "http://x" with "vfs:///tmp": no backup store type supports custom endpoints',
+        'Cannot use endpoint "http://x" with "vfs:///tmp": only s3:// supports custom endpoints',
     });
   });
 });

@@ -47,6 +47,11 @@ export interface ObjectStore {
    * Leaves no empty directories behind.
    */
   remove(...keys: string[]): Promise<void>;
+  /**
+   * Optional: deletes exactly these objects, without `remove`'s walk below each key. Stores
+   * where that walk costs a request per key (S3) offer it for bulk deletes of known objects.
+   */
+  removeObjects?(...keys: string[]): Promise<void>;
 }
 
 /** Options of `StoreFactory.open`. */

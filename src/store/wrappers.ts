@@ -14,8 +14,12 @@ export interface RetryOptions {
   delayMs?: number;
 }
 
-/** True for failures worth retrying: backend, unavailable and timeout errors. */
+/**
+ * True for failures worth retrying: backend, unavailable and timeout errors, unless the error
+ * says `permanent: true` (a store's verdict, e.g. S3 access denied or another 4xx status).
+ */
 export function isTransient(err: unknown): boolean {
+  if ((err as { permanent?: unknown } | null)?.permanent === true) return false;
   return isErrorCode(err, "Backend") || isErrorCode(err, "Unavailable") ||
     isErrorCode(err, "Timeout");
 }

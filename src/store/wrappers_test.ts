@@ -27,6 +27,15 @@ describe("withRetry()", () => {
     assert.equal(f.calls, 3);
   });
 
+  it("withRetry() does not retry an error marked permanent", async () => {
+    const denied = Object.assign(new BackendError("Cannot read: access denied"), {
+      permanent: true,
+    });
+    const f = flaky(new MemoryStore(), 5, denied);
+    await assert.rejects(withRetry(f, { delayMs: 1 }).read("k"), denied);
+    assert.equal(f.calls, 1);
+  });
+
   it("withRetry() does not retry NotFoundError", async () => {
     const f = flaky(new MemoryStore(), 5, new NotFoundError("Cannot read: missing"));
     await assert.rejects(withRetry(f, { delayMs: 1 }).read("k"), NotFoundError);

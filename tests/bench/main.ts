@@ -1,0 +1,206 @@
+/**
+ * `deno task bench`: backup and restore speed on a realistic loop volume, against restic on the
+ * same data. Prints one JSON document. Needs root (loop devices, mounts); not a test.
+ *
+ * A 4 GiB loop volume on an xfs (reflink) filesystem gets about 2 GB of real files from /usr;
+ * then: full backup to vfs://, full backup to the local S3 server, incremental backup after
+ * rewriting about 1% of the data, restore into a new volume; and restic backup and restore of the
+ * same snapshot image into a local repository.
+ */
+import { readFile, readdir, rm, stat, writeFile, mkdir, lstat } from "node:fs/promises";
+import { join } from "node:path";
+import { spawn } from "node:child_process";
+import { ok, REPO, run, startDaemon } from "../helpers.ts";
+
+const GB = 1e9;
+const WORK = process.env.CONVOY_BENCH_DIR ?? "/var/tmp/convoy-bench";
+const DATA_BYTES = Number(process.env.CONVOY_BENCH_DATA ?? 2e9);
+const log = (msg: string) => process.stderr.write(`bench: ${msg}\n`);
+
+async function must(cmd: string, args: string[], env?: Record<string, string>): Promise<string> {
+  const r = await run(cmd, args, { env });
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr || r.stdout}`);
+  return r.stdout;
+}
+
+async function duBytes(path: string): Promise<number> {
+  return Number((await must("du", ["-sb", path])).split(/\s/)[0]);
+}
+
+/** Peak RSS of a process since the last reset, in bytes; reset clears it (Linux clear_refs 5). */
+async function peakRss(pid: number, reset = false): Promise<number> {
+  if (reset) await writeFile(`/proc/${pid}/clear_refs`, "5").catch(() => {});
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<{ seconds: number; value: T }> {
+  const t0 = performance.now();
+  const value = await fn();
+  return { seconds: (performance.now() - t0) / 1000, value };
+}
+
+/** Top-level folders of /usr/share and /usr/lib, largest first, until about `bytes`. */
+async function pickSources(bytes: number): Promise<{ paths: string[]; bytes: number }> {
+  const candidates: { path: string; size: number }[] = [];
+  for (const base of ["/usr/share", "/usr/lib"]) {
+    for (const name of await readdir(base)) {
+      const path = join(base, name);
+      const st = await lstat(path);
+      if (!st.isDirectory()) continue;
+      candidates.push({ path, size: await duBytes(path) });
+    }
+  }
+  candidates.sort((a, b) => b.size - a.size);
+  const paths: string[] = [];
+  let total = 0;
+  for (const c of candidates) {
+    if (total >= bytes) break;
+    if (total + c.size > bytes * 1.15) continue;
+    paths.push(c.path);
+    total += c.size;
+  }
+  return { paths, bytes: total };
+}
+
+/** Regular files under `dir`, with sizes. */
+async function files(dir: string): Promise<{ path: string; size: number }[]> {
+  const out: { path: string; size: number }[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile()) continue;
+    const path = join(e.parentPath, e.name);
+    out.push({ path, size: (await stat(path)).size });
+  }
+  return out;
+}
+
+async function main() {
+  if (process.getuid?.() !== 0) throw new Error("the benchmark needs root (loop devices and mounts)");
+  await must("umount", ["-l", join(WORK, "xfs")]).catch(() => {});
+  await rm(WORK, { recursive: true, force: true });
+  await mkdir(join(WORK, "xfs"), { recursive: true });
+  await must("truncate", ["-s", "20G", join(WORK, "xfs.img")]);
+  await must("mkfs.xfs", ["-q", "-m", "reflink=1", join(WORK, "xfs.img")]);
+  await must("mount", ["-o", "loop", join(WORK, "xfs.img"), join(WORK, "xfs")]);
+  const env = {
+    AWS_ACCESS_KEY_ID: "bench",
+    AWS_SECRET_ACCESS_KEY: "bench-secret",
+    AWS_EC2_METADATA_DISABLED: "true",
+  };
+  const s3 = spawn(process.execPath, ["run", "-A", join(REPO, "tests", "s3_server.ts"), "--port", "0", "--dir", join(WORK, "s3")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const endpoint = await new Promise<string>((resolve) => s3.stdout!.once("data", (c) => resolve(String(c).trim().split("\n")[0])));
+  const daemon = await startDaemon({
+    root: join(WORK, "root"),
+    args: ["--drivers", "loop", "--driver-opts", `loop.path=${join(WORK, "xfs", "volumes")}`],
+    env,
+  });
+  const socket = daemon.socket;
+  const pid = daemon.proc.pid!;
+  const cli = (...args: string[]) => ok(args, { socket, env });
+  const results: Record<string, unknown> = {};
+  try {
+    const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
+    await new S3Client({ endpoint, region: "us-east-1", forcePathStyle: true, credentials: { accessKeyId: "bench", secretAccessKey: "x" } })
+      .send(new CreateBucketCommand({ Bucket: "bench" }));
+
+    log("creating a 4 GiB loop volume and copying files into it");
+    await cli("create", "bench", "--driver", "loop", "--size", "4G");
+    const mp = await cli("mount", "bench");
+    const src = await pickSources(DATA_BYTES);
+    for (const p of src.paths) await must("cp", ["-a", p, join(mp, p.replaceAll("/", "_"))]);
+    await must("sync", []);
+    const data = await duBytes(mp);
+    log(`copied ${(data / GB).toFixed(2)} GB from ${src.paths.length} folders`);
+    await cli("snapshot", "create", "bench", "--name", "s1");
+
+    const vfsStore = join(WORK, "store");
+    await mkdir(vfsStore);
+    const step = async (name: string, fn: () => Promise<string>, bytes: number, store?: () => Promise<number>) => {
+      await peakRss(pid, true);
+      const { seconds, value } = await timed(fn);
+      const r = {
+        seconds: +seconds.toFixed(2),
+        MBps: +(bytes / 1e6 / seconds).toFixed(1),
+        peakRssMB: +((await peakRss(pid)) / 1e6).toFixed(0),
+        ...(store ? { storeMB: +((await store()) / 1e6).toFixed(0) } : {}),
+      };
+      results[name] = r;
+      log(`${name}: ${JSON.stringify(r)}`);
+      return value;
+    };
+
+    await step("fullBackupVfs", () => cli("backup", "create", "s1", "--dest", `vfs://${vfsStore}`), data, () => duBytes(vfsStore));
+    await step(
+      "fullBackupS3",
+      () => cli("backup", "--s3-endpoint", endpoint, "create", "s1", "--dest", "s3://bench@us-east-1/convoy"),
+      data,
+      () => duBytes(join(WORK, "s3")),
+    );
+
+    log("rewriting about 1% of the data");
+    const all = await files(mp);
+    let changed = 0;
+    for (let i = 0; i < all.length && changed < data * 0.01; i += 37) {
+      const f = all[i];
+      if (f.size < 4096) continue;
+      const buf = new Uint8Array(f.size);
+      crypto.getRandomValues(buf.subarray(0, Math.min(65536, buf.length)));
+      for (let o = 65536; o < buf.length; o += 65536) buf.copyWithin(o, 0, Math.min(65536, buf.length - o));
+      await writeFile(f.path, buf);
+      changed += f.size;
+    }
+    await must("sync", []);
+    results.changedMB = +(changed / 1e6).toFixed(1);
+    await cli("snapshot", "create", "bench", "--name", "s2");
+    const incr = await step("incrementalBackupVfs", () => cli("backup", "create", "s2", "--dest", `vfs://${vfsStore}`), changed, () =>
+      duBytes(vfsStore));
+    await step("restoreVfs", () => cli("create", "restored", "--driver", "loop", "--backup", incr), data);
+
+    const snapImage = Object.values(JSON.parse(await cli("snapshot", "inspect", "s1")).DriverInfo as Record<string, string>)
+      .find((v) => v.endsWith(".img"));
+    const restic = await run("restic", ["version"]).catch(() => ({ code: -1, stdout: "", stderr: "" }));
+    if (restic.code === 0 && snapImage) {
+      const renv = { RESTIC_PASSWORD: "bench", RESTIC_REPOSITORY: join(WORK, "restic") };
+      await must("restic", ["init"], renv);
+      const b = await timed(() => must("restic", ["backup", "--quiet", snapImage], renv));
+      const r = await timed(() => must("restic", ["restore", "latest", "--target", join(WORK, "restic-restore")], renv));
+      results.restic = {
+        version: restic.stdout.trim(),
+        backupSeconds: +b.seconds.toFixed(2),
+        restoreSeconds: +r.seconds.toFixed(2),
+        repoMB: +((await duBytes(join(WORK, "restic"))) / 1e6).toFixed(0),
+      };
+      const full = results.fullBackupVfs as { seconds: number };
+      const rest = results.restoreVfs as { seconds: number };
+      results.ratios = {
+        resticBackupOverOurs: +(b.seconds / full.seconds).toFixed(2),
+        resticRestoreOverOurs: +(r.seconds / rest.seconds).toFixed(2),
+      };
+    } else {
+      results.restic = { skipped: "restic is not installed (apt-get install restic)" };
+    }
+    const full = results.fullBackupVfs as { seconds: number };
+    const inc = results.incrementalBackupVfs as { seconds: number };
+    results.incrementalOverFull = +(inc.seconds / full.seconds).toFixed(3);
+    results.volume = { sizeGiB: 4, dataGB: +(data / GB).toFixed(2), filesystem: "ext4 on loop, loop.path on xfs (reflink)" };
+    results.machine = { cores: (await import("node:os")).cpus().length, runtime: `deno ${process.versions.deno ?? ""}` };
+    await cli("umount", "bench");
+    await cli("umount", "restored").catch(() => "");
+    await cli("delete", "bench", "restored");
+  } finally {
+    await daemon.stop();
+    s3.kill("SIGTERM");
+    await run("umount", ["-R", join(WORK, "xfs")]);
+    for (const line of (await must("losetup", ["-a"])).split("\n")) {
+      if (line.includes(WORK)) await run("losetup", ["-d", line.split(":")[0]]);
+    }
+  }
+  console.log(JSON.stringify(results, null, 2));
+}
+
+main().catch((err) => {
+  console.error(`bench: ${(err as Error).message}`);
+  process.exit(1);
+});

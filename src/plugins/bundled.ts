@@ -1,4 +1,5 @@
 import type { PluginSetup } from "../api/plugin.ts";
+import loop from "../../plugins/loop/mod.ts";
 import vfs from "../../plugins/vfs/mod.ts";
 
 /** A plugin compiled into every build (deno run, npm, single binaries). */
@@ -10,4 +11,5 @@ export interface BundledPlugin {
 /** The bundled plugins/ folder, imported statically so single binaries embed it. */
 export const bundledPlugins: BundledPlugin[] = [
   { source: "plugins/vfs/mod.ts", setup: vfs },
+  { source: "plugins/loop/mod.ts", setup: loop },
 ];

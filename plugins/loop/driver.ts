@@ -1,0 +1,1413 @@
+/**
+ * The loop driver: every volume is a sparse image file holding a filesystem (ext4 or xfs),
+ * attached to a loop device and mounted on demand. Snapshots are crash-consistent copies of the
+ * image (the filesystem is frozen around the copy) that share every extent with it on
+ * filesystems with reflinks (xfs with reflink=1, btrfs), and are sparse copies elsewhere.
+ * Backups are Convoy's delta-block backups: the driver tells the engine which 2 MiB blocks
+ * changed since the last backed-up snapshot by comparing extent maps (FIEMAP).
+ *
+ * On-disk layout:
+ *
+ * ```
+ * <root>/loop.cfg                          {"Root","Path","SnapshotPath","DefaultVolumeSize","Filesystem","DirectIO"}
+ * <root>/state/<volume>.json               the volume record: {"Name","UUID","Size","Filesystem",
+ *                                          "CreatedTime","Path","Device","MountPoint","Snapshots"}
+ * <root>/mounts/<volume>/                  the default mount point
+ * <loop.path>/<volume>.img                 the volume image (sparse; loop.path defaults to <root>/volumes)
+ * <loop.path>/.tmp-<volume>-<id>.img       an image being made (mkfs or restore), renamed into place
+ * <SnapshotPath>/<volume>/<snapshot>.img   a snapshot image; SnapshotPath is <root>/snapshots, or
+ *                                          <loop.path>/snapshots when loop.path is another filesystem
+ * <SnapshotPath>/<volume>/.tmp-<snapshot>-<id>.img   a snapshot being copied
+ * ```
+ *
+ * Crash safety: the record is written last on create and removed first on delete. Start-up
+ * removes `.tmp-*` images and the snapshot folders of volumes without a record, re-attaches
+ * every recorded image (reusing an existing attachment) and re-mounts recorded mounts at their
+ * recorded mount points. An image without a record (kept by a reference-only delete) is adopted
+ * by the next create of the same name.
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import type {
+  BackupOperations,
+  ConvoyDriver,
+  DeltaBlockOperations,
+  Logger,
+  Mappings,
+  OperationContext,
+  PluginApi,
+  SnapshotOperations,
+  StringMap,
+  VolumeOperations,
+} from "../../mod.ts";
+import { loadOrCreateConfig, type LoopConfig, roundSize } from "./config.ts";
+import {
+  BLOCK_SIZE,
+  blockMap,
+  blocksToMappings,
+  diffBlockMaps,
+  FILEFRAG_UNIT,
+  parseFilefrag,
+} from "./extents.ts";
+import { KeyedLock } from "./lock.ts";
+import { canonicalPath, mountAt, mountsOf } from "./mountinfo.ts";
+import { createSchemas, type Schemas, type SnapshotRecord, type VolumeRecord } from "./options.ts";
+
+/** The driver's name. */
+export const DRIVER_NAME = "loop";
+/** Drivers whose backups are raw block images of a filesystem, restorable into a loop volume. */
+export const BLOCK_BACKUP_DRIVERS = ["loop", "devicemapper"];
+
+/** Copies, mkfs and long compares may take long: no short command timeout. */
+const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
+const TMP_PREFIX = ".tmp-";
+const RECORD_FILE = /^(.+)\.json$/;
+const IMAGE_FILE = /^(.+)\.img$/;
+
+/** What one compareSnapshot did (logged; tests read it). */
+export interface CompareStats {
+  /** "full" (base ""), "extents" (reflink: extent maps only) or "read" (read-compared). */
+  method: "full" | "extents" | "read";
+  /** Blocks of the snapshot. */
+  blocks: number;
+  /** Blocks reported. */
+  changed: number;
+  /** Blocks found equal because both files share their extents. */
+  shared: number;
+  /** Data bytes read from the two images to compare. */
+  bytesRead: number;
+  ms: number;
+}
+
+/**
+ * Creates a loop driver instance (Convoy's InitFunc). `root` is `<daemon root>/loop`; `config`
+ * is the `--driver-opts` map, read only on the first start.
+ */
+export async function createLoopDriver(
+  api: PluginApi,
+  root: string,
+  config: StringMap,
+): Promise<ConvoyDriver> {
+  const log = api.log.child({ pkg: "loop", driver: DRIVER_NAME });
+  const driverRoot = resolve(root);
+  await ensureDir(driverRoot);
+  const schemas = createSchemas(api);
+  const cfg = await loadOrCreateConfig(api, schemas, { root: driverRoot, config, log });
+  const driver = new LoopDriver(api, { cfg, schemas, log });
+  await driver.init();
+  return driver.convoyDriver();
+}
+
+/** Creates `path` and its missing parents with mode 0755, whatever the umask. */
+async function ensureDir(path: string): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode: 0o755 });
+  if (first === undefined) return;
+  for (let p = path;; p = dirname(p)) {
+    await chmod(p, 0o755);
+    if (p === first || p === dirname(p)) break;
+  }
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as { code?: string } | null)?.code;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function randomId(): string {
+  return crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+}
+
+async function statOrUndefined(path: string) {
+  try {
+    return await stat(path);
+  } catch (err) {
+    if (errno(err) === "ENOENT") return undefined;
+    throw err;
+  }
+}
+
+/** Creates a sparse file of `size` bytes; fails when it exists. */
+async function createSparse(path: string, size: number): Promise<void> {
+  const fh = await open(path, "wx", 0o644);
+  try {
+    await fh.truncate(size);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const fh = await open(path, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Fills `buf` from `pos`; a short read at EOF is zero-filled. Resolves to the bytes read. */
+async function readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): Promise<number> {
+  const { buf, pos } = at;
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesRead } = await fh.read(buf, off, buf.length - off, pos + off);
+    if (bytesRead === 0) break;
+    off += bytesRead;
+  }
+  if (off < buf.length) buf.fill(0, off);
+  return off;
+}
+
+function isZero(buf: Uint8Array): boolean {
+  const words = new BigUint64Array(buf.buffer, buf.byteOffset, buf.length >> 3);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+  for (let i = words.length << 3; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+class LoopDriver {
+  #api: PluginApi;
+  #cfg: LoopConfig;
+  #schemas: Schemas;
+  #log: Logger;
+  #locks = new KeyedLock();
+  /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
+  #inUse = new Map<string, number>();
+  #reflink = false;
+
+  constructor(api: PluginApi, opts: { cfg: LoopConfig; schemas: Schemas; log: Logger }) {
+    this.#api = api;
+    this.#cfg = opts.cfg;
+    this.#schemas = opts.schemas;
+    this.#log = opts.log;
+  }
+
+  // ---- paths -------------------------------------------------------------------------------
+
+  get #stateDir(): string {
+    return join(this.#cfg.Root, "state");
+  }
+  #recordFile(name: string): string {
+    return join(this.#stateDir, `${name}.json`);
+  }
+  #imagePath(name: string): string {
+    return join(this.#cfg.Path, `${name}.img`);
+  }
+  #snapshotDir(volume: string): string {
+    return join(this.#cfg.SnapshotPath, volume);
+  }
+  #snapshotFile(volume: string, snapshot: string): string {
+    return join(this.#snapshotDir(volume), `${snapshot}.img`);
+  }
+  get #mountsDir(): string {
+    return join(this.#cfg.Root, "mounts");
+  }
+  #defaultMountPoint(name: string): string {
+    return join(this.#mountsDir, name);
+  }
+
+  // ---- start-up ----------------------------------------------------------------------------
+
+  /** Creates the folders, detects reflinks, removes leftovers, re-attaches and re-mounts. */
+  async init(): Promise<void> {
+    for (const dir of [this.#cfg.Path, this.#stateDir, this.#cfg.SnapshotPath, this.#mountsDir]) {
+      await ensureDir(dir);
+    }
+    this.#reflink = await this.#probeReflink();
+    await this.#cleanLeftovers();
+    await this.#restoreVolumes();
+  }
+
+  /** True when a reflink copy from loop.path to the snapshot folder works. */
+  async #probeReflink(): Promise<boolean> {
+    const id = randomId();
+    const src = join(this.#cfg.Path, `${TMP_PREFIX}reflink-probe-${id}`);
+    const dst = join(this.#cfg.SnapshotPath, `${TMP_PREFIX}reflink-probe-${id}`);
+    try {
+      await writeFile(src, "convoy loop reflink probe\n");
+      await this.#api.exec("cp", ["--reflink=always", src, dst]);
+      this.#log.info("Snapshots are reflink copies", { path: this.#cfg.Path });
+      return true;
+    } catch (err) {
+      this.#log.info(
+        `Snapshots are sparse copies: "${this.#cfg.Path}" does not support reflinks to "${this.#cfg.SnapshotPath}"`,
+        { error: message(err) },
+      );
+      return false;
+    } finally {
+      await rm(src, { force: true });
+      await rm(dst, { force: true });
+    }
+  }
+
+  async #cleanLeftovers(): Promise<void> {
+    // Images of interrupted creates and restores.
+    for (const entry of await readdir(this.#cfg.Path)) {
+      if (!entry.startsWith(TMP_PREFIX)) continue;
+      const path = join(this.#cfg.Path, entry);
+      this.#log.info("Removing an unfinished volume image", { path });
+      try {
+        await this.#detachAll(path);
+        await rm(path, { recursive: true, force: true });
+      } catch (err) {
+        this.#log.warn(`Cannot remove "${path}": ${message(err)}`, { path });
+      }
+    }
+    // Unfinished snapshot copies, and the snapshots of volumes that no longer exist.
+    for (const volume of await readdir(this.#cfg.SnapshotPath)) {
+      const dir = join(this.#cfg.SnapshotPath, volume);
+      if (volume.startsWith(TMP_PREFIX)) {
+        await rm(dir, { recursive: true, force: true });
+        continue;
+      }
+      if (!(await stat(dir)).isDirectory()) continue;
+      if (!(await statOrUndefined(this.#recordFile(volume)))) {
+        this.#log.info(`Removing the snapshots of volume "${volume}": volume does not exist`, {
+          path: dir,
+        });
+        await rm(dir, { recursive: true, force: true });
+        continue;
+      }
+      for (const entry of await readdir(dir)) {
+        if (!entry.startsWith(TMP_PREFIX)) continue;
+        this.#log.info("Removing an unfinished snapshot copy", { path: join(dir, entry) });
+        await rm(join(dir, entry), { force: true });
+      }
+    }
+    // Images without a record: kept by a reference-only delete (or a crash during delete).
+    for (const entry of await readdir(this.#cfg.Path)) {
+      const m = IMAGE_FILE.exec(entry);
+      if (!m || entry.startsWith(".")) continue;
+      if (await statOrUndefined(this.#recordFile(m[1]))) continue;
+      this.#log.info(
+        `Image "${join(this.#cfg.Path, entry)}" belongs to no volume: ` +
+          `creating volume "${m[1]}" adopts it`,
+        { volume: m[1] },
+      );
+    }
+  }
+
+  /** Re-attaches every recorded image and re-mounts recorded mounts; failures are logged. */
+  async #restoreVolumes(): Promise<void> {
+    for (const { name, record } of await this.#listRecords()) {
+      try {
+        const { record: rec, device } = await this.#ensureAttached(record);
+        if (!rec.MountPoint) continue;
+        const entry = await mountAt(rec.MountPoint);
+        if (entry?.source === device) continue;
+        if (entry) {
+          throw new this.#api.errors.ConflictError(
+            `"${rec.MountPoint}" is a mount point of "${entry.source}"`,
+          );
+        }
+        await this.#mount(rec, { device, mountPoint: rec.MountPoint });
+        this.#log.info(`Restored the mount of volume "${name}" at "${rec.MountPoint}"`, {
+          volume: name,
+          device,
+          mountpoint: rec.MountPoint,
+        });
+      } catch (err) {
+        this.#log.error(`Cannot restore volume "${name}": ${message(err)}`, { volume: name });
+      }
+    }
+  }
+
+  // ---- records -----------------------------------------------------------------------------
+
+  #validVolumeName(id: unknown): string {
+    return this.#api.util.validateName(id, "volume");
+  }
+
+  /** The record, or undefined when the volume does not exist. */
+  async #readRecord(name: string): Promise<VolumeRecord | undefined> {
+    const file = this.#recordFile(name);
+    let raw: unknown;
+    try {
+      raw = await this.#api.util.readJSON(file);
+    } catch (err) {
+      throw new this.#api.errors.BackendError(
+        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${message(err)}`,
+        { cause: err },
+      );
+    }
+    if (raw === undefined) return undefined;
+    const r = this.#schemas.volumeRecord.safeParse(raw);
+    if (!r.success || r.data.Name !== name) {
+      const problems = r.success
+        ? [`"Name": expected "${name}"`]
+        : r.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
+      throw new this.#api.errors.BackendError(
+        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${
+          problems.join("; ")
+        }`,
+      );
+    }
+    return r.data;
+  }
+
+  async #mustRecord(name: string, what: string): Promise<VolumeRecord> {
+    const record = await this.#readRecord(name);
+    if (!record) {
+      throw new this.#api.errors.NotFoundError(`Cannot ${what} "${name}": volume does not exist`);
+    }
+    return record;
+  }
+
+  async #writeRecord(r: VolumeRecord): Promise<void> {
+    await this.#api.util.writeJSON(this.#recordFile(r.Name), {
+      Name: r.Name,
+      UUID: r.UUID,
+      Size: r.Size,
+      Filesystem: r.Filesystem,
+      CreatedTime: r.CreatedTime,
+      Path: r.Path,
+      Device: r.Device,
+      MountPoint: r.MountPoint,
+      Snapshots: r.Snapshots,
+    });
+  }
+
+  /** Every readable record; bad entries are logged and skipped. */
+  async #listRecords(): Promise<Array<{ name: string; record: VolumeRecord }>> {
+    const out: Array<{ name: string; record: VolumeRecord }> = [];
+    for (const entry of (await readdir(this.#stateDir)).sort()) {
+      const m = RECORD_FILE.exec(entry);
+      if (!m || entry.startsWith(".")) continue;
+      const name = m[1];
+      try {
+        this.#validVolumeName(name);
+        const record = await this.#readRecord(name);
+        if (record) out.push({ name, record });
+      } catch (err) {
+        this.#log.warn(`Skipping "${join(this.#stateDir, entry)}": ${message(err)}`, {
+          volume: name,
+        });
+      }
+    }
+    return out;
+  }
+
+  // ---- helpers -----------------------------------------------------------------------------
+
+  /** Re-throws an error with context; BackendErrors (failed commands) and plain errors get the prefix. */
+  #wrap(err: unknown, prefix: string): unknown {
+    const { BackendError, ConvoyError } = this.#api.errors;
+    if (err instanceof ConvoyError && !(err instanceof BackendError)) return err;
+    return new BackendError(`${prefix}: ${message(err)}`, { cause: err });
+  }
+
+  /** The loop devices `image` is attached to. */
+  async #findDevices(image: string): Promise<string[]> {
+    const { stdout } = await this.#api.exec("losetup", [
+      "--list",
+      "--noheadings",
+      "--output",
+      "NAME",
+      "--associated",
+      image,
+    ]);
+    return stdout.split("\n").map((l) => l.trim()).filter(Boolean);
+  }
+
+  async #attach(image: string): Promise<string> {
+    const args = ["--find", "--show"];
+    if (this.#cfg.DirectIO) args.push("--direct-io=on");
+    const { stdout } = await this.#api.exec("losetup", [...args, image]);
+    const device = stdout.trim();
+    if (!device.startsWith("/dev/")) {
+      throw new this.#api.errors.BackendError(
+        `losetup printed no device for "${image}": ${JSON.stringify(stdout)}`,
+      );
+    }
+    return device;
+  }
+
+  async #detachAll(image: string): Promise<void> {
+    for (const device of await this.#findDevices(image)) {
+      await this.#api.exec("losetup", ["--detach", device]);
+    }
+  }
+
+  /**
+   * The loop device of a volume: an existing attachment of its image (never a second one), or
+   * a new one. The record's Device is updated when it changed.
+   */
+  async #ensureAttached(rec: VolumeRecord): Promise<{ record: VolumeRecord; device: string }> {
+    if (!(await statOrUndefined(rec.Path))) {
+      throw new this.#api.errors.BackendError(`the image "${rec.Path}" does not exist`);
+    }
+    const devices = await this.#findDevices(rec.Path);
+    let device = devices[0];
+    if (devices.length > 1) {
+      this.#log.warn(`Image "${rec.Path}" is attached more than once: using "${device}"`, {
+        volume: rec.Name,
+        devices,
+      });
+    }
+    if (!device) {
+      device = await this.#attach(rec.Path);
+      this.#log.info(`Attached volume "${rec.Name}" to "${device}"`, {
+        volume: rec.Name,
+        device,
+        image: rec.Path,
+      });
+    }
+    if (device === rec.Device) return { record: rec, device };
+    const record = { ...rec, Device: device };
+    await this.#writeRecord(record);
+    return { record, device };
+  }
+
+  async #mkfs(target: string, fs: string): Promise<void> {
+    const [cmd, args] = fs === "xfs" ? ["mkfs.xfs", ["-q", "-f"]] : [
+      `mkfs.${fs}`,
+      ["-q", "-F"],
+    ] as const;
+    await this.#api.exec(cmd, [...args, target], { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
+  }
+
+  /** The filesystem type in an image ("" when none is recognised). */
+  async #detectFilesystem(image: string): Promise<string> {
+    try {
+      const { stdout } = await this.#api.exec("blkid", [
+        "-p",
+        "-o",
+        "value",
+        "-s",
+        "TYPE",
+        image,
+      ]);
+      return stdout.trim();
+    } catch {
+      return "";
+    }
+  }
+
+  async #mount(rec: VolumeRecord, at: { device: string; mountPoint: string }): Promise<void> {
+    await ensureDir(at.mountPoint);
+    const args: string[] = [];
+    if (rec.Filesystem) args.push("-t", rec.Filesystem);
+    // Snapshots and restores of an xfs volume carry its UUID; xfs refuses a second mount of it.
+    if (rec.Filesystem === "xfs") args.push("-o", "nouuid");
+    await this.#api.exec("mount", [...args, at.device, at.mountPoint]);
+  }
+
+  async #umount(name: string, mountPoint: string): Promise<void> {
+    try {
+      await this.#api.exec("umount", [mountPoint]);
+    } catch (err) {
+      if (/not mounted/i.test(message(err))) return;
+      if (/busy/i.test(message(err))) {
+        throw new this.#api.errors.ConflictError(
+          `Cannot unmount volume "${name}" from "${mountPoint}": the mount point is busy`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
+
+  #snapshotKey(volume: string, snapshot: string): string {
+    return `${volume}\u0000${snapshot}`;
+  }
+
+  /** Marks a snapshot as read by a backup until the returned function is called. */
+  #use(volume: string, snapshot: string): () => void {
+    const key = this.#snapshotKey(volume, snapshot);
+    this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.#inUse.get(key) ?? 1) - 1;
+      if (n > 0) this.#inUse.set(key, n);
+      else this.#inUse.delete(key);
+    };
+  }
+
+  #inUseBy(volume: string, snapshot: string): boolean {
+    return this.#inUse.has(this.#snapshotKey(volume, snapshot));
+  }
+
+  // ---- volumes -----------------------------------------------------------------------------
+
+  async createVolume(id: string, opts: StringMap): Promise<void> {
+    const name = this.#validVolumeName(id);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.createOptions,
+      opts ?? {},
+      `options of volume "${name}"`,
+    );
+    await this.#locks.run(name, async () => {
+      if (await this.#readRecord(name)) {
+        throw new this.#api.errors.AlreadyExistsError(
+          `Cannot create volume "${name}": volume already exists`,
+        );
+      }
+      // Snapshots left by an older volume of the same name are not this volume's.
+      await rm(this.#snapshotDir(name), { recursive: true, force: true });
+      if (o.BackupURL) {
+        await this.#createFromBackup(name, {
+          url: o.BackupURL,
+          endpoint: o.EndpointURL || undefined,
+          size: o.Size || 0,
+        });
+      } else await this.#createEmpty(name, o.Size || 0);
+    });
+  }
+
+  async #createEmpty(name: string, requested: number): Promise<void> {
+    const what = `Cannot create volume "${name}"`;
+    const image = this.#imagePath(name);
+    const size = requested ? roundSize(requested) : this.#cfg.DefaultVolumeSize;
+    const kept = await statOrUndefined(image);
+    if (kept) {
+      if (!kept.isFile()) {
+        throw new this.#api.errors.ConflictError(`${what}: "${image}" exists and is not a file`);
+      }
+      if (requested && size !== kept.size) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `${what}: the image "${image}" kept from an earlier volume is ${kept.size} bytes, not ${size}`,
+        );
+      }
+      let fs = await this.#detectFilesystem(image);
+      if (!fs) {
+        try {
+          await this.#mkfs(image, this.#cfg.Filesystem);
+        } catch (err) {
+          throw this.#wrap(err, what);
+        }
+        fs = this.#cfg.Filesystem;
+      }
+      this.#log.info(`Adopting the image "${image}" kept from an earlier volume "${name}"`, {
+        volume: name,
+        size: kept.size,
+        filesystem: fs,
+      });
+      await this.#finishCreate(name, { size: kept.size, fs, created: false, what });
+      return;
+    }
+    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${randomId()}.img`);
+    try {
+      await createSparse(tmp, size);
+      await this.#mkfs(tmp, this.#cfg.Filesystem);
+      await rename(tmp, image);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw this.#wrap(err, what);
+    }
+    await this.#finishCreate(name, { size, fs: this.#cfg.Filesystem, created: true, what });
+  }
+
+  /**
+   * Restores a delta-block backup of a loop or devicemapper volume: a sparse image of the
+   * backup's size receives the blocks (no mkfs), then it is renamed into place and attached.
+   */
+  async #createFromBackup(
+    name: string,
+    src: { url: string; endpoint?: string; size: number },
+  ): Promise<void> {
+    const { url, endpoint } = src;
+    const what = `Cannot create volume "${name}" from backup "${url}"`;
+    let size: number;
+    try {
+      const bv = await this.#api.backup.getBackupVolume(url, { endpoint });
+      if (!BLOCK_BACKUP_DRIVERS.includes(bv.driver)) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `${what}: it was made by driver "${bv.driver}"; only loop and devicemapper backups ` +
+            `restore into loop volumes`,
+        );
+      }
+      if (!Number.isSafeInteger(bv.size) || bv.size <= 0) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `${what}: the backup's volume has no size`,
+        );
+      }
+      if (src.size && src.size !== bv.size) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `${what}: size must match the backup's size ${bv.size}`,
+        );
+      }
+      size = bv.size;
+    } catch (err) {
+      throw this.#wrap(err, what);
+    }
+    const image = this.#imagePath(name);
+    if (await statOrUndefined(image)) {
+      throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
+    }
+    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${randomId()}.img`);
+    let fs: string;
+    try {
+      await createSparse(tmp, size);
+      await this.#api.backup.restoreDeltaBackup(url, tmp, { endpoint });
+      await fsyncFile(tmp);
+      fs = await this.#detectFilesystem(tmp);
+      if (await statOrUndefined(image)) {
+        throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
+      }
+      await rename(tmp, image);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw this.#wrap(err, what);
+    }
+    if (!fs) {
+      this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
+        volume: name,
+        url,
+      });
+    }
+    await this.#finishCreate(name, { size, fs, created: true, what });
+    this.#log.info(`Restored backup "${url}" into volume "${name}"`, { volume: name, size });
+  }
+
+  /** Attaches the image in place and writes the record (last). On failure nothing is left. */
+  async #finishCreate(
+    name: string,
+    v: { size: number; fs: string; created: boolean; what: string },
+  ): Promise<void> {
+    const image = this.#imagePath(name);
+    try {
+      const devices = await this.#findDevices(image);
+      const device = devices[0] ?? await this.#attach(image);
+      await this.#writeRecord({
+        Name: name,
+        UUID: crypto.randomUUID(),
+        Size: v.size,
+        Filesystem: v.fs,
+        CreatedTime: this.#api.util.now(),
+        Path: image,
+        Device: device,
+        MountPoint: "",
+        Snapshots: {},
+      });
+      this.#log.info(`Created volume "${name}"`, {
+        volume: name,
+        image,
+        device,
+        size: v.size,
+        filesystem: v.fs,
+      });
+    } catch (err) {
+      await rm(this.#recordFile(name), { force: true }).catch(() => {});
+      await this.#detachAll(image).catch((e) =>
+        this.#log.warn(`Cannot detach "${image}": ${message(e)}`, { volume: name })
+      );
+      if (v.created) await rm(image, { force: true });
+      throw this.#wrap(err, v.what);
+    }
+  }
+
+  async deleteVolume(id: string, opts: StringMap): Promise<void> {
+    const name = this.#validVolumeName(id);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.deleteOptions,
+      opts ?? {},
+      `options of volume "${name}"`,
+    );
+    const what = `Cannot delete volume "${name}"`;
+    await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, "delete volume");
+      if (rec.MountPoint) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: volume is mounted at "${rec.MountPoint}"`,
+        );
+      }
+      for (const snap of Object.keys(rec.Snapshots)) {
+        if (this.#inUseBy(name, snap)) {
+          throw new this.#api.errors.ConflictError(
+            `${what}: its snapshot "${snap}" is being backed up`,
+          );
+        }
+      }
+      try {
+        const devices = await this.#findDevices(rec.Path);
+        for (const device of devices) {
+          const mounts = await mountsOf(device);
+          if (mounts.length) {
+            throw new this.#api.errors.ConflictError(
+              `${what}: its device "${device}" is mounted at "${mounts[0]}"`,
+            );
+          }
+        }
+        for (const device of devices) {
+          await this.#api.exec("losetup", ["--detach", device]);
+        }
+        // The record goes first: a crash afterwards leaves files without a record, which the
+        // next start (snapshots) or the next create of the name (the image) takes care of.
+        await rm(this.#recordFile(name), { force: true });
+        for (const s of Object.values(rec.Snapshots)) await rm(s.FilePath, { force: true });
+        await rm(this.#snapshotDir(name), { recursive: true, force: true });
+        if (!o.ReferenceOnly) await rm(rec.Path, { force: true });
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Deleted volume "${name}"${o.ReferenceOnly ? ", kept its image" : ""}`, {
+        volume: name,
+        image: rec.Path,
+        referenceOnly: o.ReferenceOnly,
+      });
+    });
+  }
+
+  async mountVolume(id: string, opts: StringMap): Promise<string> {
+    const name = this.#validVolumeName(id);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.mountOptions,
+      opts ?? {},
+      `options of volume "${name}"`,
+    );
+    let wanted = o.MountPoint?.trim() ?? "";
+    if (wanted && !isAbsolute(wanted)) {
+      throw new this.#api.errors.InvalidArgumentError(
+        `Cannot mount volume "${name}" at "${wanted}": the mount point must be an absolute path`,
+      );
+    }
+    if (wanted) wanted = resolve(wanted);
+    return await this.#locks.run(name, async () => {
+      let rec = await this.#mustRecord(name, "mount volume");
+      const current = rec.MountPoint;
+      const target = current || wanted || this.#defaultMountPoint(name);
+      const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
+      if (current && wanted && wanted !== current) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: volume is already mounted at "${current}"`,
+        );
+      }
+      let device: string;
+      try {
+        ({ record: rec, device } = await this.#ensureAttached(rec));
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      await ensureDir(target);
+      const canonical = await canonicalPath(target);
+      const elsewhere = (await mountsOf(device)).filter((p) => p !== canonical);
+      if (elsewhere.length) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: its device "${device}" is mounted at "${elsewhere[0]}"`,
+        );
+      }
+      const entry = await mountAt(target);
+      if (entry && entry.source !== device) {
+        throw new this.#api.errors.ConflictError(`${what}: "${target}" is already a mount point`);
+      }
+      if (!entry) {
+        try {
+          await this.#mount(rec, { device, mountPoint: target });
+        } catch (err) {
+          if (!current && target === this.#defaultMountPoint(name)) {
+            await rmdir(target).catch(() => {});
+          }
+          throw this.#wrap(err, what);
+        }
+      }
+      if (current) {
+        if (!entry) this.#log.info(`Mounted volume "${name}" at "${current}" again`);
+        return current;
+      }
+      try {
+        await this.#writeRecord({ ...rec, MountPoint: target });
+      } catch (err) {
+        await this.#umount(name, target).catch(() => {});
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Mounted volume "${name}" at "${target}"`, {
+        volume: name,
+        device,
+        mountpoint: target,
+      });
+      return target;
+    });
+  }
+
+  async umountVolume(id: string): Promise<void> {
+    const name = this.#validVolumeName(id);
+    await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, "unmount volume");
+      const mountPoint = rec.MountPoint;
+      if (!mountPoint) return;
+      try {
+        const entry = await mountAt(mountPoint);
+        if (entry && (entry.source === rec.Device || !rec.Device)) {
+          await this.#umount(name, mountPoint);
+        } else if (entry) {
+          this.#log.warn(
+            `Not unmounting "${mountPoint}": it is a mount of "${entry.source}", not of volume "${name}"`,
+            { volume: name },
+          );
+        }
+        if (mountPoint === this.#defaultMountPoint(name)) await rmdir(mountPoint).catch(() => {});
+        await this.#writeRecord({ ...rec, MountPoint: "" });
+      } catch (err) {
+        throw this.#wrap(err, `Cannot unmount volume "${name}" from "${mountPoint}"`);
+      }
+      this.#log.info(`Unmounted volume "${name}"`, { volume: name, mountpoint: mountPoint });
+    });
+  }
+
+  async mountPoint(id: string): Promise<string> {
+    const name = this.#validVolumeName(id);
+    return (await this.#mustRecord(name, "find the mount point of volume")).MountPoint;
+  }
+
+  #volumeInfo(rec: VolumeRecord): StringMap {
+    return {
+      Device: rec.Device,
+      Size: String(rec.Size),
+      Filesystem: rec.Filesystem,
+      MountPoint: rec.MountPoint,
+      VolumeName: rec.Name,
+      VolumeCreatedAt: rec.CreatedTime,
+      Path: rec.Path,
+    };
+  }
+
+  async getVolumeInfo(id: string): Promise<StringMap> {
+    const name = this.#validVolumeName(id);
+    return this.#volumeInfo(await this.#mustRecord(name, "inspect volume"));
+  }
+
+  async listVolume(_opts: StringMap): Promise<Record<string, StringMap>> {
+    const out: Record<string, StringMap> = {};
+    for (const { name, record } of await this.#listRecords()) out[name] = this.#volumeInfo(record);
+    return out;
+  }
+
+  // ---- snapshots ---------------------------------------------------------------------------
+
+  async createSnapshot(id: string, volumeID: string): Promise<void> {
+    const snap = this.#api.util.validateName(id, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
+    await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, `create snapshot "${snap}" of volume`);
+      if (rec.Snapshots[snap]) {
+        throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
+      }
+      const dir = this.#snapshotDir(name);
+      const final = this.#snapshotFile(name, snap);
+      const tmp = join(dir, `${TMP_PREFIX}${snap}-${randomId()}.img`);
+      const started = performance.now();
+      try {
+        await ensureDir(dir);
+        // A file without a record entry is left from a crash: it was never a snapshot.
+        await rm(final, { force: true });
+        const mounted = rec.MountPoint && (await mountAt(rec.MountPoint))?.source === rec.Device;
+        await this.#copyImage(rec.Path, tmp, { freeze: mounted ? rec.MountPoint : "" });
+        await fsyncFile(tmp);
+        await rename(tmp, final);
+      } catch (err) {
+        await rm(tmp, { force: true });
+        throw this.#wrap(err, what);
+      }
+      const entry: SnapshotRecord = {
+        Name: snap,
+        CreatedTime: this.#api.util.now(),
+        Size: rec.Size,
+        FilePath: final,
+      };
+      try {
+        await this.#writeRecord({ ...rec, Snapshots: { ...rec.Snapshots, [snap]: entry } });
+      } catch (err) {
+        await rm(final, { force: true });
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+        reflink: this.#reflink,
+        ms: Math.round(performance.now() - started),
+      });
+    });
+  }
+
+  /**
+   * Copies an image: a reflink (or, failing that, a sparse) copy, with the filesystem mounted at
+   * `opts.freeze` frozen for the copy, and always thawed afterwards.
+   */
+  async #copyImage(src: string, dst: string, opts: { freeze: string }): Promise<void> {
+    const { freeze } = opts;
+    if (freeze) await this.#api.exec("fsfreeze", ["--freeze", freeze]);
+    try {
+      if (this.#reflink) {
+        try {
+          await this.#api.exec("cp", ["--reflink=always", src, dst], {
+            timeoutMs: LONG_COMMAND_TIMEOUT_MS,
+          });
+          return;
+        } catch (err) {
+          this.#log.warn(`Reflink copy of "${src}" failed, making a sparse copy: ${message(err)}`);
+          await rm(dst, { force: true });
+        }
+      }
+      await this.#api.exec("cp", ["--sparse=always", src, dst], {
+        timeoutMs: LONG_COMMAND_TIMEOUT_MS,
+      });
+    } finally {
+      if (freeze) await this.#thaw(freeze);
+    }
+  }
+
+  /** `fsfreeze --unfreeze`, retried; an error that is left is thrown. */
+  async #thaw(mountPoint: string): Promise<void> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        await this.#api.exec("fsfreeze", ["--unfreeze", mountPoint]);
+        return;
+      } catch (err) {
+        if (attempt >= 3) {
+          this.#log.error(`Cannot thaw the filesystem at "${mountPoint}": ${message(err)}`, {
+            mountpoint: mountPoint,
+          });
+          throw err;
+        }
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+      }
+    }
+  }
+
+  async deleteSnapshot(id: string, volumeID: string): Promise<void> {
+    const snap = this.#api.util.validateName(id, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
+    await this.#locks.run(name, async () => {
+      const rec = await this.#readRecord(name);
+      const entry = rec?.Snapshots[snap];
+      if (!rec || !entry) {
+        throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
+      }
+      if (this.#inUseBy(name, snap)) {
+        throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
+      }
+      const rest = { ...rec.Snapshots };
+      delete rest[snap];
+      try {
+        await this.#writeRecord({ ...rec, Snapshots: rest });
+        await rm(entry.FilePath, { force: true });
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+      });
+    });
+  }
+
+  #snapshotInfo(volume: string, s: SnapshotRecord): StringMap {
+    return {
+      SnapshotName: s.Name,
+      SnapshotCreatedAt: s.CreatedTime,
+      VolumeUUID: volume,
+      Size: String(s.Size),
+      FilePath: s.FilePath,
+    };
+  }
+
+  async #mustSnapshot(
+    snap: string,
+    of: { volume: string; what: string },
+  ): Promise<{ record: VolumeRecord; snapshot: SnapshotRecord }> {
+    const { volume: name, what } = of;
+    const record = await this.#mustRecord(name, `${what} snapshot "${snap}" of volume`);
+    const snapshot = record.Snapshots[snap];
+    if (!snapshot) {
+      throw new this.#api.errors.NotFoundError(
+        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
+      );
+    }
+    return { record, snapshot };
+  }
+
+  async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
+    const snap = this.#api.util.validateName(id, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const { snapshot } = await this.#mustSnapshot(snap, { volume: name, what: "inspect" });
+    return this.#snapshotInfo(name, snapshot);
+  }
+
+  async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
+    const volumeName = opts?.VolumeName;
+    const volumes = volumeName
+      ? [{
+        name: volumeName,
+        record: await this.#mustRecord(
+          this.#validVolumeName(volumeName),
+          "list the snapshots of volume",
+        ),
+      }]
+      : await this.#listRecords();
+    const out: Record<string, StringMap> = {};
+    for (const { name, record } of volumes) {
+      for (const s of Object.values(record.Snapshots)) out[s.Name] = this.#snapshotInfo(name, s);
+    }
+    return out;
+  }
+
+  // ---- delta-block operations --------------------------------------------------------------
+
+  /** The image of a recorded snapshot; NotFoundError when either is missing. */
+  async #snapshotImage(snap: string, of: { volume: string; what: string }): Promise<string> {
+    const { volume, what } = of;
+    const { snapshot } = await this.#mustSnapshot(snap, of);
+    if (!(await statOrUndefined(snapshot.FilePath))) {
+      throw new this.#api.errors.NotFoundError(
+        `Cannot ${what} snapshot "${snap}" of volume "${volume}": its image "${snapshot.FilePath}" does not exist`,
+      );
+    }
+    return snapshot.FilePath;
+  }
+
+  /** The block map of `file` from filefrag, or undefined when FIEMAP is not available. */
+  async #blockMap(file: string, size: number): Promise<Map<number, string> | undefined> {
+    try {
+      const { stdout } = await this.#api.exec(
+        "filefrag",
+        ["-s", "-v", `-b${FILEFRAG_UNIT}`, file],
+        { timeoutMs: LONG_COMMAND_TIMEOUT_MS },
+      );
+      const extents = parseFilefrag(stdout);
+      if (extents) return blockMap(extents, { size });
+      this.#log.warn(`No extent map of "${file}": unexpected filefrag output`);
+    } catch (err) {
+      this.#log.warn(`No extent map of "${file}": ${message(err)}`);
+    }
+    return undefined;
+  }
+
+  /**
+   * The 2 MiB ranges of snapshot `snap` that differ from snapshot `base` (every range holding
+   * data when `base` is "" or `snap`). With reflinks, blocks whose extents are shared are equal
+   * and every other block with data is reported without reading anything; without reflinks the
+   * extent maps only rule out holes, and the remaining blocks are read and compared.
+   */
+  async compareSnapshot(
+    snap: string,
+    opts: { base: string; volume: string; signal?: AbortSignal },
+  ): Promise<Mappings & { stats: CompareStats }> {
+    const { base, volume } = opts;
+    const started = performance.now();
+    const fileA = await this.#snapshotImage(snap, { volume, what: "compare" });
+    const sizeA = (await stat(fileA)).size;
+    if (!base || base === snap) {
+      const blocks = Math.ceil(sizeA / BLOCK_SIZE);
+      const map = await this.#blockMap(fileA, sizeA);
+      const list = map
+        ? [...map.keys()].sort((x, y) => x - y)
+        : Array.from({ length: blocks }, (_, i) => i);
+      const stats: CompareStats = {
+        method: "full",
+        blocks,
+        changed: list.length,
+        shared: 0,
+        bytesRead: 0,
+        ms: Math.round(performance.now() - started),
+      };
+      this.#logCompare({ volume, snap, base, stats });
+      return { mappings: blocksToMappings(list), blockSize: BLOCK_SIZE, stats };
+    }
+    const release = this.#use(volume, base);
+    try {
+      const fileB = await this.#snapshotImage(base, { volume, what: "compare" });
+      const sizeB = (await stat(fileB)).size;
+      const size = Math.max(sizeA, sizeB);
+      const blocks = Math.ceil(size / BLOCK_SIZE);
+      const [mapA, mapB] = [await this.#blockMap(fileA, sizeA), await this.#blockMap(fileB, sizeB)];
+      let candidates: number[];
+      let shared = 0;
+      if (mapA && mapB) {
+        ({ differ: candidates, shared } = diffBlockMaps(mapA, mapB));
+      } else candidates = Array.from({ length: blocks }, (_, i) => i);
+      let changed = candidates;
+      let bytesRead = 0;
+      const method = this.#reflink && mapA && mapB ? "extents" : "read";
+      if (method === "read") {
+        ({ changed, bytesRead } = await this.#readCompare(
+          { a: fileA, b: fileB, candidates },
+          { mapA, mapB, signal: opts.signal },
+        ));
+      }
+      const stats: CompareStats = {
+        method,
+        blocks,
+        changed: changed.length,
+        shared,
+        bytesRead,
+        ms: Math.round(performance.now() - started),
+      };
+      this.#logCompare({ volume, snap, base, stats });
+      return { mappings: blocksToMappings(changed), blockSize: BLOCK_SIZE, stats };
+    } finally {
+      release();
+    }
+  }
+
+  #logCompare(c: { volume: string; snap: string; base: string; stats: CompareStats }): void {
+    this.#log.info(
+      `Compared snapshot "${c.snap}" of volume "${c.volume}" with ${
+        c.base && c.base !== c.snap ? `"${c.base}"` : "nothing (full)"
+      }`,
+      { volume: c.volume, snapshot: c.snap, base: c.base, ...c.stats },
+    );
+  }
+
+  /** The candidate blocks whose bytes differ; a side with no data extents there reads as zeros. */
+  async #readCompare(
+    files: { a: string; b: string; candidates: number[] },
+    opts: {
+      mapA?: Map<number, string>;
+      mapB?: Map<number, string>;
+      signal?: AbortSignal;
+    },
+  ): Promise<{ changed: number[]; bytesRead: number }> {
+    const changed: number[] = [];
+    let bytesRead = 0;
+    const fa = await open(files.a, "r");
+    try {
+      const fb = await open(files.b, "r");
+      try {
+        const bufA = new Uint8Array(BLOCK_SIZE);
+        const bufB = new Uint8Array(BLOCK_SIZE);
+        for (const block of files.candidates) {
+          if (opts.signal?.aborted) {
+            throw new this.#api.errors.CancelledError("Cancelled comparing snapshots");
+          }
+          const pos = block * BLOCK_SIZE;
+          const hasA = !opts.mapA || opts.mapA.has(block);
+          const hasB = !opts.mapB || opts.mapB.has(block);
+          if (hasA) bytesRead += await readFull(fa, { buf: bufA, pos });
+          if (hasB) bytesRead += await readFull(fb, { buf: bufB, pos });
+          const same = hasA && hasB
+            ? Buffer.from(bufA.buffer).equals(Buffer.from(bufB.buffer))
+            : isZero(hasA ? bufA : bufB);
+          if (!same) changed.push(block);
+        }
+      } finally {
+        await fb.close();
+      }
+    } finally {
+      await fa.close();
+    }
+    return { changed, bytesRead };
+  }
+
+  /** The DeltaBlockOperations of one backup: its own file handles, closed at the end. */
+  #deltaSession(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> } {
+    const handles = new Map<string, Promise<FileHandle>>();
+    const key = (id: string, volumeID: string) => this.#snapshotKey(volumeID, id);
+    const handle = (id: string, volumeID: string) => {
+      let fh = handles.get(key(id, volumeID));
+      if (!fh) {
+        fh = this.#snapshotImage(id, { volume: volumeID, what: "read" }).then((file) =>
+          open(file, "r")
+        );
+        fh.catch(() => handles.delete(key(id, volumeID)));
+        handles.set(key(id, volumeID), fh);
+      }
+      return fh;
+    };
+    const ops: DeltaBlockOperations = {
+      hasSnapshot: async (id, volumeID) => {
+        const rec = await this.#readRecord(this.#validVolumeName(volumeID));
+        const s = rec?.Snapshots[id];
+        return !!s && (await statOrUndefined(s.FilePath))?.isFile() === true;
+      },
+      compareSnapshot: async (id, compareID, volumeID) => {
+        const { mappings, blockSize } = await this.compareSnapshot(id, {
+          base: compareID,
+          volume: volumeID,
+          signal: ctx?.signal,
+        });
+        return { mappings, blockSize };
+      },
+      openSnapshot: async (id, volumeID) => {
+        await handle(id, volumeID);
+      },
+      readSnapshot: async (id, volumeID, start, data) => {
+        await readFull(await handle(id, volumeID), { buf: data, pos: start });
+      },
+      closeSnapshot: async (id, volumeID) => {
+        const fh = handles.get(key(id, volumeID));
+        handles.delete(key(id, volumeID));
+        if (fh) await (await fh).close();
+      },
+    };
+    return {
+      ops,
+      close: async () => {
+        for (const fh of handles.values()) await (await fh.catch(() => undefined))?.close();
+        handles.clear();
+      },
+    };
+  }
+
+  // ---- backups -----------------------------------------------------------------------------
+
+  async createBackup(
+    snapshotID: string,
+    volumeID: string,
+    destURL: string,
+    opts: StringMap,
+    ctx?: OperationContext,
+  ): Promise<string> {
+    const snap = this.#api.util.validateName(snapshotID, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
+    const { record, snapshot, release } = await this.#locks.run(name, async () => {
+      const found = await this.#mustSnapshot(snap, { volume: name, what: "back up" });
+      return { ...found, release: this.#use(name, snap) };
+    });
+    const session = this.#deltaSession(ctx);
+    try {
+      const url = await this.#api.backup.createDeltaBackup(session.ops, {
+        volume: {
+          name,
+          driver: DRIVER_NAME,
+          size: record.Size,
+          createdTime: record.CreatedTime,
+          uuid: record.UUID,
+        },
+        snapshot: { name: snap, createdTime: snapshot.CreatedTime },
+        destURL,
+        endpoint: o.EndpointURL || undefined,
+        compression: o.Compression || undefined,
+        signal: ctx?.signal,
+        progress: ctx?.progress,
+      });
+      this.#log.info(`Backed up snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+        dest_url: destURL,
+        backup_url: url,
+      });
+      return url;
+    } catch (err) {
+      throw this.#wrap(err, what);
+    } finally {
+      await session.close();
+      release();
+    }
+  }
+
+  async #checkBackupDriver(
+    url: string,
+    opts: { endpoint?: string; what: string; drivers: string[] },
+  ): Promise<void> {
+    const v = await this.#api.backup.getBackupVolume(url, { endpoint: opts.endpoint });
+    if (!opts.drivers.includes(v.driver)) {
+      throw new this.#api.errors.InvalidArgumentError(
+        `Cannot ${opts.what} backup "${url}" with the loop driver: it was made by driver "${v.driver}"`,
+      );
+    }
+  }
+
+  async deleteBackup(url: string, opts?: StringMap): Promise<void> {
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    const endpoint = o.EndpointURL || undefined;
+    await this.#checkBackupDriver(url, { endpoint, what: "delete", drivers: [DRIVER_NAME] });
+    await this.#api.backup.deleteBackup(url, { endpoint });
+  }
+
+  async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    const endpoint = o.EndpointURL || undefined;
+    await this.#checkBackupDriver(url, {
+      endpoint,
+      what: "inspect",
+      drivers: BLOCK_BACKUP_DRIVERS,
+    });
+    return await this.#api.backup.getBackupInfo(url, { endpoint });
+  }
+
+  async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    return await this.#api.backup.listBackup(destURL, {
+      driver: DRIVER_NAME,
+      volumeName: o.VolumeName || undefined,
+      endpoint: o.EndpointURL || undefined,
+    });
+  }
+
+  /** DeltaBlockOperations outside a backup (tests, tools); the caller closes what it opens. */
+  deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> } {
+    return this.#deltaSession(ctx);
+  }
+
+  // ---- the ConvoyDriver object -------------------------------------------------------------
+
+  convoyDriver(): LoopConvoyDriver {
+    const name = () => DRIVER_NAME;
+    const volumes: VolumeOperations = {
+      name,
+      createVolume: (id, opts) => this.createVolume(id, opts),
+      deleteVolume: (id, opts) => this.deleteVolume(id, opts),
+      mountVolume: (id, opts) => this.mountVolume(id, opts),
+      umountVolume: (id) => this.umountVolume(id),
+      mountPoint: (id) => this.mountPoint(id),
+      getVolumeInfo: (id) => this.getVolumeInfo(id),
+      listVolume: (opts) => this.listVolume(opts),
+    };
+    const snapshots: SnapshotOperations = {
+      name,
+      createSnapshot: (id, volumeID) => this.createSnapshot(id, volumeID),
+      deleteSnapshot: (id, volumeID) => this.deleteSnapshot(id, volumeID),
+      getSnapshotInfo: (id, volumeID) => this.getSnapshotInfo(id, volumeID),
+      listSnapshot: (opts) => this.listSnapshot(opts),
+    };
+    const backups: BackupOperations = {
+      name,
+      createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
+        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
+      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
+      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
+      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
+    };
+    const cfg = this.#cfg;
+    return {
+      name,
+      info: () => ({
+        Root: cfg.Root,
+        Path: cfg.Path,
+        SnapshotPath: cfg.SnapshotPath,
+        DefaultVolumeSize: String(cfg.DefaultVolumeSize),
+        Filesystem: cfg.Filesystem,
+        DirectIO: String(cfg.DirectIO),
+        Reflink: String(this.#reflink),
+      }),
+      volumeOps: () => volumes,
+      snapshotOps: () => snapshots,
+      backupOps: () => backups,
+      deltaOps: (ctx) => this.deltaOps(ctx),
+    };
+  }
+}
+
+/** The loop ConvoyDriver, with its delta-block operations reachable for tests and tools. */
+export interface LoopConvoyDriver extends ConvoyDriver {
+  /** A DeltaBlockOperations session (what a backup uses); call close() when done. */
+  deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> };
+}

@@ -1,0 +1,127 @@
+/**
+ * The loop driver's zod schemas: its `--driver-opts` keys, the per-call request options it
+ * reads, and the JSON files it keeps (loop.cfg and the per-volume records). Schemas are built
+ * from the host's zod (`api.deps.z`), so the plugin needs no node_modules.
+ * @module
+ */
+import type { PluginApi } from "../../mod.ts";
+
+/** Driver option: the folder holding the volume images (default `<root>/volumes`). */
+export const OPT_LOOP_PATH = "loop.path";
+/** Driver option: the size of volumes created without `--size` (default 10G). */
+export const OPT_LOOP_DEFAULT_VOLUME_SIZE = "loop.defaultvolumesize";
+/** Driver option: the filesystem made on new volumes, `ext4` (default) or `xfs`. */
+export const OPT_LOOP_FS = "loop.fs";
+/** Driver option: attach loop devices with `--direct-io=on` (default false). */
+export const OPT_LOOP_DIRECT_IO = "loop.directio";
+
+/** The default of `loop.defaultvolumesize`. */
+export const DEFAULT_VOLUME_SIZE = "10G";
+/** The default of `loop.fs`. */
+export const DEFAULT_FILESYSTEM = "ext4";
+/** The filesystems the driver makes. */
+export const FILESYSTEMS = ["ext4", "xfs"] as const;
+
+/** Builds the schemas with the host's zod and size parser. */
+export function createSchemas(api: PluginApi) {
+  const z = api.deps.z;
+  const blankToUndefined = (v: unknown) => (v === "" ? undefined : v);
+
+  /** A boolean flag as a string ("true", "1", "yes"...); "" and a missing key are false. */
+  const flag = z.preprocess(blankToUndefined, z.stringbool().default(false));
+
+  /** A size string ("10G", "1048576"); "" and "0" are 0 (unset). */
+  const size = z.string().transform((s, ctx) => {
+    try {
+      return api.util.parseSize(s);
+    } catch (err) {
+      ctx.issues.push({ code: "custom", message: (err as Error).message, input: s });
+      return z.NEVER;
+    }
+  });
+
+  const filesystem = z.preprocess(
+    (v) => (typeof v === "string" ? blankToUndefined(v.trim().toLowerCase()) : v),
+    z.enum(FILESYSTEMS).default(DEFAULT_FILESYSTEM),
+  );
+
+  /** `--driver-opts` on the first start; other drivers' keys pass through. */
+  const driverConfig = z.looseObject({
+    [OPT_LOOP_PATH]: z.string().trim().min(1, "must not be empty").optional(),
+    [OPT_LOOP_DEFAULT_VOLUME_SIZE]: size.prefault(DEFAULT_VOLUME_SIZE).refine(
+      (n) => n > 0,
+      "must be greater than 0",
+    ),
+    [OPT_LOOP_FS]: filesystem,
+    [OPT_LOOP_DIRECT_IO]: flag,
+  });
+
+  /** `<root>/loop.cfg`. */
+  const savedConfig = z.looseObject({
+    Root: z.string().optional(),
+    Path: z.string().min(1),
+    SnapshotPath: z.string().min(1).optional(),
+    DefaultVolumeSize: z.number().int().positive(),
+    Filesystem: z.enum(FILESYSTEMS),
+    DirectIO: z.boolean().optional().default(false),
+  });
+
+  /** One snapshot of a volume record. */
+  const snapshotRecord = z.object({
+    Name: z.string(),
+    CreatedTime: z.string(),
+    Size: z.number().int().nonnegative(),
+    FilePath: z.string(),
+  });
+
+  /** `<root>/state/<volume>.json`: everything the driver knows about one volume. */
+  const volumeRecord = z.looseObject({
+    Name: z.string(),
+    UUID: z.string(),
+    Size: z.number().int().positive(),
+    /** "" when unknown (a restored image blkid could not identify): mount detects it. */
+    Filesystem: z.string(),
+    CreatedTime: z.string(),
+    Path: z.string(),
+    Device: z.string().default(""),
+    MountPoint: z.string().default(""),
+    Snapshots: z.record(z.string(), snapshotRecord).default({}),
+  });
+
+  /** Request options of createVolume. */
+  const createOptions = z.looseObject({
+    Size: size.optional(),
+    BackupURL: z.string().optional(),
+    EndpointURL: z.string().optional(),
+  });
+
+  /** Request options of deleteVolume. */
+  const deleteOptions = z.looseObject({ ReferenceOnly: flag });
+
+  /** Request options of mountVolume. */
+  const mountOptions = z.looseObject({ MountPoint: z.string().optional() });
+
+  /** Request options of the backup operations. */
+  const backupOptions = z.looseObject({
+    EndpointURL: z.string().optional(),
+    VolumeName: z.string().optional(),
+    Compression: z.string().optional(),
+  });
+
+  return {
+    driverConfig,
+    savedConfig,
+    volumeRecord,
+    createOptions,
+    deleteOptions,
+    mountOptions,
+    backupOptions,
+  };
+}
+
+/** The schemas of one driver instance. */
+export type Schemas = ReturnType<typeof createSchemas>;
+/** A parsed volume record. */
+export type VolumeRecord = ReturnType<Schemas["volumeRecord"]["parse"]>;
+/** One snapshot of a volume record. */
+export type SnapshotRecord = VolumeRecord["Snapshots"][string];

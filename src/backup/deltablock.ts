@@ -256,6 +256,7 @@ export async function createDeltaBackup(
     } finally {
       await ops.closeSnapshot(snapshot.name, vol);
     }
+    await store.flush?.(); // every block durable before the record that refers to them
     const blocks = mergeBlocks(incremental ? base.Blocks : [], changed, zeroed);
     const now = opts.now?.() ?? rubyDate();
     const backup: BackupRecord & BackupExtra = {

@@ -9,6 +9,11 @@ import { InvalidArgumentError } from "../api/errors.ts";
 export interface WriteOptions {
   /** Byte length of a stream body, when known (lets remote stores avoid buffering). */
   size?: number;
+  /**
+   * The object need not be durable when write() resolves, only after the next `flush()`. Lets
+   * filesystem stores sync many objects at once; readers still never see a partial object.
+   */
+  deferSync?: boolean;
 }
 
 /** A flat store of named objects (Convoy's ObjectStoreDriver, trimmed). */
@@ -52,6 +57,8 @@ export interface ObjectStore {
    * where that walk costs a request per key (S3) offer it for bulk deletes of known objects.
    */
   removeObjects?(...keys: string[]): Promise<void>;
+  /** Optional: makes every object written with `deferSync` durable. Stores without it are always durable. */
+  flush?(): Promise<void>;
 }
 
 /** Options of `StoreFactory.open`. */

@@ -14,7 +14,7 @@ import {
 } from "../api/errors.ts";
 import { fsyncDir } from "../util/fs.ts";
 import { parseVfsURL } from "./dest_url.ts";
-import { checkKey, type ObjectStore, type StoreFactory } from "./types.ts";
+import { checkKey, type ObjectStore, type StoreFactory, type WriteOptions } from "./types.ts";
 
 const CHUNK = 1 << 20;
 /** Temp files of in-flight writes; never listed. */
@@ -117,7 +117,14 @@ export class VfsStore implements ObjectStore {
     });
   }
 
-  async write(key: string, body: Uint8Array | ReadableStream<Uint8Array>): Promise<void> {
+  /** Files written with deferSync and their folders, synced by flush(). */
+  #unsynced = new Set<string>();
+
+  async write(
+    key: string,
+    body: Uint8Array | ReadableStream<Uint8Array>,
+    opts: WriteOptions = {},
+  ): Promise<void> {
     const k = checkKey(key);
     const path = this.#path(k);
     const dir = dirname(path);
@@ -149,7 +156,7 @@ export class VfsStore implements ObjectStore {
             throw err;
           }
         }
-        await fh.sync();
+        if (!opts.deferSync) await fh.sync();
       } finally {
         await fh.close();
       }
@@ -158,7 +165,34 @@ export class VfsStore implements ObjectStore {
       await rm(tmp, { force: true }).catch(() => {});
       throw this.#fail("write", k, err);
     }
-    await fsyncDir(dir);
+    if (opts.deferSync) {
+      this.#unsynced.add(path);
+      this.#unsynced.add(dir);
+    } else {
+      await fsyncDir(dir);
+    }
+  }
+
+  async flush(): Promise<void> {
+    const paths = [...this.#unsynced];
+    this.#unsynced.clear();
+    let next = 0;
+    const worker = async () => {
+      while (next < paths.length) {
+        const p = paths[next++];
+        try {
+          const fh = await open(p, "r");
+          try {
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+        } catch (err) {
+          if (code(err) !== "ENOENT") throw this.#fail("flush", p, err);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 16 }, worker));
   }
 
   async list(prefix: string): Promise<string[]> {

@@ -30,14 +30,12 @@ import {
 } from "./catalog.ts";
 import {
   BLOCK_SIZE,
-  blockChecksum,
   type ChecksumAlgorithm,
-  compressBlock,
   type Compression,
-  decompressBlock,
   defaultCodec,
   isZero,
 } from "./codec.ts";
+import { hashBlock, unpackBlock } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
 import { liveLeases, takeBackupLease, takeLease } from "./leases.ts";
 import type { BackupRecord, BlockMapping, VolumeRecord } from "./records.ts";
@@ -227,21 +225,28 @@ export async function createDeltaBackup(
             if (isZero(buf)) {
               zeroed.push(offset);
             } else {
-              const sum = await blockChecksum(buf, codec.checksum);
-              if (!known.has(sum)) {
-                let p = inflight.get(sum);
-                if (!p) {
-                  p = (async () => {
-                    const key = blockPath(vol, sum);
-                    if (await store.stat(key)) return;
-                    const data = await compressBlock(buf, codec.compression);
-                    await store.write(key, data);
-                    uploaded += data.length;
-                  })();
-                  inflight.set(sum, p);
+              const hashed = await hashBlock(buf, codec.checksum);
+              const sum = hashed.checksum;
+              let packed = false;
+              try {
+                if (!known.has(sum)) {
+                  let p = inflight.get(sum);
+                  if (!p) {
+                    p = (async () => {
+                      const key = blockPath(vol, sum);
+                      if (await store.stat(key)) return;
+                      packed = true;
+                      const data = await hashed.pack(codec.compression);
+                      await store.write(key, data, { deferSync: true });
+                      uploaded += data.length;
+                    })();
+                    inflight.set(sum, p);
+                  }
+                  await p;
+                  known.add(sum);
                 }
-                await p;
-                known.add(sum);
+              } finally {
+                if (!packed) await hashed.drop();
               }
               changed.push({ Offset: offset, BlockChecksum: sum });
             }
@@ -357,8 +362,9 @@ async function fetchBlock(
     throw err;
   }
   let data: Uint8Array;
+  let sum: string;
   try {
-    data = await decompressBlock(raw);
+    ({ data, checksum: sum } = await unpackBlock(raw, opts.algo));
   } catch (err) {
     throw new BackendError(
       `Cannot ${opts.action} backup "${opts.url}": ${where} is corrupt (${errorMessage(err)})`,
@@ -367,7 +373,7 @@ async function fetchBlock(
       },
     );
   }
-  if (data.length !== BLOCK_SIZE || await blockChecksum(data, opts.algo) !== block.BlockChecksum) {
+  if (data.length !== BLOCK_SIZE || sum !== block.BlockChecksum) {
     throw new BackendError(
       `Cannot ${opts.action} backup "${opts.url}": ${where} is corrupt (checksum mismatch)`,
     );

@@ -65,7 +65,7 @@ export class MemoryStore implements ObjectStore {
       if (!obj) {
         throw new NotFoundError(`Cannot read "${k}" in "${this.url}": object does not exist`);
       }
-      return obj.slice();
+      return new Uint8Array(obj); // a copy (Buffer#slice would be a view)
     });
   }
 
@@ -81,7 +81,7 @@ export class MemoryStore implements ObjectStore {
 
   async write(key: string, body: Uint8Array | ReadableStream<Uint8Array>): Promise<void> {
     const k = checkKey(key);
-    const data = body instanceof Uint8Array ? body.slice() : await collectStream(body);
+    const data = body instanceof Uint8Array ? new Uint8Array(body) : await collectStream(body);
     this.#objects.set(k, data);
   }
 

@@ -52,6 +52,8 @@ describe("single binary (bun build --compile)", () => {
       "tsdemo",
       "--drivers",
       "jsdemo",
+      "--drivers",
+      "loop",
     ], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     daemon.stdout!.on("data", (c) => (out += c));
@@ -78,6 +80,19 @@ describe("single binary (bun build --compile)", () => {
       const url = await cli("backup", "create", "s1", "--dest", `vfs://${store}`);
       await cli("create", "v2", "--backup", url);
       assert.equal(await readFile(join(await cli("mount", "v2"), "f"), "utf8"), "in the binary");
+      // A block volume: the delta-block engine and its worker threads inside the binary.
+      await cli("create", "b1", "--driver", "loop", "--size", "64M");
+      await writeFile(join(await cli("mount", "b1"), "g"), "blocks in the binary");
+      await cli("snapshot", "create", "b1", "--name", "bs1");
+      const burl = await cli("backup", "create", "bs1", "--dest", `vfs://${store}`);
+      await cli("create", "b2", "--backup", burl);
+      assert.equal(
+        await readFile(join(await cli("mount", "b2"), "g"), "utf8"),
+        "blocks in the binary",
+      );
+      await cli("umount", "b1");
+      await cli("umount", "b2");
+      await cli("delete", "b1", "b2");
       const list = JSON.parse(await cli("list"));
       assert.deepEqual(Object.keys(list).sort(), ["j1", "t1", "v1", "v2"]);
       assert.equal(list.t1.Driver, "tsdemo");

@@ -34,7 +34,7 @@ import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
 import type { DaemonConfig } from "./config.ts";
-import { KeyedMutex } from "./locks.ts";
+import { KeyedMutex } from "../util/keyed_mutex.ts";
 import type { SnapshotRecord, State, VolumeRecord } from "./state.ts";
 
 /** Convoy's VolumeResponse. */
@@ -282,7 +282,7 @@ export class VolumeService {
   async createVolume(req: CreateVolumeRequest): Promise<string> {
     const name = req.name ? validateName(req.name, "volume") : this.#uniqueName("volume");
     const action = `Cannot create volume "${name}"`;
-    const driverName = req.driver || this.config.DefaultDriver;
+    const driverName = req.driver || await this.#restoreDriver(req) || this.config.DefaultDriver;
     const vops = await this.volumeOps(driverName, action);
     if (req.endpoint && !req.backupURL) {
       throw new InvalidArgumentError(`${action}: an endpoint can only be used with a backup URL`);
@@ -325,6 +325,26 @@ export class VolumeService {
     }
     this.log.info("volume created", { volume: name, driver: driverName });
     return name;
+  }
+
+  /**
+   * Without --driver, a restore goes to the driver that made the backup when it is enabled
+   * (a loop backup into loop, not into the default vfs).
+   */
+  async #restoreDriver(req: CreateVolumeRequest): Promise<string | undefined> {
+    if (!req.backupURL) return undefined;
+    const url = unescapeURL(req.backupURL);
+    let scheme: string;
+    try {
+      scheme = new URL(url).protocol.replace(/:$/, "");
+    } catch {
+      return undefined;
+    }
+    const driver = STORE_SCHEMES.has(scheme)
+      ? (await this.backup.getBackupVolume(url, { endpoint: req.endpoint }).catch(() => undefined))
+        ?.driver
+      : scheme;
+    return driver && this.drivers.has(driver) ? driver : undefined;
   }
 
   /** Deletes a volume and its snapshots; with `referenceOnly` the driver keeps the data. */

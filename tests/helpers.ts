@@ -8,6 +8,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { socketAlive } from "../src/runtime/listen.ts";
 
 export const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 const BIN = join(REPO, "src", "bin.ts");
@@ -63,16 +64,7 @@ export async function ok(
 }
 
 /** Resolves true once something accepts connections on the socket. */
-export function canConnect(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ path });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
+export const canConnect: (path: string) => Promise<boolean> = socketAlive;
 
 /** A daemon subprocess. */
 export interface TestDaemon {

@@ -58,89 +58,63 @@ export async function loadOrCreateConfig(
   opts: { root: string; config: Record<string, string>; log: Logger },
 ): Promise<LoopConfig> {
   const { root, config, log } = opts;
-  const file = join(root, CONFIG_FILE);
-  const raw = await api.util.readJSON(file);
-  if (raw === undefined) {
-    const parsed = api.util.parseOptions(schemas.driverConfig, config ?? {}, "loop driver options");
-    const path = resolve(parsed[OPT_LOOP_PATH] ?? join(root, "volumes"));
-    const cfg: LoopConfig = {
-      Root: root,
-      Path: path,
-      SnapshotPath: await snapshotPathFor(root, path),
-      DefaultVolumeSize: roundSize(parsed[OPT_LOOP_DEFAULT_VOLUME_SIZE]),
-      Filesystem: parsed[OPT_LOOP_FS],
-      DirectIO: parsed[OPT_LOOP_DIRECT_IO],
-    };
-    await api.util.writeJSON(file, cfg);
-    log.info("Saved loop configuration", {
-      file,
-      path,
+  return await api.util.loadDriverConfig({
+    driver: "loop",
+    file: join(root, CONFIG_FILE),
+    options: config,
+    schema: schemas.driverConfig,
+    savedSchema: schemas.savedConfig,
+    create: async (o): Promise<LoopConfig> => {
+      const path = resolve(o[OPT_LOOP_PATH] ?? join(root, "volumes"));
+      return {
+        Root: root,
+        Path: path,
+        SnapshotPath: await snapshotPathFor(root, path),
+        DefaultVolumeSize: roundSize(o[OPT_LOOP_DEFAULT_VOLUME_SIZE]),
+        Filesystem: o[OPT_LOOP_FS],
+        DirectIO: o[OPT_LOOP_DIRECT_IO],
+      };
+    },
+    load: async (saved) => {
+      const path = resolve(saved.Path);
+      const cfg: LoopConfig = {
+        Root: root,
+        Path: path,
+        SnapshotPath: resolve(saved.SnapshotPath ?? await snapshotPathFor(root, path)),
+        DefaultVolumeSize: roundSize(saved.DefaultVolumeSize),
+        Filesystem: saved.Filesystem,
+        DirectIO: saved.DirectIO,
+      };
+      return { config: cfg, save: saved.Root !== root || saved.SnapshotPath === undefined };
+    },
+    current: (cfg) => ({
+      [OPT_LOOP_PATH]: { uses: `"${cfg.Path}"`, same: (v) => resolve(v) === cfg.Path },
+      [OPT_LOOP_DEFAULT_VOLUME_SIZE]: {
+        uses: `${cfg.DefaultVolumeSize} bytes`,
+        same: (v) => {
+          try {
+            return roundSize(api.util.parseSize(v)) === cfg.DefaultVolumeSize;
+          } catch {
+            return false;
+          }
+        },
+      },
+      [OPT_LOOP_FS]: {
+        uses: `"${cfg.Filesystem}"`,
+        same: (v) => v.trim().toLowerCase() === cfg.Filesystem,
+      },
+      [OPT_LOOP_DIRECT_IO]: {
+        uses: String(cfg.DirectIO),
+        same: (v) => /^(1|true|yes|on|y|enabled)$/i.test(v.trim()) === cfg.DirectIO,
+      },
+    }),
+    logFields: (cfg) => ({
+      path: cfg.Path,
       snapshotPath: cfg.SnapshotPath,
       defaultVolumeSize: cfg.DefaultVolumeSize,
       filesystem: cfg.Filesystem,
       directIO: cfg.DirectIO,
-    });
-    return cfg;
-  }
-
-  const saved = schemas.savedConfig.safeParse(raw);
-  if (!saved.success) {
-    const problems = saved.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
-    throw new api.errors.InvalidArgumentError(
-      `Cannot load loop configuration "${file}": ${problems.join("; ")}`,
-    );
-  }
-  const path = resolve(saved.data.Path);
-  const cfg: LoopConfig = {
-    Root: root,
-    Path: path,
-    SnapshotPath: resolve(saved.data.SnapshotPath ?? await snapshotPathFor(root, path)),
-    DefaultVolumeSize: roundSize(saved.data.DefaultVolumeSize),
-    Filesystem: saved.data.Filesystem,
-    DirectIO: saved.data.DirectIO,
-  };
-  warnIgnoredOptions(api, { config, cfg, file, log });
-  if (saved.data.Root !== root || saved.data.SnapshotPath === undefined) {
-    await api.util.writeJSON(file, cfg);
-  }
-  return cfg;
-}
-
-function warnIgnoredOptions(
-  api: PluginApi,
-  opts: { config: Record<string, string>; cfg: LoopConfig; file: string; log: Logger },
-): void {
-  const { config, cfg, file, log } = opts;
-  const ignore = (key: string, uses: string) =>
-    log.warn(
-      `Ignoring --driver-opts ${key}=${JSON.stringify(config[key])}: ` +
-        `the saved configuration in "${file}" uses ${uses}`,
-      { option: key, file },
-    );
-  if (!config) return;
-  const wantPath = config[OPT_LOOP_PATH];
-  if (wantPath !== undefined && resolve(wantPath) !== cfg.Path) {
-    ignore(OPT_LOOP_PATH, `"${cfg.Path}"`);
-  }
-  const wantSize = config[OPT_LOOP_DEFAULT_VOLUME_SIZE];
-  if (wantSize !== undefined) {
-    let bytes: number | undefined;
-    try {
-      bytes = api.util.parseSize(wantSize);
-    } catch {
-      bytes = undefined;
-    }
-    if (bytes === undefined || roundSize(bytes) !== cfg.DefaultVolumeSize) {
-      ignore(OPT_LOOP_DEFAULT_VOLUME_SIZE, `${cfg.DefaultVolumeSize} bytes`);
-    }
-  }
-  const wantFs = config[OPT_LOOP_FS];
-  if (wantFs !== undefined && wantFs.trim().toLowerCase() !== cfg.Filesystem) {
-    ignore(OPT_LOOP_FS, `"${cfg.Filesystem}"`);
-  }
-  const wantDirect = config[OPT_LOOP_DIRECT_IO];
-  if (wantDirect !== undefined) {
-    const on = /^(1|true|yes|on|y|enabled)$/i.test(wantDirect.trim());
-    if (on !== cfg.DirectIO) ignore(OPT_LOOP_DIRECT_IO, String(cfg.DirectIO));
-  }
+    }),
+    log,
+  });
 }

@@ -28,20 +28,18 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { open, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
-import { dirname, isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import type {
-  BackupOperations,
   ConvoyDriver,
   DeltaBlockOperations,
+  KeyedLock,
   Logger,
   Mappings,
   OperationContext,
   PluginApi,
-  SnapshotOperations,
   StringMap,
-  VolumeOperations,
 } from "../../mod.ts";
 import { loadOrCreateConfig, type LoopConfig, roundSize } from "./config.ts";
 import {
@@ -52,8 +50,6 @@ import {
   FILEFRAG_UNIT,
   parseFilefrag,
 } from "./extents.ts";
-import { KeyedLock } from "./lock.ts";
-import { canonicalPath, mountAt, mountsOf } from "./mountinfo.ts";
 import { createSchemas, type Schemas, type SnapshotRecord, type VolumeRecord } from "./options.ts";
 
 /** The driver's name. */
@@ -93,22 +89,12 @@ export async function createLoopDriver(
 ): Promise<ConvoyDriver> {
   const log = api.log.child({ pkg: "loop", driver: DRIVER_NAME });
   const driverRoot = resolve(root);
-  await ensureDir(driverRoot);
+  await api.util.ensureDir(driverRoot);
   const schemas = createSchemas(api);
   const cfg = await loadOrCreateConfig(api, schemas, { root: driverRoot, config, log });
   const driver = new LoopDriver(api, { cfg, schemas, log });
   await driver.init();
   return driver.convoyDriver();
-}
-
-/** Creates `path` and its missing parents with mode 0755, whatever the umask. */
-async function ensureDir(path: string): Promise<void> {
-  const first = await mkdir(path, { recursive: true, mode: 0o755 });
-  if (first === undefined) return;
-  for (let p = path;; p = dirname(p)) {
-    await chmod(p, 0o755);
-    if (p === first || p === dirname(p)) break;
-  }
 }
 
 function errno(err: unknown): string | undefined {
@@ -176,13 +162,14 @@ class LoopDriver {
   #cfg: LoopConfig;
   #schemas: Schemas;
   #log: Logger;
-  #locks = new KeyedLock();
+  #locks: KeyedLock;
   /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
   #inUse = new Map<string, number>();
   #reflink = false;
 
   constructor(api: PluginApi, opts: { cfg: LoopConfig; schemas: Schemas; log: Logger }) {
     this.#api = api;
+    this.#locks = api.util.createLock();
     this.#cfg = opts.cfg;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
@@ -217,7 +204,7 @@ class LoopDriver {
   /** Creates the folders, detects reflinks, removes leftovers, re-attaches and re-mounts. */
   async init(): Promise<void> {
     for (const dir of [this.#cfg.Path, this.#stateDir, this.#cfg.SnapshotPath, this.#mountsDir]) {
-      await ensureDir(dir);
+      await this.#api.util.ensureDir(dir);
     }
     this.#reflink = await this.#probeReflink();
     await this.#cleanLeftovers();
@@ -299,7 +286,7 @@ class LoopDriver {
       try {
         const { record: rec, device } = await this.#ensureAttached(record);
         if (!rec.MountPoint) continue;
-        const entry = await mountAt(rec.MountPoint);
+        const entry = await this.#api.util.mounts.mountAt(rec.MountPoint);
         if (entry?.source === device) continue;
         if (entry) {
           throw new this.#api.errors.ConflictError(
@@ -395,13 +382,6 @@ class LoopDriver {
 
   // ---- helpers -----------------------------------------------------------------------------
 
-  /** Re-throws an error with context; BackendErrors (failed commands) and plain errors get the prefix. */
-  #wrap(err: unknown, prefix: string): unknown {
-    const { BackendError, ConvoyError } = this.#api.errors;
-    if (err instanceof ConvoyError && !(err instanceof BackendError)) return err;
-    return new BackendError(`${prefix}: ${message(err)}`, { cause: err });
-  }
-
   /** The loop devices `image` is attached to. */
   async #findDevices(image: string): Promise<string[]> {
     const { stdout } = await this.#api.exec("losetup", [
@@ -490,7 +470,7 @@ class LoopDriver {
   }
 
   async #mount(rec: VolumeRecord, at: { device: string; mountPoint: string }): Promise<void> {
-    await ensureDir(at.mountPoint);
+    await this.#api.util.ensureDir(at.mountPoint);
     const args: string[] = [];
     if (rec.Filesystem) args.push("-t", rec.Filesystem);
     // Snapshots and restores of an xfs volume carry its UUID; xfs refuses a second mount of it.
@@ -581,7 +561,7 @@ class LoopDriver {
         try {
           await this.#mkfs(image, this.#cfg.Filesystem);
         } catch (err) {
-          throw this.#wrap(err, what);
+          throw this.#api.errors.wrapError(err, what);
         }
         fs = this.#cfg.Filesystem;
       }
@@ -600,7 +580,7 @@ class LoopDriver {
       await rename(tmp, image);
     } catch (err) {
       await rm(tmp, { force: true });
-      throw this.#wrap(err, what);
+      throw this.#api.errors.wrapError(err, what);
     }
     await this.#finishCreate(name, { size, fs: this.#cfg.Filesystem, created: true, what });
   }
@@ -636,7 +616,7 @@ class LoopDriver {
       }
       size = bv.size;
     } catch (err) {
-      throw this.#wrap(err, what);
+      throw this.#api.errors.wrapError(err, what);
     }
     const image = this.#imagePath(name);
     if (await statOrUndefined(image)) {
@@ -655,7 +635,7 @@ class LoopDriver {
       await rename(tmp, image);
     } catch (err) {
       await rm(tmp, { force: true });
-      throw this.#wrap(err, what);
+      throw this.#api.errors.wrapError(err, what);
     }
     if (!fs) {
       this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
@@ -700,7 +680,7 @@ class LoopDriver {
         this.#log.warn(`Cannot detach "${image}": ${message(e)}`, { volume: name })
       );
       if (v.created) await rm(image, { force: true });
-      throw this.#wrap(err, v.what);
+      throw this.#api.errors.wrapError(err, v.what);
     }
   }
 
@@ -729,7 +709,7 @@ class LoopDriver {
       try {
         const devices = await this.#findDevices(rec.Path);
         for (const device of devices) {
-          const mounts = await mountsOf(device);
+          const mounts = await this.#api.util.mounts.mountsOf(device);
           if (mounts.length) {
             throw new this.#api.errors.ConflictError(
               `${what}: its device "${device}" is mounted at "${mounts[0]}"`,
@@ -746,7 +726,7 @@ class LoopDriver {
         await rm(this.#snapshotDir(name), { recursive: true, force: true });
         if (!o.ReferenceOnly) await rm(rec.Path, { force: true });
       } catch (err) {
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       this.#log.info(`Deleted volume "${name}"${o.ReferenceOnly ? ", kept its image" : ""}`, {
         volume: name,
@@ -784,17 +764,19 @@ class LoopDriver {
       try {
         ({ record: rec, device } = await this.#ensureAttached(rec));
       } catch (err) {
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
-      await ensureDir(target);
-      const canonical = await canonicalPath(target);
-      const elsewhere = (await mountsOf(device)).filter((p) => p !== canonical);
+      await this.#api.util.ensureDir(target);
+      const canonical = await this.#api.util.mounts.canonicalPath(target);
+      const elsewhere = (await this.#api.util.mounts.mountsOf(device)).filter((p) =>
+        p !== canonical
+      );
       if (elsewhere.length) {
         throw new this.#api.errors.ConflictError(
           `${what}: its device "${device}" is mounted at "${elsewhere[0]}"`,
         );
       }
-      const entry = await mountAt(target);
+      const entry = await this.#api.util.mounts.mountAt(target);
       if (entry && entry.source !== device) {
         throw new this.#api.errors.ConflictError(`${what}: "${target}" is already a mount point`);
       }
@@ -805,7 +787,7 @@ class LoopDriver {
           if (!current && target === this.#defaultMountPoint(name)) {
             await rmdir(target).catch(() => {});
           }
-          throw this.#wrap(err, what);
+          throw this.#api.errors.wrapError(err, what);
         }
       }
       if (current) {
@@ -816,7 +798,7 @@ class LoopDriver {
         await this.#writeRecord({ ...rec, MountPoint: target });
       } catch (err) {
         await this.#umount(name, target).catch(() => {});
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       this.#log.info(`Mounted volume "${name}" at "${target}"`, {
         volume: name,
@@ -834,7 +816,7 @@ class LoopDriver {
       const mountPoint = rec.MountPoint;
       if (!mountPoint) return;
       try {
-        const entry = await mountAt(mountPoint);
+        const entry = await this.#api.util.mounts.mountAt(mountPoint);
         if (entry && (entry.source === rec.Device || !rec.Device)) {
           await this.#umount(name, mountPoint);
         } else if (entry) {
@@ -846,7 +828,10 @@ class LoopDriver {
         if (mountPoint === this.#defaultMountPoint(name)) await rmdir(mountPoint).catch(() => {});
         await this.#writeRecord({ ...rec, MountPoint: "" });
       } catch (err) {
-        throw this.#wrap(err, `Cannot unmount volume "${name}" from "${mountPoint}"`);
+        throw this.#api.errors.wrapError(
+          err,
+          `Cannot unmount volume "${name}" from "${mountPoint}"`,
+        );
       }
       this.#log.info(`Unmounted volume "${name}"`, { volume: name, mountpoint: mountPoint });
     });
@@ -896,16 +881,17 @@ class LoopDriver {
       const tmp = join(dir, `${TMP_PREFIX}${snap}-${randomId()}.img`);
       const started = performance.now();
       try {
-        await ensureDir(dir);
+        await this.#api.util.ensureDir(dir);
         // A file without a record entry is left from a crash: it was never a snapshot.
         await rm(final, { force: true });
-        const mounted = rec.MountPoint && (await mountAt(rec.MountPoint))?.source === rec.Device;
+        const mounted = rec.MountPoint &&
+          (await this.#api.util.mounts.mountAt(rec.MountPoint))?.source === rec.Device;
         await this.#copyImage(rec.Path, tmp, { freeze: mounted ? rec.MountPoint : "" });
         await fsyncFile(tmp);
         await rename(tmp, final);
       } catch (err) {
         await rm(tmp, { force: true });
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       const entry: SnapshotRecord = {
         Name: snap,
@@ -917,7 +903,7 @@ class LoopDriver {
         await this.#writeRecord({ ...rec, Snapshots: { ...rec.Snapshots, [snap]: entry } });
       } catch (err) {
         await rm(final, { force: true });
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
         volume: name,
@@ -992,7 +978,7 @@ class LoopDriver {
         await this.#writeRecord({ ...rec, Snapshots: rest });
         await rm(entry.FilePath, { force: true });
       } catch (err) {
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
         volume: name,
@@ -1294,7 +1280,7 @@ class LoopDriver {
       });
       return url;
     } catch (err) {
-      throw this.#wrap(err, what);
+      throw this.#api.errors.wrapError(err, what);
     } finally {
       await session.close();
       release();
@@ -1360,49 +1346,17 @@ class LoopDriver {
   // ---- the ConvoyDriver object -------------------------------------------------------------
 
   convoyDriver(): LoopConvoyDriver {
-    const name = () => DRIVER_NAME;
-    const volumes: VolumeOperations = {
-      name,
-      createVolume: (id, opts) => this.createVolume(id, opts),
-      deleteVolume: (id, opts) => this.deleteVolume(id, opts),
-      mountVolume: (id, opts) => this.mountVolume(id, opts),
-      umountVolume: (id) => this.umountVolume(id),
-      mountPoint: (id) => this.mountPoint(id),
-      getVolumeInfo: (id) => this.getVolumeInfo(id),
-      listVolume: (opts) => this.listVolume(opts),
-    };
-    const snapshots: SnapshotOperations = {
-      name,
-      createSnapshot: (id, volumeID) => this.createSnapshot(id, volumeID),
-      deleteSnapshot: (id, volumeID) => this.deleteSnapshot(id, volumeID),
-      getSnapshotInfo: (id, volumeID) => this.getSnapshotInfo(id, volumeID),
-      listSnapshot: (opts) => this.listSnapshot(opts),
-    };
-    const backups: BackupOperations = {
-      name,
-      createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
-        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
-      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
-      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
-      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
-    };
     const cfg = this.#cfg;
-    return {
-      name,
-      info: () => ({
-        Root: cfg.Root,
-        Path: cfg.Path,
-        SnapshotPath: cfg.SnapshotPath,
-        DefaultVolumeSize: String(cfg.DefaultVolumeSize),
-        Filesystem: cfg.Filesystem,
-        DirectIO: String(cfg.DirectIO),
-        Reflink: String(this.#reflink),
-      }),
-      volumeOps: () => volumes,
-      snapshotOps: () => snapshots,
-      backupOps: () => backups,
-      deltaOps: (ctx) => this.deltaOps(ctx),
-    };
+    const driver = this.#api.util.convoyDriver(DRIVER_NAME, this, () => ({
+      Root: cfg.Root,
+      Path: cfg.Path,
+      SnapshotPath: cfg.SnapshotPath,
+      DefaultVolumeSize: String(cfg.DefaultVolumeSize),
+      Filesystem: cfg.Filesystem,
+      DirectIO: String(cfg.DirectIO),
+      Reflink: String(this.#reflink),
+    }));
+    return { ...driver, deltaOps: (ctx) => this.deltaOps(ctx) };
   }
 }
 

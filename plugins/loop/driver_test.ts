@@ -20,13 +20,12 @@ import {
   NotFoundError,
 } from "../../mod.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
-import { createPluginApi } from "../../src/plugins/host_api.ts";
+import { registeredInit } from "../../src/plugins/testing.ts";
 import { createExec } from "../../src/runtime/exec.ts";
-import { silentLogger } from "../../src/util/log.ts";
+import { mountAt, parseMountInfo } from "../../src/util/mountinfo.ts";
 import setup from "./mod.ts";
 import type { CompareStats, LoopConvoyDriver } from "./driver.ts";
 import { blockMap, blocksToMappings, diffBlockMaps, parseFilefrag } from "./extents.ts";
-import { mountAt, parseMountInfo } from "./mountinfo.ts";
 
 const exec = createExec({ timeoutMs: 120_000 });
 const MiB = 1024 * 1024;
@@ -61,25 +60,9 @@ function compares(log: { lines: LogLine[] }): CompareStats[] {
   );
 }
 
-const noBackupStore = new Proxy({} as BackupStoreApi, {
-  get: (_, key) => () => Promise.reject(new Error(`backup store not available: ${String(key)}`)),
-});
-
 /** The loop InitFunc, registered through the real plugin api. */
 function loopInit(opts: { log?: Logger; backup?: BackupStoreApi; exec?: Exec } = {}): InitFunc {
-  let init: InitFunc | undefined;
-  const api = createPluginApi({
-    register: (name, fn) => {
-      assert.equal(name, "loop");
-      init = fn;
-    },
-    log: opts.log ?? silentLogger,
-    exec: opts.exec ?? exec,
-    backup: opts.backup ?? noBackupStore,
-  });
-  setup(api);
-  assert.ok(init, "setup() did not register the driver");
-  return init;
+  return registeredInit(setup, "loop", { ...opts, exec: opts.exec ?? exec });
 }
 
 /** Loop devices whose backing file is below `dir`. */

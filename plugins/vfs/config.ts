@@ -35,47 +35,45 @@ export async function loadOrCreateConfig(
   opts: { root: string; config: Record<string, string>; log: Logger },
 ): Promise<VfsConfig> {
   const { root, config, log } = opts;
-  const file = join(root, CONFIG_FILE);
-  const raw = await api.util.readJSON(file);
-  if (raw === undefined) {
-    const parsed = api.util.parseOptions(schemas.driverConfig, config ?? {}, "vfs driver options");
-    const path = resolve(parsed[OPT_VFS_PATH] ?? join(root, "volumes"));
-    const cfg: VfsConfig = {
-      Root: root,
-      Path: path,
-      ConfigPath: join(path, "config"),
-      DefaultVolumeSize: parsed[OPT_VFS_DEFAULT_VOLUME_SIZE],
-    };
-    await api.util.writeJSON(file, cfg);
-    log.info("Saved vfs configuration", { file, path, defaultVolumeSize: cfg.DefaultVolumeSize });
-    return cfg;
-  }
-
-  const saved = schemas.savedConfig.safeParse(raw);
-  if (!saved.success) {
-    const problems = saved.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
-    throw new api.errors.InvalidArgumentError(
-      `Cannot load vfs configuration "${file}": ${problems.join("; ")}`,
-    );
-  }
-  const path = resolve(saved.data.Path);
-  let defaultSize = savedSize(api, saved.data.DefaultVolumeSize);
-  let dirty = false;
-  if (defaultSize <= 0) {
-    // Convoy's upgrade rule: a stored 0 becomes the default.
-    defaultSize = api.util.parseSize(DEFAULT_VOLUME_SIZE);
-    dirty = true;
-  }
-  const cfg: VfsConfig = {
+  const configAt = (path: string, defaultVolumeSize: number): VfsConfig => ({
     Root: root,
     Path: path,
     ConfigPath: join(path, "config"),
-    DefaultVolumeSize: defaultSize,
-  };
-  if (saved.data.Root !== root || saved.data.ConfigPath !== cfg.ConfigPath) dirty = true;
-  warnIgnoredOptions(api, { config, cfg, file, log });
-  if (dirty) await api.util.writeJSON(file, cfg);
-  return cfg;
+    DefaultVolumeSize: defaultVolumeSize,
+  });
+  return await api.util.loadDriverConfig({
+    driver: "vfs",
+    file: join(root, CONFIG_FILE),
+    options: config,
+    schema: schemas.driverConfig,
+    savedSchema: schemas.savedConfig,
+    create: (o) =>
+      configAt(resolve(o[OPT_VFS_PATH] ?? join(root, "volumes")), o[OPT_VFS_DEFAULT_VOLUME_SIZE]),
+    load: (saved) => {
+      let defaultSize = savedSize(api, saved.DefaultVolumeSize);
+      // Convoy's upgrade rule: a stored 0 becomes the default.
+      const upgraded = defaultSize <= 0;
+      if (upgraded) defaultSize = api.util.parseSize(DEFAULT_VOLUME_SIZE);
+      const cfg = configAt(resolve(saved.Path), defaultSize);
+      const moved = saved.Root !== root || saved.ConfigPath !== cfg.ConfigPath;
+      return { config: cfg, save: upgraded || moved };
+    },
+    current: (cfg) => ({
+      [OPT_VFS_PATH]: { uses: `"${cfg.Path}"`, same: (v) => resolve(v) === cfg.Path },
+      [OPT_VFS_DEFAULT_VOLUME_SIZE]: {
+        uses: `${cfg.DefaultVolumeSize} bytes`,
+        same: (v) => {
+          try {
+            return api.util.parseSize(v) === cfg.DefaultVolumeSize;
+          } catch {
+            return false;
+          }
+        },
+      },
+    }),
+    logFields: (cfg) => ({ path: cfg.Path, defaultVolumeSize: cfg.DefaultVolumeSize }),
+    log,
+  });
 }
 
 function savedSize(api: PluginApi, value: number | string | undefined): number {
@@ -85,36 +83,5 @@ function savedSize(api: PluginApi, value: number | string | undefined): number {
     return api.util.parseSize(value);
   } catch {
     return 0;
-  }
-}
-
-function warnIgnoredOptions(
-  api: PluginApi,
-  opts: { config: Record<string, string>; cfg: VfsConfig; file: string; log: Logger },
-): void {
-  const { config, cfg, file, log } = opts;
-  const wantPath = config?.[OPT_VFS_PATH];
-  if (wantPath !== undefined && resolve(wantPath) !== cfg.Path) {
-    log.warn(
-      `Ignoring --driver-opts ${OPT_VFS_PATH}=${JSON.stringify(wantPath)}: ` +
-        `the saved configuration in "${file}" uses "${cfg.Path}"`,
-      { option: OPT_VFS_PATH, file },
-    );
-  }
-  const wantSize = config?.[OPT_VFS_DEFAULT_VOLUME_SIZE];
-  if (wantSize !== undefined) {
-    let bytes: number | undefined;
-    try {
-      bytes = api.util.parseSize(wantSize);
-    } catch {
-      bytes = undefined;
-    }
-    if (bytes !== cfg.DefaultVolumeSize) {
-      log.warn(
-        `Ignoring --driver-opts ${OPT_VFS_DEFAULT_VOLUME_SIZE}=${JSON.stringify(wantSize)}: ` +
-          `the saved configuration in "${file}" uses ${cfg.DefaultVolumeSize} bytes`,
-        { option: OPT_VFS_DEFAULT_VOLUME_SIZE, file },
-      );
-    }
   }
 }

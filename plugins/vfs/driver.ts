@@ -32,21 +32,17 @@ import {
   stat,
 } from "node:fs/promises";
 import { hostname } from "node:os";
-import { dirname, isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import process from "node:process";
 import type {
-  BackupOperations,
   ConvoyDriver,
+  KeyedLock,
   Logger,
   OperationContext,
   PluginApi,
-  SnapshotOperations,
   StringMap,
-  VolumeOperations,
 } from "../../mod.ts";
 import { loadOrCreateConfig, type VfsConfig } from "./config.ts";
-import { KeyedLock } from "./lock.ts";
-import { isMountPoint } from "./mountinfo.ts";
 import {
   createSchemas,
   type Schemas,
@@ -82,22 +78,12 @@ export async function createVfsDriver(
 ): Promise<ConvoyDriver> {
   const log = api.log.child({ pkg: "vfs", driver: DRIVER_NAME });
   const driverRoot = resolve(root);
-  await ensureDir(driverRoot);
+  await api.util.ensureDir(driverRoot);
   const schemas = createSchemas(api);
   const cfg = await loadOrCreateConfig(api, schemas, { root: driverRoot, config, log });
   const driver = new VfsDriver(api, { cfg, schemas, log });
   await driver.init();
   return driver.convoyDriver();
-}
-
-/** Creates `path` and its missing parents with mode 0755, whatever the umask. */
-async function ensureDir(path: string): Promise<void> {
-  const first = await mkdir(path, { recursive: true, mode: 0o755 });
-  if (first === undefined) return;
-  for (let p = path;; p = dirname(p)) {
-    await chmod(p, 0o755);
-    if (p === first || p === dirname(p)) break;
-  }
 }
 
 function errno(err: unknown): string | undefined {
@@ -127,10 +113,11 @@ class VfsDriver {
   #cfg: VfsConfig;
   #schemas: Schemas;
   #log: Logger;
-  #locks = new KeyedLock();
+  #locks: KeyedLock;
 
   constructor(api: PluginApi, opts: { cfg: VfsConfig; schemas: Schemas; log: Logger }) {
     this.#api = api;
+    this.#locks = api.util.createLock();
     this.#cfg = opts.cfg;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
@@ -168,10 +155,10 @@ class VfsDriver {
   /** Creates the folders, removes leftovers of interrupted operations, restores bind mounts. */
   async init(): Promise<void> {
     for (const dir of [this.#cfg.Path, this.#cfg.ConfigPath, this.#stateDir, this.#snapshotsDir]) {
-      await ensureDir(dir);
+      await this.#api.util.ensureDir(dir);
     }
     await rm(this.#tmpDir, { recursive: true, force: true });
-    await ensureDir(this.#tmpDir);
+    await this.#api.util.ensureDir(this.#tmpDir);
     await this.#cleanLeftovers();
     await this.#restoreMounts();
   }
@@ -218,7 +205,7 @@ class VfsDriver {
         }
         mountPoint = state.MountPoint;
         if (!mountPoint || mountPoint === this.#volumeDir(name)) continue;
-        if (await isMountPoint(mountPoint)) continue;
+        if (await this.#api.util.mounts.isMountPoint(mountPoint)) continue;
         await this.#bind(name, mountPoint);
         this.#log.info(`Restored the mount of volume "${name}" at "${mountPoint}"`, {
           volume: name,
@@ -402,20 +389,13 @@ class VfsDriver {
 
   // ---- helpers -----------------------------------------------------------------------------
 
-  /** Re-throws an error with context; BackendErrors (failed commands) get the prefix. */
-  #wrap(err: unknown, prefix: string): unknown {
-    const { BackendError, ConvoyError } = this.#api.errors;
-    if (err instanceof ConvoyError && !(err instanceof BackendError)) return err;
-    return new BackendError(`${prefix}: ${message(err)}`, { cause: err });
-  }
-
   async #bind(name: string, mountPoint: string): Promise<void> {
-    await ensureDir(mountPoint);
+    await this.#api.util.ensureDir(mountPoint);
     await this.#api.exec("mount", ["--bind", this.#volumeDir(name), mountPoint]);
   }
 
   async #unbind(mountPoint: string): Promise<void> {
-    if (!(await isMountPoint(mountPoint))) return;
+    if (!(await this.#api.util.mounts.isMountPoint(mountPoint))) return;
     try {
       await this.#api.exec("umount", [mountPoint]);
     } catch (err) {
@@ -531,7 +511,7 @@ class VfsDriver {
         await this.#api.util.writeJSON(this.#recordFile(name), record);
       } catch (err) {
         if (created) await rm(dir, { recursive: true, force: true });
-        throw this.#wrap(err, `Cannot create volume "${name}"`);
+        throw this.#api.errors.wrapError(err, `Cannot create volume "${name}"`);
       }
       this.#log.info(`Created volume "${name}"`, { volume: name, path: dir });
     });
@@ -543,7 +523,9 @@ class VfsDriver {
     try {
       await mkdir(dir, { mode: 0o755 });
     } catch (err) {
-      if (errno(err) !== "EEXIST") throw this.#wrap(err, `Cannot create volume "${name}"`);
+      if (errno(err) !== "EEXIST") {
+        throw this.#api.errors.wrapError(err, `Cannot create volume "${name}"`);
+      }
       if (!(await stat(dir)).isDirectory()) {
         throw new this.#api.errors.ConflictError(
           `Cannot create volume "${name}": "${dir}" exists and is not a directory`,
@@ -604,7 +586,7 @@ class VfsDriver {
           timeoutMs: LONG_COMMAND_TIMEOUT_MS,
         });
       } catch (err) {
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       await this.#checkRestoreTarget(name, url);
       await rmdir(this.#volumeDir(name)).catch(() => {});
@@ -612,7 +594,7 @@ class VfsDriver {
       this.#log.info(`Restored backup "${url}" into volume "${name}"`, { volume: name });
     } catch (err) {
       await rm(work, { recursive: true, force: true });
-      throw this.#wrap(err, what);
+      throw this.#api.errors.wrapError(err, what);
     } finally {
       await rm(archive, { force: true });
     }
@@ -638,7 +620,7 @@ class VfsDriver {
       try {
         await rm(this.#recordFile(name), { force: true });
       } catch (err) {
-        throw this.#wrap(err, `Cannot delete volume "${name}"`);
+        throw this.#api.errors.wrapError(err, `Cannot delete volume "${name}"`);
       }
       const dir = this.#volumeDir(name);
       try {
@@ -653,7 +635,10 @@ class VfsDriver {
         await this.#removeSnapshotFiles(name, state);
         await rm(this.#stateFile(name), { force: true });
       } catch (err) {
-        throw this.#wrap(err, `Cannot delete the data of volume "${name}" in "${dir}"`);
+        throw this.#api.errors.wrapError(
+          err,
+          `Cannot delete the data of volume "${name}" in "${dir}"`,
+        );
       }
       this.#log.info(`Deleted volume "${name}"`, {
         volume: name,
@@ -690,7 +675,7 @@ class VfsDriver {
             `Cannot mount volume "${name}" at "${wanted}": volume is already mounted at "${current}"`,
           );
         }
-        if (current !== dir && !(await isMountPoint(current))) {
+        if (current !== dir && !(await this.#api.util.mounts.isMountPoint(current))) {
           await this.#bind(name, current);
           this.#log.info(`Mounted volume "${name}" at "${current}" again`, { volume: name });
         }
@@ -700,8 +685,8 @@ class VfsDriver {
         await this.#writeState(name, { ...state, MountPoint: dir });
         return dir;
       }
-      await ensureDir(wanted);
-      if (await isMountPoint(wanted)) {
+      await this.#api.util.ensureDir(wanted);
+      if (await this.#api.util.mounts.isMountPoint(wanted)) {
         throw new this.#api.errors.ConflictError(
           `Cannot mount volume "${name}" at "${wanted}": "${wanted}" is already a mount point`,
         );
@@ -709,13 +694,13 @@ class VfsDriver {
       try {
         await this.#bind(name, wanted);
       } catch (err) {
-        throw this.#wrap(err, `Cannot mount volume "${name}" at "${wanted}"`);
+        throw this.#api.errors.wrapError(err, `Cannot mount volume "${name}" at "${wanted}"`);
       }
       try {
         await this.#writeState(name, { ...state, MountPoint: wanted });
       } catch (err) {
         await this.#unbind(wanted).catch(() => {});
-        throw this.#wrap(err, `Cannot mount volume "${name}" at "${wanted}"`);
+        throw this.#api.errors.wrapError(err, `Cannot mount volume "${name}" at "${wanted}"`);
       }
       this.#log.info(`Mounted volume "${name}" at "${wanted}"`, {
         volume: name,
@@ -743,7 +728,10 @@ class VfsDriver {
         try {
           await this.#unbind(mountPoint);
         } catch (err) {
-          throw this.#wrap(err, `Cannot unmount volume "${name}" from "${mountPoint}"`);
+          throw this.#api.errors.wrapError(
+            err,
+            `Cannot unmount volume "${name}" from "${mountPoint}"`,
+          );
         }
       }
       await this.#writeState(name, { ...state, MountPoint: "" });
@@ -810,7 +798,7 @@ class VfsDriver {
       const parent = this.#snapshotRoot(name);
       const final = join(parent, snap);
       const work = join(parent, `.tmp-${snap}-${randomId()}`);
-      await ensureDir(parent);
+      await this.#api.util.ensureDir(parent);
       // A directory without a state entry is left from a crash: it was never a snapshot.
       await rm(final, { recursive: true, force: true });
       try {
@@ -819,7 +807,7 @@ class VfsDriver {
         await rename(work, final);
       } catch (err) {
         await rm(work, { recursive: true, force: true });
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       const entry: SnapshotState = {
         Name: snap,
@@ -833,7 +821,7 @@ class VfsDriver {
         });
       } catch (err) {
         await rm(final, { recursive: true, force: true });
-        throw this.#wrap(err, what);
+        throw this.#api.errors.wrapError(err, what);
       }
       this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
         volume: name,
@@ -961,7 +949,7 @@ class VfsDriver {
             });
           }
         } catch (err) {
-          throw this.#wrap(err, what);
+          throw this.#api.errors.wrapError(err, what);
         }
       });
       const url = await this.#api.backup.createSingleFileBackup(archive, {
@@ -1029,43 +1017,11 @@ class VfsDriver {
   // ---- the ConvoyDriver object -------------------------------------------------------------
 
   convoyDriver(): ConvoyDriver {
-    const name = () => DRIVER_NAME;
-    const volumes: VolumeOperations = {
-      name,
-      createVolume: (id, opts) => this.createVolume(id, opts),
-      deleteVolume: (id, opts) => this.deleteVolume(id, opts),
-      mountVolume: (id, opts) => this.mountVolume(id, opts),
-      umountVolume: (id) => this.umountVolume(id),
-      mountPoint: (id) => this.mountPoint(id),
-      getVolumeInfo: (id) => this.getVolumeInfo(id),
-      listVolume: (opts) => this.listVolume(opts),
-    };
-    const snapshots: SnapshotOperations = {
-      name,
-      createSnapshot: (id, volumeID) => this.createSnapshot(id, volumeID),
-      deleteSnapshot: (id, volumeID) => this.deleteSnapshot(id, volumeID),
-      getSnapshotInfo: (id, volumeID) => this.getSnapshotInfo(id, volumeID),
-      listSnapshot: (opts) => this.listSnapshot(opts),
-    };
-    const backups: BackupOperations = {
-      name,
-      createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
-        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
-      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
-      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
-      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
-    };
     const cfg = this.#cfg;
-    return {
-      name,
-      info: () => ({
-        Root: cfg.Root,
-        Path: cfg.Path,
-        DefaultVolumeSize: String(cfg.DefaultVolumeSize),
-      }),
-      volumeOps: () => volumes,
-      snapshotOps: () => snapshots,
-      backupOps: () => backups,
-    };
+    return this.#api.util.convoyDriver(DRIVER_NAME, this, () => ({
+      Root: cfg.Root,
+      Path: cfg.Path,
+      DefaultVolumeSize: String(cfg.DefaultVolumeSize),
+    }));
   }
 }

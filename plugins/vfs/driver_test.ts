@@ -25,12 +25,11 @@ import {
   NotFoundError,
 } from "../../mod.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
-import { createPluginApi } from "../../src/plugins/host_api.ts";
+import { registeredInit } from "../../src/plugins/testing.ts";
 import { createExec } from "../../src/runtime/exec.ts";
 import { silentLogger } from "../../src/util/log.ts";
+import { isMountPoint, parseMountPoints } from "../../src/util/mountinfo.ts";
 import setup from "./mod.ts";
-import { isMountPoint, parseMountPoints } from "./mountinfo.ts";
-import { KeyedLock } from "./lock.ts";
 
 const exec = createExec({ timeoutMs: 60_000 });
 
@@ -48,27 +47,11 @@ function recordingLogger(): Logger & { lines: string[] } {
   return logger;
 }
 
-const noBackupStore = new Proxy({} as BackupStoreApi, {
-  get: (_, key) => () => Promise.reject(new Error(`backup store not available: ${String(key)}`)),
-});
-
 /** The vfs InitFunc, registered through the real plugin api. */
 function vfsInit(
   opts: { log?: Logger; backup?: BackupStoreApi; exec?: Exec } = {},
 ): InitFunc {
-  let init: InitFunc | undefined;
-  const api = createPluginApi({
-    register: (name, fn) => {
-      assert.equal(name, "vfs");
-      init = fn;
-    },
-    log: opts.log ?? silentLogger,
-    exec: opts.exec ?? exec,
-    backup: opts.backup ?? noBackupStore,
-  });
-  setup(api);
-  assert.ok(init, "setup() did not register the driver");
-  return init;
+  return registeredInit(setup, "vfs", { ...opts, exec: opts.exec ?? exec });
 }
 
 /** Unmounts everything mounted below `dir` (deepest first), then removes it. */
@@ -739,36 +722,6 @@ describe("vfs driver: configuration", () => {
       await (await d.volumeOps()).deleteVolume("legacy", {});
       await assert.rejects(() => stat(tarball), { code: "ENOENT" });
     });
-  });
-});
-
-describe("vfs driver: helpers", () => {
-  test("parseMountPoints() decodes escapes and matches whole paths", () => {
-    const text = [
-      "22 1 8:1 / / rw - ext4 /dev/sda1 rw",
-      "42 22 8:1 /data/a /mnt/with\\040space rw - ext4 /dev/sda1 rw",
-      "43 22 8:1 /data/b /mnt/vol10 rw - ext4 /dev/sda1 rw",
-    ].join("\n");
-    const points = parseMountPoints(text);
-    assert.ok(points.has("/mnt/with space"));
-    assert.ok(points.has("/mnt/vol10"));
-    assert.ok(!points.has("/mnt/vol1"));
-  });
-
-  test("KeyedLock.run() serialises one key and lets other keys run", async () => {
-    const lock = new KeyedLock();
-    const order: string[] = [];
-    const slow = (tag: string, ms: number) => async () => {
-      order.push(`${tag} start`);
-      await new Promise((r) => setTimeout(r, ms));
-      order.push(`${tag} end`);
-    };
-    await Promise.all([
-      lock.run("a", slow("a1", 30)),
-      lock.run("a", slow("a2", 1)),
-      lock.run("b", slow("b1", 1)),
-    ]);
-    assert.deepEqual(order, ["a1 start", "b1 start", "b1 end", "a1 end", "a2 start", "a2 end"]);
   });
 });
 

@@ -13,22 +13,11 @@ export const OPT_VFS_DEFAULT_VOLUME_SIZE = "vfs.defaultvolumesize";
 /** The default of `vfs.defaultvolumesize`. */
 export const DEFAULT_VOLUME_SIZE = "100G";
 
-/** Builds the schemas with the host's zod and size parser. */
+/** Builds the schemas with the host's zod and option schemas. */
 export function createSchemas(api: PluginApi) {
   const z = api.deps.z;
 
-  /** A boolean flag as a string ("true", "1", "yes"...); "" and a missing key are false. */
-  const flag = z.preprocess((v) => (v === "" ? undefined : v), z.stringbool().default(false));
-
-  /** A size string ("10G", "1048576"); "" and "0" are 0 (unset). */
-  const size = z.string().transform((s, ctx) => {
-    try {
-      return api.util.parseSize(s);
-    } catch (err) {
-      ctx.issues.push({ code: "custom", message: (err as Error).message, input: s });
-      return z.NEVER;
-    }
-  });
+  const { flag, size } = api.util.schemas;
 
   /** `--driver-opts` on the first start; other drivers' keys pass through. */
   const driverConfig = z.looseObject({

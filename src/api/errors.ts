@@ -94,3 +94,12 @@ export function isErrorCode(err: unknown, code: ErrorCode): boolean {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * `err` with context for a caller: a ConvoyError other than BackendError as is; anything else
+ * (a failed command, a plain error) as a BackendError `<prefix>: <message>` caused by `err`.
+ */
+export function wrapError(err: unknown, prefix: string): unknown {
+  if (err instanceof ConvoyError && !(err instanceof BackendError)) return err;
+  return new BackendError(`${prefix}: ${errorMessage(err)}`, { cause: err });
+}

@@ -5,13 +5,27 @@
  * @module
  */
 import type { z } from "zod";
-import type { DeltaBlockOperations, InitFunc, OperationContext, StringMap } from "./driver.ts";
+import type {
+  Awaitable,
+  BackupOperations,
+  ConvoyDriver,
+  DeltaBlockOperations,
+  InitFunc,
+  OperationContext,
+  SnapshotOperations,
+  StringMap,
+  VolumeOperations,
+} from "./driver.ts";
 import type * as errors from "./errors.ts";
 import type { Exec } from "../runtime/exec.ts";
-import type { Logger } from "../util/log.ts";
+import type { LogFields, Logger } from "../util/log.ts";
+import type { MountEntry } from "../util/mountinfo.ts";
+import type { OptionSchemas } from "../util/option_schemas.ts";
 
 export type { Exec, ExecOptions, ExecResult } from "../runtime/exec.ts";
 export type { LogFields, Logger } from "../util/log.ts";
+export type { MountEntry } from "../util/mountinfo.ts";
+export type { OptionSchemas } from "../util/option_schemas.ts";
 
 /** The plugin API version this host implements. */
 export const PLUGIN_API_VERSION = 1;
@@ -129,6 +143,83 @@ export interface PluginUtil {
    * every bad key.
    */
   parseOptions<S extends z.ZodType>(schema: S, raw: StringMap, what: string): z.output<S>;
+  /** Zod schemas of option strings, built with `api.deps.z`. */
+  schemas: OptionSchemas;
+  /** Creates `path` and its missing parents with mode 0755, whatever the umask. */
+  ensureDir(path: string): Promise<void>;
+  /** A new per-key async mutex. */
+  createLock(): KeyedLock;
+  /** Mount lookups in this process's mount namespace, by exact path. */
+  mounts: PluginMounts;
+  /** Loads a driver's saved configuration, or makes and saves it on the first start. */
+  loadDriverConfig<O extends z.ZodType, S extends z.ZodType, C>(
+    spec: DriverConfigSpec<O, S, C>,
+  ): Promise<C>;
+  /**
+   * A ConvoyDriver named `name` whose volume, snapshot and backup operations call the methods
+   * of `impl` (with `impl` as `this`), and whose `info()` is `info`.
+   */
+  convoyDriver(name: string, impl: DriverMethods, info: () => Awaitable<StringMap>): ConvoyDriver;
+}
+
+/** A driver's operations as methods of one object, for `api.util.convoyDriver`. */
+export type DriverMethods =
+  & Omit<VolumeOperations, "name">
+  & Omit<SnapshotOperations, "name">
+  & Omit<BackupOperations, "name">;
+
+/** A per-key async mutex (`api.util.createLock()`). */
+export interface KeyedLock {
+  /** Runs `fn` once every earlier `run` with the same key has settled; other keys run freely. */
+  run<T>(key: string, fn: () => Promise<T>): Promise<T>;
+}
+
+/** `api.util.mounts`: reads /proc/self/mountinfo on every call. */
+export interface PluginMounts {
+  /** The entry mounted at exactly `path` (symlinks resolved; the topmost when stacked), or undefined. */
+  mountAt(path: string): Promise<MountEntry | undefined>;
+  /** Every mount point of `device` (e.g. "/dev/loop3"); none for "". */
+  mountsOf(device: string): Promise<string[]>;
+  /** True when `path` (symlinks resolved) is a mount point. */
+  isMountPoint(path: string): Promise<boolean>;
+  /** `path` with symlinks resolved, as mountinfo lists mount points (just resolved when missing). */
+  canonicalPath(path: string): Promise<string>;
+  /** The entries of a mountinfo text. */
+  parseMountInfo(text: string): MountEntry[];
+}
+
+/**
+ * What `api.util.loadDriverConfig` needs. The first start validates `options` with `schema`,
+ * saves `create`'s result as JSON in `file` and logs it; later starts validate the file with
+ * `savedSchema` (InvalidArgumentError when bad), take `load`'s result, warn about each option
+ * that `current` says disagrees with it (the option is ignored), and save it again when asked.
+ */
+export interface DriverConfigSpec<O extends z.ZodType, S extends z.ZodType, C> {
+  /** The driver's name, in messages. */
+  driver: string;
+  /** The saved configuration, e.g. `<root>/<driver>.cfg`. */
+  file: string;
+  /** `--driver-opts`. */
+  options: StringMap | undefined;
+  /** Validates `options` on the first start. */
+  schema: O;
+  /** Validates the saved file. */
+  savedSchema: S;
+  /** The configuration of the first start. */
+  create(options: z.output<O>): Awaitable<C>;
+  /** The configuration from the saved file; `save: true` writes it back (upgraded, moved). */
+  load(saved: z.output<S>): Awaitable<LoadedConfig<C>>;
+  /** Per option key: what `config` uses (as the warning shows it), and whether a value agrees. */
+  current(config: C): Record<string, { uses: string; same(value: string): boolean }>;
+  /** Fields of the "Saved <driver> configuration" log line. */
+  logFields(config: C): LogFields;
+  log: Logger;
+}
+
+/** What `DriverConfigSpec.load` returns. */
+export interface LoadedConfig<C> {
+  config: C;
+  save: boolean;
 }
 
 /** The object passed to a plugin's default export. */

@@ -4,25 +4,20 @@ import type { InitFunc } from "../api/driver.ts";
 import { type BackupStoreApi, PLUGIN_API_VERSION, type PluginApi } from "../api/plugin.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { Logger } from "../util/log.ts";
-import { atomicWriteJSON, readJSONFile } from "../util/fs.ts";
+import { atomicWriteJSON, ensureDir, readJSONFile } from "../util/fs.ts";
+import { KeyedMutex } from "../util/keyed_mutex.ts";
+import {
+  canonicalPath,
+  isMountPoint,
+  mountAt,
+  mountsOf,
+  parseMountInfo,
+} from "../util/mountinfo.ts";
 import { validateName } from "../util/names.ts";
+import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
 import { rubyDate } from "../util/time.ts";
-
-/** Parses string options with `schema`; throws InvalidArgumentError naming every bad key. */
-export function parseOptions<S extends z.ZodType>(
-  schema: S,
-  raw: Record<string, string>,
-  what: string,
-): z.output<S> {
-  const r = schema.safeParse(raw);
-  if (r.success) return r.data;
-  const problems = r.error.issues.map((i) => {
-    const key = i.path.length ? `"${i.path.join(".")}"` : "options";
-    return `${key}: ${i.message}`;
-  });
-  throw new errors.InvalidArgumentError(`Invalid ${what}: ${problems.join("; ")}`);
-}
+import { convoyDriver, loadDriverConfig, parseOptions } from "./driver_util.ts";
 
 /** Builds the `api` object passed to each plugin's setup function. */
 export function createPluginApi(opts: {
@@ -45,6 +40,18 @@ export function createPluginApi(opts: {
       writeJSON: atomicWriteJSON,
       readJSON: readJSONFile,
       parseOptions,
+      schemas: optionSchemas,
+      ensureDir,
+      createLock: () => new KeyedMutex(),
+      mounts: {
+        mountAt: (path) => mountAt(path),
+        mountsOf: (device) => mountsOf(device),
+        isMountPoint: (path) => isMountPoint(path),
+        canonicalPath,
+        parseMountInfo,
+      },
+      loadDriverConfig,
+      convoyDriver,
     },
     backup: opts.backup,
   };

@@ -1,4 +1,4 @@
-import { lstat, mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
@@ -65,5 +65,15 @@ export async function exists(path: string): Promise<boolean> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
     throw err;
+  }
+}
+
+/** Creates `path` and its missing parents with mode 0755, whatever the umask. */
+export async function ensureDir(path: string): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode: 0o755 });
+  if (first === undefined) return;
+  for (let p = path;; p = dirname(p)) {
+    await chmod(p, 0o755);
+    if (p === first || p === dirname(p)) break;
   }
 }

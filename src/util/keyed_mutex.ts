@@ -1,4 +1,4 @@
-/** An async mutex per key: operations on one volume run one at a time, other volumes are not blocked. */
+/** An async mutex per key: operations on one key run one at a time, other keys are not blocked. */
 export class KeyedMutex {
   #tails = new Map<string, Promise<void>>();
 

@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { KeyedMutex } from "./locks.ts";
+import { KeyedMutex } from "./keyed_mutex.ts";
 
 const tick = () => new Promise((r) => setTimeout(r, 5));
 
@@ -34,5 +34,21 @@ describe("KeyedMutex", () => {
     const m = new KeyedMutex();
     await assert.rejects(m.run("k", () => Promise.reject(new Error("boom"))), /boom/);
     assert.equal(await m.run("k", () => Promise.resolve(7)), 7);
+  });
+
+  it("run() serialises one key and lets other keys run", async () => {
+    const lock = new KeyedMutex();
+    const order: string[] = [];
+    const slow = (tag: string, ms: number) => async () => {
+      order.push(`${tag} start`);
+      await new Promise((r) => setTimeout(r, ms));
+      order.push(`${tag} end`);
+    };
+    await Promise.all([
+      lock.run("a", slow("a1", 30)),
+      lock.run("a", slow("a2", 1)),
+      lock.run("b", slow("b1", 1)),
+    ]);
+    assert.deepEqual(order, ["a1 start", "b1 start", "b1 end", "a1 end", "a2 start", "a2 end"]);
   });
 });

@@ -1,0 +1,110 @@
+/**
+ * Host helpers that drivers reach through `api.util`: option parsing, the saved driver
+ * configuration, and the ConvoyDriver object of a driver class.
+ * @module
+ */
+import type { z } from "zod";
+import * as errors from "../api/errors.ts";
+import type {
+  Awaitable,
+  BackupOperations,
+  ConvoyDriver,
+  SnapshotOperations,
+  StringMap,
+  VolumeOperations,
+} from "../api/driver.ts";
+import type { DriverConfigSpec, DriverMethods } from "../api/plugin.ts";
+import { atomicWriteJSON, readJSONFile } from "../util/fs.ts";
+
+/** Parses string options with `schema`; throws InvalidArgumentError naming every bad key. */
+export function parseOptions<S extends z.ZodType>(
+  schema: S,
+  raw: Record<string, string>,
+  what: string,
+): z.output<S> {
+  const r = schema.safeParse(raw);
+  if (r.success) return r.data;
+  const problems = r.error.issues.map((i) => {
+    const key = i.path.length ? `"${i.path.join(".")}"` : "options";
+    return `${key}: ${i.message}`;
+  });
+  throw new errors.InvalidArgumentError(`Invalid ${what}: ${problems.join("; ")}`);
+}
+
+/** `api.util.loadDriverConfig`: see DriverConfigSpec. */
+export async function loadDriverConfig<O extends z.ZodType, S extends z.ZodType, C>(
+  spec: DriverConfigSpec<O, S, C>,
+): Promise<C> {
+  const { driver, file, log } = spec;
+  const options = spec.options ?? {};
+  const raw = await readJSONFile(file);
+  if (raw === undefined) {
+    const config = await spec.create(
+      parseOptions(spec.schema, options, `${driver} driver options`),
+    );
+    await atomicWriteJSON(file, config);
+    log.info(`Saved ${driver} configuration`, { file, ...spec.logFields(config) });
+    return config;
+  }
+
+  const saved = spec.savedSchema.safeParse(raw);
+  if (!saved.success) {
+    const problems = saved.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
+    throw new errors.InvalidArgumentError(
+      `Cannot load ${driver} configuration "${file}": ${problems.join("; ")}`,
+    );
+  }
+  const { config, save } = await spec.load(saved.data);
+  for (const [key, { uses, same }] of Object.entries(spec.current(config))) {
+    const value = options[key];
+    if (value === undefined || same(value)) continue;
+    log.warn(
+      `Ignoring --driver-opts ${key}=${JSON.stringify(value)}: ` +
+        `the saved configuration in "${file}" uses ${uses}`,
+      { option: key, file },
+    );
+  }
+  if (save) await atomicWriteJSON(file, config);
+  return config;
+}
+
+/** `api.util.convoyDriver`: operation objects that call the methods of `impl`. */
+export function convoyDriver(
+  name: string,
+  impl: DriverMethods,
+  info: () => Awaitable<StringMap>,
+): ConvoyDriver {
+  const driverName = () => name;
+  const volumes: VolumeOperations = {
+    name: driverName,
+    createVolume: (id, opts) => impl.createVolume(id, opts),
+    deleteVolume: (id, opts) => impl.deleteVolume(id, opts),
+    mountVolume: (id, opts) => impl.mountVolume(id, opts),
+    umountVolume: (id) => impl.umountVolume(id),
+    mountPoint: (id) => impl.mountPoint(id),
+    getVolumeInfo: (id) => impl.getVolumeInfo(id),
+    listVolume: (opts) => impl.listVolume(opts),
+  };
+  const snapshots: SnapshotOperations = {
+    name: driverName,
+    createSnapshot: (id, volumeID) => impl.createSnapshot(id, volumeID),
+    deleteSnapshot: (id, volumeID) => impl.deleteSnapshot(id, volumeID),
+    getSnapshotInfo: (id, volumeID) => impl.getSnapshotInfo(id, volumeID),
+    listSnapshot: (opts) => impl.listSnapshot(opts),
+  };
+  const backups: BackupOperations = {
+    name: driverName,
+    createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
+      impl.createBackup(snapshotID, volumeID, destURL, opts, ctx),
+    deleteBackup: (url, opts) => impl.deleteBackup(url, opts),
+    getBackupInfo: (url, opts) => impl.getBackupInfo(url, opts),
+    listBackup: (destURL, opts) => impl.listBackup(destURL, opts),
+  };
+  return {
+    name: driverName,
+    info,
+    volumeOps: () => volumes,
+    snapshotOps: () => snapshots,
+    backupOps: () => backups,
+  };
+}

@@ -1,0 +1,207 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { z } from "zod";
+import { InvalidArgumentError } from "../api/errors.ts";
+import type { DriverMethods, LogFields, Logger } from "../api/plugin.ts";
+import { silentLogger } from "../util/log.ts";
+import { optionSchemas } from "../util/option_schemas.ts";
+import { parseSize } from "../util/sizes.ts";
+import { convoyDriver, loadDriverConfig } from "./driver_util.ts";
+
+function recordingLogger(): Logger & { lines: Array<[string, string, LogFields?]> } {
+  const lines: Array<[string, string, LogFields?]> = [];
+  const logger = {
+    lines,
+    debug() {},
+    info: (m: string, f?: LogFields) => void lines.push(["info", m, f]),
+    warn: (m: string, f?: LogFields) => void lines.push(["warn", m, f]),
+    error: (m: string, f?: LogFields) => void lines.push(["error", m, f]),
+    child: () => logger,
+  };
+  return logger;
+}
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "convoy-driver-util-"));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** A toy driver config: `toy.size` saved as Size; a saved Size of 0 is upgraded to 1G. */
+function toySpec(file: string, options: Record<string, string>, log: Logger) {
+  const { size } = optionSchemas;
+  return {
+    driver: "toy",
+    file,
+    options,
+    schema: z.looseObject({ "toy.size": size.prefault("10M") }),
+    savedSchema: z.looseObject({ Size: z.number().int().nonnegative() }),
+    create: (o: { "toy.size": number }) => ({ Size: o["toy.size"] }),
+    load: (saved: { Size: number }) =>
+      saved.Size > 0
+        ? { config: { Size: saved.Size }, save: false }
+        : { config: { Size: 1024 ** 3 }, save: true },
+    current: (cfg: { Size: number }) => ({
+      "toy.size": {
+        uses: `${cfg.Size} bytes`,
+        same: (v: string) => parseSize(v) === cfg.Size,
+      },
+    }),
+    logFields: (cfg: { Size: number }) => ({ size: cfg.Size }),
+    log,
+  };
+}
+
+describe("plugin api: loadDriverConfig", () => {
+  it("saves the first start's options, then keeps the file and warns about conflicts", async () => {
+    await withDir(async (dir) => {
+      const file = join(dir, "toy.cfg");
+      const log = recordingLogger();
+      assert.deepEqual(await loadDriverConfig(toySpec(file, { "toy.size": "2M" }, log)), {
+        Size: 2 * 1024 ** 2,
+      });
+      assert.equal(await readFile(file, "utf8"), `{"Size":2097152}\n`);
+      assert.deepEqual(log.lines, [["info", "Saved toy configuration", {
+        file,
+        size: 2097152,
+      }]]);
+
+      const later = recordingLogger();
+      const opts = { "toy.size": "3M", "other.key": "x" };
+      assert.deepEqual(await loadDriverConfig(toySpec(file, opts, later)), { Size: 2097152 });
+      assert.deepEqual(later.lines, [[
+        "warn",
+        `Ignoring --driver-opts toy.size="3M": the saved configuration in "${file}" uses 2097152 bytes`,
+        { option: "toy.size", file },
+      ]]);
+      const quiet = recordingLogger();
+      await loadDriverConfig(toySpec(file, { "toy.size": "2m" }, quiet));
+      assert.deepEqual(quiet.lines, []);
+    });
+  });
+
+  it("writes the file back only when load asks to", async () => {
+    await withDir(async (dir) => {
+      const file = join(dir, "toy.cfg");
+      await writeFile(file, `{"Size":0,"Extra":1}`);
+      assert.deepEqual(await loadDriverConfig(toySpec(file, {}, silentLogger)), {
+        Size: 1024 ** 3,
+      });
+      assert.equal(await readFile(file, "utf8"), `{"Size":1073741824}\n`);
+      await writeFile(file, `{"Size":5,"Extra":1}`);
+      await loadDriverConfig(toySpec(file, {}, silentLogger));
+      assert.equal(await readFile(file, "utf8"), `{"Size":5,"Extra":1}`);
+    });
+  });
+
+  it("rejects bad options and a bad saved file with InvalidArgumentError", async () => {
+    await withDir(async (dir) => {
+      const file = join(dir, "toy.cfg");
+      await assert.rejects(
+        loadDriverConfig(toySpec(file, { "toy.size": "lots" }, silentLogger)),
+        (err) =>
+          err instanceof InvalidArgumentError &&
+          /^Invalid toy driver options: "toy\.size": Invalid size "lots"/.test(err.message),
+      );
+      await writeFile(file, `{"Size":"big"}`);
+      await assert.rejects(
+        loadDriverConfig(toySpec(file, {}, silentLogger)),
+        (err) =>
+          err instanceof InvalidArgumentError &&
+          err.message.startsWith(`Cannot load toy configuration "${file}": "Size": `),
+      );
+    });
+  });
+});
+
+describe("plugin api: convoyDriver", () => {
+  it("calls the methods of one object, with it as this", async () => {
+    const calls: unknown[][] = [];
+    class Impl implements DriverMethods {
+      #tag = "impl";
+      #log(...args: unknown[]) {
+        calls.push([this.#tag, ...args]);
+      }
+      createVolume(id: string, opts: Record<string, string>) {
+        this.#log("createVolume", id, opts);
+      }
+      deleteVolume(id: string, opts: Record<string, string>) {
+        this.#log("deleteVolume", id, opts);
+      }
+      mountVolume(id: string, opts: Record<string, string>) {
+        this.#log("mountVolume", id, opts);
+        return "/mnt";
+      }
+      umountVolume(id: string) {
+        this.#log("umountVolume", id);
+      }
+      mountPoint(id: string) {
+        this.#log("mountPoint", id);
+        return "/mp";
+      }
+      getVolumeInfo(id: string) {
+        this.#log("getVolumeInfo", id);
+        return { Name: id };
+      }
+      listVolume(opts: Record<string, string>) {
+        this.#log("listVolume", opts);
+        return {};
+      }
+      createSnapshot(id: string, volumeID: string) {
+        this.#log("createSnapshot", id, volumeID);
+      }
+      deleteSnapshot(id: string, volumeID: string) {
+        this.#log("deleteSnapshot", id, volumeID);
+      }
+      getSnapshotInfo(id: string, volumeID: string) {
+        this.#log("getSnapshotInfo", id, volumeID);
+        return {};
+      }
+      listSnapshot(opts: Record<string, string>) {
+        this.#log("listSnapshot", opts);
+        return {};
+      }
+      createBackup(snap: string, vol: string, dest: string, opts: Record<string, string>) {
+        this.#log("createBackup", snap, vol, dest, opts);
+        return "url";
+      }
+      deleteBackup(url: string) {
+        this.#log("deleteBackup", url);
+      }
+      getBackupInfo(url: string) {
+        this.#log("getBackupInfo", url);
+        return {};
+      }
+      listBackup(dest: string, opts: Record<string, string>) {
+        this.#log("listBackup", dest, opts);
+        return {};
+      }
+    }
+    const d = convoyDriver("toy", new Impl(), () => ({ Root: "/r" }));
+    assert.equal(d.name(), "toy");
+    assert.deepEqual(await d.info(), { Root: "/r" });
+    const vols = await d.volumeOps();
+    const snaps = await d.snapshotOps();
+    const backups = await d.backupOps();
+    assert.equal(await d.volumeOps(), vols);
+    assert.deepEqual([vols.name(), snaps.name(), backups.name()], ["toy", "toy", "toy"]);
+    await vols.createVolume("v", { Size: "1" });
+    assert.equal(await vols.mountVolume("v", {}), "/mnt");
+    await snaps.createSnapshot("s", "v");
+    assert.equal(await backups.createBackup("s", "v", "vfs:///b", {}), "url");
+    await backups.deleteBackup("url");
+    assert.deepEqual(calls, [
+      ["impl", "createVolume", "v", { Size: "1" }],
+      ["impl", "mountVolume", "v", {}],
+      ["impl", "createSnapshot", "s", "v"],
+      ["impl", "createBackup", "s", "v", "vfs:///b", {}],
+      ["impl", "deleteBackup", "url"],
+    ]);
+  });
+});

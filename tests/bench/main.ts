@@ -7,7 +7,7 @@
  * rewriting about 1% of the data, restore into a new volume; and restic backup and restore of the
  * same snapshot image into a local repository.
  */
-import { readFile, readdir, rm, stat, writeFile, mkdir, lstat } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { spawn } from "node:child_process";
 import { ok, REPO, run, startDaemon } from "../helpers.ts";
@@ -75,7 +75,9 @@ async function files(dir: string): Promise<{ path: string; size: number }[]> {
 }
 
 async function main() {
-  if (process.getuid?.() !== 0) throw new Error("the benchmark needs root (loop devices and mounts)");
+  if (process.getuid?.() !== 0) {
+    throw new Error("the benchmark needs root (loop devices and mounts)");
+  }
   await must("umount", ["-l", join(WORK, "xfs")]).catch(() => {});
   await rm(WORK, { recursive: true, force: true });
   await mkdir(join(WORK, "xfs"), { recursive: true });
@@ -87,10 +89,20 @@ async function main() {
     AWS_SECRET_ACCESS_KEY: "bench-secret",
     AWS_EC2_METADATA_DISABLED: "true",
   };
-  const s3 = spawn(process.execPath, ["run", "-A", join(REPO, "tests", "s3_server.ts"), "--port", "0", "--dir", join(WORK, "s3")], {
+  const s3 = spawn(process.execPath, [
+    "run",
+    "-A",
+    join(REPO, "tests", "s3_server.ts"),
+    "--port",
+    "0",
+    "--dir",
+    join(WORK, "s3"),
+  ], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const endpoint = await new Promise<string>((resolve) => s3.stdout!.once("data", (c) => resolve(String(c).trim().split("\n")[0])));
+  const endpoint = await new Promise<string>((resolve) =>
+    s3.stdout!.once("data", (c) => resolve(String(c).trim().split("\n")[0]))
+  );
   const daemon = await startDaemon({
     root: join(WORK, "root"),
     args: ["--drivers", "loop", "--driver-opts", `loop.path=${join(WORK, "xfs", "volumes")}`],
@@ -102,7 +114,12 @@ async function main() {
   const results: Record<string, unknown> = {};
   try {
     const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-    await new S3Client({ endpoint, region: "us-east-1", forcePathStyle: true, credentials: { accessKeyId: "bench", secretAccessKey: "x" } })
+    await new S3Client({
+      endpoint,
+      region: "us-east-1",
+      forcePathStyle: true,
+      credentials: { accessKeyId: "bench", secretAccessKey: "x" },
+    })
       .send(new CreateBucketCommand({ Bucket: "bench" }));
 
     log("creating a 4 GiB loop volume and copying files into it");
@@ -117,7 +134,12 @@ async function main() {
 
     const vfsStore = join(WORK, "store");
     await mkdir(vfsStore);
-    const step = async (name: string, fn: () => Promise<string>, bytes: number, store?: () => Promise<number>) => {
+    const step = async (
+      name: string,
+      fn: () => Promise<string>,
+      bytes: number,
+      store?: () => Promise<number>,
+    ) => {
       await peakRss(pid, true);
       const { seconds, value } = await timed(fn);
       const r = {
@@ -131,10 +153,24 @@ async function main() {
       return value;
     };
 
-    await step("fullBackupVfs", () => cli("backup", "create", "s1", "--dest", `vfs://${vfsStore}`), data, () => duBytes(vfsStore));
+    await step(
+      "fullBackupVfs",
+      () => cli("backup", "create", "s1", "--dest", `vfs://${vfsStore}`),
+      data,
+      () => duBytes(vfsStore),
+    );
     await step(
       "fullBackupS3",
-      () => cli("backup", "--s3-endpoint", endpoint, "create", "s1", "--dest", "s3://bench@us-east-1/convoy"),
+      () =>
+        cli(
+          "backup",
+          "--s3-endpoint",
+          endpoint,
+          "create",
+          "s1",
+          "--dest",
+          "s3://bench@us-east-1/convoy",
+        ),
       data,
       () => duBytes(join(WORK, "s3")),
     );
@@ -147,25 +183,43 @@ async function main() {
       if (f.size < 4096) continue;
       const buf = new Uint8Array(f.size);
       crypto.getRandomValues(buf.subarray(0, Math.min(65536, buf.length)));
-      for (let o = 65536; o < buf.length; o += 65536) buf.copyWithin(o, 0, Math.min(65536, buf.length - o));
+      for (let o = 65536; o < buf.length; o += 65536) {
+        buf.copyWithin(o, 0, Math.min(65536, buf.length - o));
+      }
       await writeFile(f.path, buf);
       changed += f.size;
     }
     await must("sync", []);
     results.changedMB = +(changed / 1e6).toFixed(1);
     await cli("snapshot", "create", "bench", "--name", "s2");
-    const incr = await step("incrementalBackupVfs", () => cli("backup", "create", "s2", "--dest", `vfs://${vfsStore}`), changed, () =>
-      duBytes(vfsStore));
-    await step("restoreVfs", () => cli("create", "restored", "--driver", "loop", "--backup", incr), data);
+    const incr = await step(
+      "incrementalBackupVfs",
+      () => cli("backup", "create", "s2", "--dest", `vfs://${vfsStore}`),
+      changed,
+      () => duBytes(vfsStore),
+    );
+    await step(
+      "restoreVfs",
+      () => cli("create", "restored", "--driver", "loop", "--backup", incr),
+      data,
+    );
 
-    const snapImage = Object.values(JSON.parse(await cli("snapshot", "inspect", "s1")).DriverInfo as Record<string, string>)
+    const snapImage = Object.values(
+      JSON.parse(await cli("snapshot", "inspect", "s1")).DriverInfo as Record<string, string>,
+    )
       .find((v) => v.endsWith(".img"));
-    const restic = await run("restic", ["version"]).catch(() => ({ code: -1, stdout: "", stderr: "" }));
+    const restic = await run("restic", ["version"]).catch(() => ({
+      code: -1,
+      stdout: "",
+      stderr: "",
+    }));
     if (restic.code === 0 && snapImage) {
       const renv = { RESTIC_PASSWORD: "bench", RESTIC_REPOSITORY: join(WORK, "restic") };
       await must("restic", ["init"], renv);
       const b = await timed(() => must("restic", ["backup", "--quiet", snapImage], renv));
-      const r = await timed(() => must("restic", ["restore", "latest", "--target", join(WORK, "restic-restore")], renv));
+      const r = await timed(() =>
+        must("restic", ["restore", "latest", "--target", join(WORK, "restic-restore")], renv)
+      );
       results.restic = {
         version: restic.stdout.trim(),
         backupSeconds: +b.seconds.toFixed(2),
@@ -184,8 +238,15 @@ async function main() {
     const full = results.fullBackupVfs as { seconds: number };
     const inc = results.incrementalBackupVfs as { seconds: number };
     results.incrementalOverFull = +(inc.seconds / full.seconds).toFixed(3);
-    results.volume = { sizeGiB: 4, dataGB: +(data / GB).toFixed(2), filesystem: "ext4 on loop, loop.path on xfs (reflink)" };
-    results.machine = { cores: (await import("node:os")).cpus().length, runtime: `deno ${process.versions.deno ?? ""}` };
+    results.volume = {
+      sizeGiB: 4,
+      dataGB: +(data / GB).toFixed(2),
+      filesystem: "ext4 on loop, loop.path on xfs (reflink)",
+    };
+    results.machine = {
+      cores: (await import("node:os")).cpus().length,
+      runtime: `deno ${process.versions.deno ?? ""}`,
+    };
     await cli("umount", "bench");
     await cli("umount", "restored").catch(() => "");
     await cli("delete", "bench", "restored");

@@ -1,4 +1,5 @@
 import type { PluginSetup } from "../api/plugin.ts";
+import devicemapper from "../../plugins/devicemapper/mod.ts";
 import loop from "../../plugins/loop/mod.ts";
 import vfs from "../../plugins/vfs/mod.ts";
 
@@ -12,4 +13,5 @@ export interface BundledPlugin {
 export const bundledPlugins: BundledPlugin[] = [
   { source: "plugins/vfs/mod.ts", setup: vfs },
   { source: "plugins/loop/mod.ts", setup: loop },
+  { source: "plugins/devicemapper/mod.ts", setup: devicemapper },
 ];

@@ -1,0 +1,1797 @@
+/**
+ * The devicemapper driver: every volume is a thin device of one device-mapper thin pool
+ * (`dm.datadev` + `dm.metadatadev`), formatted with ext4 or xfs and mounted on demand.
+ * Snapshots are thin snapshots (`create_snap`, the origin suspended for a consistent point).
+ * Backups are Convoy's delta-block backups: `thin_delta` on a reserved metadata snapshot tells
+ * the engine which 2 MiB blocks changed since the last backed-up snapshot.
+ *
+ * On-disk layout (Convoy's files and fields, plus a few of ours):
+ *
+ * ```
+ * <root>/devicemapper.cfg                   {"Root","DataDevice","MetadataDevice","ThinpoolDevice",
+ *                                           "ThinpoolSize","ThinpoolBlockSize","DefaultVolumeSize",
+ *                                           "LastDevID","Filesystem","Kept"}
+ * <root>/devicemapper_volume_<name>.json    {"Name","DevID","Size","Base","MountPoint","CreatedTime",
+ *                                           "Snapshots":{"<snap>":{"Name","CreatedTime","DevID","Activated"}},
+ *                                           "Filesystem","UUID","DeviceName"}
+ * <root>/mounts/<name>/                     the default mount point
+ * /dev/mapper/<dm.thinpoolname>             the pool
+ * /dev/mapper/convoy-<pool>-<name>          a volume (see dm.ts for the naming rules)
+ * /dev/mapper/convoy-<pool>-<name>@<snap>   a snapshot, read-only, only while a backup reads it
+ * ```
+ *
+ * Start-up: the first start zeroes the metadata header and creates the pool; later starts re-use
+ * an active pool with the expected table or re-create it with the saved table, then re-activate
+ * every volume (also when the pool was already active) and re-mount every recorded mount at its
+ * recorded mount point. A pool that cannot be activated gives an error with recovery advice.
+ *
+ * ReferenceOnly delete never destroys data: the volume's device is deactivated and its record
+ * moves to `Kept` in devicemapper.cfg, with its thin device and snapshots left in the pool;
+ * creating a volume of the same name adopts them again (and a normal delete then frees them).
+ * @module
+ */
+import { chmod, mkdir, open, readdir, rm, rmdir, stat } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import type {
+  BackupOperations,
+  ConvoyDriver,
+  DeltaBlockOperations,
+  Logger,
+  Mappings,
+  OperationContext,
+  PluginApi,
+  SnapshotOperations,
+  StringMap,
+  VolumeOperations,
+} from "../../mod.ts";
+import {
+  CONFIG_FILE,
+  type DmConfig,
+  loadConfig,
+  MAPPER_DIR,
+  parseFirstStart,
+  poolName,
+  saveConfig,
+} from "./config.ts";
+import {
+  BACKUP_BLOCK_SIZE,
+  BUSY,
+  comparePoolTable,
+  compareThinTable,
+  deltaToMappings,
+  devNumber,
+  DmSetup,
+  EXISTS,
+  failedWith,
+  isSnapshotDeviceName,
+  MAX_DEV_ID,
+  NO_DATA,
+  parsePoolStatus,
+  parseTable,
+  parseThinDelta,
+  poolTable,
+  roundUp,
+  sizeAlignment,
+  snapshotDeviceName,
+  thinTable,
+  volumeDeviceName,
+} from "./dm.ts";
+import { KeyedLock } from "./lock.ts";
+import { canonicalPath, mountAt, mountsOf } from "./mountinfo.ts";
+import {
+  createSchemas,
+  OPT_DATA_DEVICE,
+  OPT_METADATA_DEVICE,
+  OPT_THINPOOL_NAME,
+  type Schemas,
+  type SnapshotRecord,
+  type VolumeRecord,
+} from "./options.ts";
+
+/** The driver's name. */
+export const DRIVER_NAME = "devicemapper";
+/** Drivers whose backups are raw block images of a filesystem, restorable into devicemapper. */
+export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
+
+const RECORD_FILE = /^devicemapper_volume_(.+)\.json$/;
+/** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
+const THIN_SUPERBLOCK_MAGIC = 27022010n;
+const CFG_LOCK = "\u0000config";
+const METADATA_SNAP_LOCK = "\u0000metadata-snap";
+/** Attempts at a free thin id when the pool already has the next one (an id lost by a crash). */
+const ID_ATTEMPTS = 16;
+
+/** What one compareSnapshot did (logged; tests read it). */
+export interface CompareStats {
+  /** "full" (every provisioned block) or "incremental". */
+  method: "full" | "incremental";
+  /** thin_delta ranges kept. */
+  ranges: number;
+  /** 2 MiB blocks reported. */
+  blocks: number;
+  /** The pool block size in bytes. */
+  poolBlockSize: number;
+  ms: number;
+}
+
+/** The devicemapper ConvoyDriver, with its delta-block operations reachable for tests and tools. */
+export interface DmConvoyDriver extends ConvoyDriver {
+  /** A DeltaBlockOperations session (what a backup uses); call close() when done. */
+  deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> };
+}
+
+/**
+ * Creates a devicemapper driver instance (Convoy's InitFunc). `root` is
+ * `<daemon root>/devicemapper`; `config` is the `--driver-opts` map, read only on the first
+ * start.
+ */
+export async function createDevicemapperDriver(
+  api: PluginApi,
+  root: string,
+  config: StringMap,
+): Promise<DmConvoyDriver> {
+  const log = api.log.child({ pkg: "devicemapper", driver: DRIVER_NAME });
+  const driverRoot = resolve(root);
+  await ensureDir(driverRoot);
+  const driver = new DmDriver(api, { root: driverRoot, schemas: createSchemas(api), log });
+  await driver.init(config ?? {});
+  return driver.convoyDriver();
+}
+
+/** Creates `path` and its missing parents with mode 0755, whatever the umask. */
+async function ensureDir(path: string): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode: 0o755 });
+  if (first === undefined) return;
+  for (let p = path;; p = dirname(p)) {
+    await chmod(p, 0o755);
+    if (p === first || p === dirname(p)) break;
+  }
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as { code?: string } | null)?.code;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Fills `buf` from `pos`; a short read at the end is zero-filled. */
+async function readFull(fh: FileHandle, buf: Uint8Array, pos: number): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesRead } = await fh.read(buf, off, buf.length - off, pos + off);
+    if (bytesRead === 0) break;
+    off += bytesRead;
+  }
+  if (off < buf.length) buf.fill(0, off);
+}
+
+/** An open snapshot device of a backup session. */
+interface OpenSnapshot {
+  device: string;
+  fh: FileHandle;
+  release: () => void;
+}
+
+class DmDriver {
+  #api: PluginApi;
+  #root: string;
+  #schemas: Schemas;
+  #log: Logger;
+  #dm: DmSetup;
+  #cfg!: DmConfig;
+  #locks = new KeyedLock();
+  /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
+  #inUse = new Map<string, number>();
+  /** The pool's held metadata root at start-up ("-": none; undefined: a new pool). */
+  #heldRoot: string | undefined;
+  /** True when start-up found the pool active (the daemon restarted, the host did not). */
+  #poolWasActive = false;
+
+  constructor(api: PluginApi, opts: { root: string; schemas: Schemas; log: Logger }) {
+    this.#api = api;
+    this.#root = opts.root;
+    this.#schemas = opts.schemas;
+    this.#log = opts.log;
+    this.#dm = new DmSetup(api, opts.log);
+  }
+
+  // ---- names and paths ---------------------------------------------------------------------
+
+  get #pool(): string {
+    return poolName(this.#cfg);
+  }
+  get #configFile(): string {
+    return join(this.#root, CONFIG_FILE);
+  }
+  #recordFile(name: string): string {
+    return join(this.#root, `devicemapper_volume_${name}.json`);
+  }
+  get #mountsDir(): string {
+    return join(this.#root, "mounts");
+  }
+  #defaultMountPoint(name: string): string {
+    return join(this.#mountsDir, name);
+  }
+  /** The volume's device-mapper name: recorded, or Convoy's bare name for Convoy's records. */
+  #deviceName(rec: VolumeRecord): string {
+    return rec.DeviceName || rec.Name;
+  }
+  #devicePath(rec: VolumeRecord): string {
+    return join(MAPPER_DIR, this.#deviceName(rec));
+  }
+  #alignment(): number {
+    return sizeAlignment(this.#cfg.ThinpoolBlockSize);
+  }
+
+  // ---- start-up ----------------------------------------------------------------------------
+
+  async init(config: StringMap): Promise<void> {
+    const loaded = await loadConfig(this.#api, this.#schemas, {
+      root: this.#root,
+      config,
+      log: this.#log,
+    });
+    if (!loaded) {
+      this.#cfg = await this.#firstStart(config);
+    } else {
+      this.#cfg = loaded.cfg;
+      await this.#startPool();
+      if (loaded.dirty) await saveConfig(this.#api, this.#cfg);
+    }
+    await ensureDir(this.#mountsDir);
+    await this.#cleanLeftovers();
+    await this.#checkKept();
+    await this.#restoreVolumes();
+  }
+
+  /** `major:minor` of a block device; InvalidArgumentError naming the option when it is not one. */
+  async #blockDevice(path: string, what: string): Promise<string> {
+    let st;
+    try {
+      st = await stat(path);
+    } catch (err) {
+      throw new this.#api.errors.InvalidArgumentError(
+        `${what} "${path}" does not exist${errno(err) === "ENOENT" ? "" : `: ${message(err)}`}`,
+        { cause: err },
+      );
+    }
+    if (!st.isBlockDevice()) {
+      throw new this.#api.errors.InvalidArgumentError(`${what} "${path}" is not a block device`);
+    }
+    return devNumber(st.rdev);
+  }
+
+  /** Fails clearly when the kernel has no device-mapper; warns when thin-pool is not loaded. */
+  async #checkDeviceMapper(what: string): Promise<void> {
+    let targets: string;
+    try {
+      targets = (await this.#api.exec("dmsetup", ["targets"])).stdout;
+    } catch (err) {
+      throw new this.#api.errors.BackendError(
+        `${what}: device-mapper is not available (${message(err)}); ` +
+          `it needs a kernel with device-mapper and dm-thin-pool (modprobe dm-thin-pool) ` +
+          `and the dmsetup command`,
+        { cause: err },
+      );
+    }
+    if (!/^thin-pool\s/m.test(targets)) {
+      this.#log.warn(
+        "The thin-pool target is not loaded yet; creating the pool should load it " +
+          "(modprobe dm-thin-pool)",
+      );
+    }
+  }
+
+  async #deviceSize(path: string): Promise<number> {
+    const { stdout } = await this.#api.exec("blockdev", ["--getsize64", path]);
+    const n = Number(stdout.trim());
+    if (!Number.isSafeInteger(n) || n <= 0) {
+      throw new this.#api.errors.BackendError(
+        `blockdev printed no size for "${path}": ${JSON.stringify(stdout)}`,
+      );
+    }
+    return n;
+  }
+
+  /** True when the metadata device starts with a thin-pool superblock. */
+  async #hasPoolMetadata(path: string): Promise<boolean> {
+    const fh = await open(path, "r");
+    try {
+      const buf = new Uint8Array(4096);
+      await readFull(fh, buf, 0);
+      return new DataView(buf.buffer).getBigUint64(32, true) === THIN_SUPERBLOCK_MAGIC;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Zeroes the first 4 KiB of the metadata device: the pool then formats fresh metadata. */
+  async #zeroMetadataHeader(path: string): Promise<void> {
+    const fh = await open(path, "r+");
+    try {
+      await fh.write(new Uint8Array(4096), 0, 4096, 0);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** The first start: validate the options and devices, create the pool, save the config. */
+  async #firstStart(config: StringMap): Promise<DmConfig> {
+    const o = parseFirstStart(this.#api, this.#schemas, config);
+    const what = "Cannot start the devicemapper driver";
+    const { InvalidArgumentError, ConflictError, BackendError } = this.#api.errors;
+    let data: string;
+    let meta: string;
+    try {
+      data = await this.#blockDevice(o.dataDevice, `${OPT_DATA_DEVICE}`);
+      meta = await this.#blockDevice(o.metadataDevice, `${OPT_METADATA_DEVICE}`);
+    } catch (err) {
+      throw new InvalidArgumentError(`${what}: ${message(err)}`, { cause: err });
+    }
+    if (data === meta) {
+      throw new InvalidArgumentError(
+        `${what}: ${OPT_DATA_DEVICE} "${o.dataDevice}" and ${OPT_METADATA_DEVICE} ` +
+          `"${o.metadataDevice}" are the same device (${data})`,
+      );
+    }
+    await this.#checkDeviceMapper(what);
+    const live = await this.#dm.table(o.poolName);
+    if (live !== undefined) {
+      throw new ConflictError(
+        `${what}: a device-mapper device named "${o.poolName}" already exists ` +
+          `(table "${live.trim()}") and "${this.#configFile}" does not: it is not this ` +
+          `driver's pool; choose another ${OPT_THINPOOL_NAME}`,
+      );
+    }
+    const size = await this.#deviceSize(o.dataDevice);
+    const blockBytes = o.blockSectors * 512;
+    if (size < blockBytes) {
+      throw new InvalidArgumentError(
+        `${what}: ${OPT_DATA_DEVICE} "${o.dataDevice}" (${size} bytes) is smaller than one ` +
+          `pool block (${blockBytes} bytes)`,
+      );
+    }
+    if (await this.#hasPoolMetadata(o.metadataDevice)) {
+      throw new ConflictError(
+        `${what}: ${OPT_METADATA_DEVICE} "${o.metadataDevice}" already holds thin-pool ` +
+          `metadata, but "${this.#configFile}" does not exist. Creating a pool there would ` +
+          `destroy every thin device in it. Restore the saved configuration, or, to start ` +
+          `over and lose that data, zero the header first: ` +
+          `dd if=/dev/zero of=${o.metadataDevice} bs=4096 count=1`,
+      );
+    }
+    const sectors = Math.floor(size / 512);
+    await this.#zeroMetadataHeader(o.metadataDevice);
+    const table = poolTable({
+      sectors,
+      metadata: o.metadataDevice,
+      data: o.dataDevice,
+      blockSectors: o.blockSectors,
+    });
+    try {
+      await this.#dm.create(o.poolName, table);
+    } catch (err) {
+      throw new BackendError(
+        `${what}: cannot create the thin pool "${o.poolName}": ${message(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    const cfg: DmConfig = {
+      Root: this.#root,
+      DataDevice: o.dataDevice,
+      MetadataDevice: o.metadataDevice,
+      ThinpoolDevice: join(MAPPER_DIR, o.poolName),
+      ThinpoolSize: sectors * 512,
+      ThinpoolBlockSize: o.blockSectors,
+      DefaultVolumeSize: o.defaultVolumeSize,
+      LastDevID: 0,
+      Filesystem: o.filesystem,
+      Kept: {},
+    };
+    try {
+      await saveConfig(this.#api, cfg);
+    } catch (err) {
+      await this.#dm.remove(o.poolName).catch(() => {});
+      throw new BackendError(`${what}: cannot save "${this.#configFile}": ${message(err)}`, {
+        cause: err,
+      });
+    }
+    this.#log.info(`Created thin pool "${o.poolName}"`, {
+      pool: o.poolName,
+      dataDevice: o.dataDevice,
+      metadataDevice: o.metadataDevice,
+      size: cfg.ThinpoolSize,
+      blockSize: blockBytes,
+      file: this.#configFile,
+    });
+    return cfg;
+  }
+
+  /** Later starts: re-use the active pool (same table) or activate it again with the saved table. */
+  async #startPool(): Promise<void> {
+    const cfg = this.#cfg;
+    const pool = this.#pool;
+    const what = `Cannot start the devicemapper driver with thin pool "${pool}"`;
+    const { ConflictError, BackendError, InvalidArgumentError } = this.#api.errors;
+    let data: string;
+    let meta: string;
+    try {
+      data = await this.#blockDevice(cfg.DataDevice, "the data device");
+      meta = await this.#blockDevice(cfg.MetadataDevice, "the metadata device");
+    } catch (err) {
+      throw new InvalidArgumentError(
+        `${what}: ${message(err)} (recorded in "${this.#configFile}")`,
+        { cause: err },
+      );
+    }
+    let live: string | undefined;
+    try {
+      live = await this.#dm.table(pool);
+    } catch (err) {
+      await this.#checkDeviceMapper(what);
+      throw err;
+    }
+    if (live !== undefined) {
+      const diff = comparePoolTable(parseTable(live), {
+        metadata: meta,
+        data,
+        blockSectors: cfg.ThinpoolBlockSize,
+      });
+      if (diff) {
+        throw new ConflictError(
+          `${what}: a device-mapper device named "${pool}" exists with another table ` +
+            `(${diff}): it is not the pool of "${this.#configFile}"`,
+        );
+      }
+      const status = parsePoolStatus((await this.#dm.status(pool)) ?? "");
+      this.#heldRoot = status?.heldRoot ?? "-";
+      this.#poolWasActive = true;
+      if (!status || /^(Fail|Error)$/i.test(status.mode)) {
+        throw new BackendError(
+          `${what}: the pool has failed (status "${status?.mode ?? "unknown"}"). ` +
+            this.#repairAdvice(),
+        );
+      }
+      if (status.needsCheck || status.mode === "ro") {
+        this.#log.warn(
+          `Thin pool "${pool}" is ${
+            status.needsCheck ? "flagged needs_check" : "read-only"
+          }: volumes cannot be written. ${this.#repairAdvice()}`,
+          { pool, mode: status.mode },
+        );
+      }
+      this.#log.info(`Re-using the active thin pool "${pool}"`, { pool });
+      return;
+    }
+    const table = poolTable({
+      sectors: Math.floor(cfg.ThinpoolSize / 512),
+      metadata: cfg.MetadataDevice,
+      data: cfg.DataDevice,
+      blockSectors: cfg.ThinpoolBlockSize,
+    });
+    try {
+      await this.#dm.create(pool, table);
+    } catch (err) {
+      let check: string;
+      try {
+        const r = await this.#api.exec("thin_check", [cfg.MetadataDevice]);
+        check = `thin_check found no problem in the metadata (${
+          (r.stdout + r.stderr).trim().split("\n").slice(-1)[0] || "ok"
+        }); check that the devices are not in use by another pool or program`;
+      } catch (checkErr) {
+        check = `thin_check reports damaged metadata: ${message(checkErr)}`;
+      }
+      throw new BackendError(
+        `${what}: cannot activate the pool: ${message(err)}. ${check}. ${this.#repairAdvice()}`,
+        { cause: err },
+      );
+    }
+    this.#heldRoot = parsePoolStatus((await this.#dm.status(pool)) ?? "")?.heldRoot;
+    this.#log.info(`Activated thin pool "${pool}"`, { pool, table });
+  }
+
+  #repairAdvice(): string {
+    const meta = this.#cfg.MetadataDevice;
+    return `To recover: deactivate the pool and its volumes (dmsetup remove), run ` +
+      `"thin_check ${meta}"; if it reports errors, repair the metadata onto a spare device of ` +
+      `the same size with "thin_repair -i ${meta} -o <spare>", copy it back ` +
+      `("dd if=<spare> of=${meta}") and restart the daemon. Never zero the metadata device: ` +
+      `that loses every volume`;
+  }
+
+  /**
+   * Removes what an interrupted operation left: snapshot devices of a backup, a reserved
+   * metadata snapshot, Kept entries of volumes that exist again.
+   */
+  async #cleanLeftovers(): Promise<void> {
+    const pool = this.#pool;
+    // Snapshot devices can only be left on a pool that stayed active (a daemon crash).
+    for (const name of this.#poolWasActive ? await this.#dm.list() : []) {
+      if (!isSnapshotDeviceName(pool, name)) continue;
+      this.#log.info(`Removing the snapshot device "${name}" left by an interrupted backup`);
+      await this.#dm.remove(name, 10).catch((err) =>
+        this.#log.warn(`Cannot remove "${name}": ${message(err)}`)
+      );
+    }
+    // A reserved metadata snapshot is kept in the metadata: also after a reboot.
+    if (this.#heldRoot && this.#heldRoot !== "-") {
+      this.#log.warn(
+        `Releasing the metadata snapshot of pool "${pool}" left reserved by an interrupted backup`,
+      );
+      await this.#dm.message(pool, "release_metadata_snap").catch((err) =>
+        this.#log.warn(`Cannot release the metadata snapshot: ${message(err)}`)
+      );
+    }
+  }
+
+  /** Drops Kept entries of volumes that exist again (a crash during an adopt) and lists the rest. */
+  async #checkKept(): Promise<void> {
+    const kept = Object.keys(this.#cfg.Kept);
+    let dirty = false;
+    for (const name of kept) {
+      const rec = await this.#readRecord(name).catch(() => undefined);
+      if (rec && rec.DevID === this.#cfg.Kept[name].DevID) {
+        delete this.#cfg.Kept[name];
+        dirty = true;
+      }
+    }
+    if (dirty) await saveConfig(this.#api, this.#cfg);
+    const left = Object.keys(this.#cfg.Kept);
+    if (left.length) {
+      this.#log.info(
+        `Volumes kept by reference-only deletes (create the name again to adopt one): ${
+          left.join(", ")
+        }`,
+        { kept: left },
+      );
+    }
+  }
+
+  /** Re-activates every volume and re-mounts recorded mounts; failures are logged. */
+  async #restoreVolumes(): Promise<void> {
+    for (const { name, record } of await this.#listRecords()) {
+      try {
+        const rec = await this.#upgradeRecord(record);
+        const dev = await this.#ensureActive(rec);
+        if (!rec.MountPoint) continue;
+        const entry = await mountAt(rec.MountPoint);
+        if (entry?.device === dev.number) continue;
+        if (entry) {
+          throw new this.#api.errors.ConflictError(
+            `"${rec.MountPoint}" is a mount point of "${entry.source}"`,
+          );
+        }
+        await this.#mount(rec, { device: dev.path, mountPoint: rec.MountPoint });
+        this.#log.info(`Restored the mount of volume "${name}" at "${rec.MountPoint}"`, {
+          volume: name,
+          device: dev.path,
+          mountpoint: rec.MountPoint,
+        });
+      } catch (err) {
+        this.#log.error(`Cannot restore volume "${name}": ${message(err)}`, { volume: name });
+      }
+    }
+  }
+
+  /** Fills in what Convoy's records lack: a UUID, the device name, an ext4 default. */
+  async #upgradeRecord(rec: VolumeRecord): Promise<VolumeRecord> {
+    if (rec.UUID && rec.DeviceName && rec.Filesystem) return rec;
+    const out = {
+      ...rec,
+      UUID: rec.UUID || crypto.randomUUID(),
+      DeviceName: rec.DeviceName || rec.Name,
+      Filesystem: rec.Filesystem || "ext4",
+    };
+    await this.#writeRecord(out);
+    return out;
+  }
+
+  // ---- records -----------------------------------------------------------------------------
+
+  #validVolumeName(id: unknown): string {
+    return this.#api.util.validateName(id, "volume");
+  }
+
+  /** The record, or undefined when the volume does not exist. */
+  async #readRecord(name: string): Promise<VolumeRecord | undefined> {
+    const file = this.#recordFile(name);
+    let raw: unknown;
+    try {
+      raw = await this.#api.util.readJSON(file);
+    } catch (err) {
+      throw new this.#api.errors.BackendError(
+        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${message(err)}`,
+        { cause: err },
+      );
+    }
+    if (raw === undefined) return undefined;
+    const r = this.#schemas.volumeRecord.safeParse(raw);
+    if (!r.success || r.data.Name !== name) {
+      const problems = r.success
+        ? [`"Name": expected "${name}"`]
+        : r.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
+      throw new this.#api.errors.BackendError(
+        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${
+          problems.join("; ")
+        }`,
+      );
+    }
+    return r.data;
+  }
+
+  async #mustRecord(name: string, what: string): Promise<VolumeRecord> {
+    const record = await this.#readRecord(name);
+    if (!record) {
+      throw new this.#api.errors.NotFoundError(`Cannot ${what} "${name}": volume does not exist`);
+    }
+    return record;
+  }
+
+  #serialize(r: VolumeRecord) {
+    const snapshots: Record<string, SnapshotRecord> = {};
+    for (const [k, s] of Object.entries(r.Snapshots)) {
+      snapshots[k] = {
+        Name: s.Name,
+        CreatedTime: s.CreatedTime,
+        DevID: s.DevID,
+        Activated: s.Activated,
+      };
+    }
+    return {
+      Name: r.Name,
+      DevID: r.DevID,
+      Size: r.Size,
+      Base: r.Base,
+      MountPoint: r.MountPoint,
+      CreatedTime: r.CreatedTime,
+      Snapshots: snapshots,
+      Filesystem: r.Filesystem,
+      UUID: r.UUID,
+      DeviceName: r.DeviceName,
+    };
+  }
+
+  async #writeRecord(r: VolumeRecord): Promise<void> {
+    await this.#api.util.writeJSON(this.#recordFile(r.Name), this.#serialize(r));
+  }
+
+  /** Every readable record; bad entries are logged and skipped. */
+  async #listRecords(): Promise<Array<{ name: string; record: VolumeRecord }>> {
+    const out: Array<{ name: string; record: VolumeRecord }> = [];
+    for (const entry of (await readdir(this.#root)).sort()) {
+      const m = RECORD_FILE.exec(entry);
+      if (!m) continue;
+      const name = m[1];
+      try {
+        this.#validVolumeName(name);
+        const record = await this.#readRecord(name);
+        if (record) out.push({ name, record });
+      } catch (err) {
+        this.#log.warn(`Skipping "${join(this.#root, entry)}": ${message(err)}`, {
+          volume: name,
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Runs `fn` on the configuration under its lock, then saves it; reverted on failure. */
+  async #updateConfig<T>(fn: (cfg: DmConfig) => T): Promise<T> {
+    return await this.#locks.run(CFG_LOCK, async () => {
+      const before = structuredClone(this.#cfg);
+      const out = fn(this.#cfg);
+      try {
+        await saveConfig(this.#api, this.#cfg);
+      } catch (err) {
+        this.#cfg = before;
+        throw err;
+      }
+      return out;
+    });
+  }
+
+  /** A new thin device id, persisted before use (Convoy's ++LastDevID). */
+  async #allocateDevID(): Promise<number> {
+    return await this.#updateConfig((cfg) => {
+      const id = cfg.LastDevID + 1;
+      if (id > MAX_DEV_ID) {
+        throw new this.#api.errors.BackendError(
+          `Thin pool "${this.#pool}" has run out of thin device ids (${MAX_DEV_ID})`,
+        );
+      }
+      cfg.LastDevID = id;
+      return id;
+    });
+  }
+
+  /**
+   * Sends `msg(id)` with a fresh id; when the pool already has that id (lost by a crash before
+   * LastDevID was saved, or made by another tool), tries the next one.
+   */
+  async #withNewDevID(msg: (id: number) => string): Promise<number> {
+    for (let attempt = 1;; attempt++) {
+      const id = await this.#allocateDevID();
+      try {
+        await this.#dm.message(this.#pool, msg(id));
+        return id;
+      } catch (err) {
+        if (!failedWith(err, EXISTS) || attempt >= ID_ATTEMPTS) throw err;
+        this.#log.warn(`Thin id ${id} is taken in pool "${this.#pool}"; trying the next one`);
+      }
+    }
+  }
+
+  // ---- helpers -----------------------------------------------------------------------------
+
+  /** Re-throws an error with context; BackendErrors (failed commands) and plain errors get the prefix. */
+  #wrap(err: unknown, prefix: string): unknown {
+    const { BackendError, ConvoyError, TimeoutError } = this.#api.errors;
+    // A command stopped by --cmd-timeout (a stuck device): reported with what was being done.
+    if (err instanceof TimeoutError && !err.message.startsWith(prefix)) {
+      return new TimeoutError(`${prefix}: ${err.message}`, { cause: err });
+    }
+    if (err instanceof ConvoyError && !(err instanceof BackendError)) return err;
+    return new BackendError(`${prefix}: ${message(err)}`, { cause: err });
+  }
+
+  /** `major:minor` of a /dev/mapper node; the node is made when dmsetup left none. */
+  async #mapperNumber(name: string): Promise<string> {
+    const path = join(MAPPER_DIR, name);
+    try {
+      return devNumber((await stat(path)).rdev);
+    } catch (err) {
+      if (errno(err) !== "ENOENT") throw err;
+      await this.#dm.run(["mknodes", name]);
+      return devNumber((await stat(path)).rdev);
+    }
+  }
+
+  /** Activates a volume's device when it is not active; verifies the table when it is. */
+  async #ensureActive(rec: VolumeRecord): Promise<{ path: string; number: string }> {
+    const name = this.#deviceName(rec);
+    const sectors = Math.ceil(rec.Size / 512);
+    const live = await this.#dm.table(name);
+    if (live === undefined) {
+      await this.#dm.create(
+        name,
+        thinTable({ sectors, pool: this.#cfg.ThinpoolDevice, devID: rec.DevID }),
+      );
+      this.#log.info(`Activated volume "${rec.Name}" as "${join(MAPPER_DIR, name)}"`, {
+        volume: rec.Name,
+        devID: rec.DevID,
+      });
+    } else {
+      const diff = compareThinTable(parseTable(live), {
+        sectors,
+        pool: await this.#mapperNumber(this.#pool),
+        devID: rec.DevID,
+      });
+      if (diff) {
+        throw new this.#api.errors.ConflictError(
+          `device-mapper device "${name}" exists with another table (${diff})`,
+        );
+      }
+    }
+    return { path: join(MAPPER_DIR, name), number: await this.#mapperNumber(name) };
+  }
+
+  /** Deactivates a thin device and deletes its id (and its snapshots' ids); missing ones are fine. */
+  async #destroyThin(device: string | undefined, ids: number[]): Promise<void> {
+    if (device) await this.#dm.remove(device);
+    for (const id of ids) {
+      try {
+        await this.#dm.message(this.#pool, `delete ${id}`);
+      } catch (err) {
+        if (!failedWith(err, NO_DATA)) throw err;
+      }
+    }
+  }
+
+  /** Creates a thin device of `size` bytes, activated; rolled back on failure. */
+  async #newThin(
+    name: string,
+    opts: { size: number; what: string },
+  ): Promise<{ devID: number; device: string; path: string }> {
+    const { size, what } = opts;
+    const device = volumeDeviceName(this.#pool, name);
+    const live = await this.#dm.table(device);
+    if (live !== undefined) {
+      throw new this.#api.errors.ConflictError(
+        `${what}: a device-mapper device named "${device}" already exists ` +
+          `(table "${live.trim()}")`,
+      );
+    }
+    const devID = await this.#withNewDevID((id) => `create_thin ${id}`);
+    try {
+      await this.#dm.create(
+        device,
+        thinTable({ sectors: size / 512, pool: this.#cfg.ThinpoolDevice, devID }),
+      );
+    } catch (err) {
+      await this.#destroyThin(undefined, [devID]).catch((e) =>
+        this.#log.warn(`Cannot delete thin id ${devID}: ${message(e)}`)
+      );
+      throw err;
+    }
+    return { devID, device, path: join(MAPPER_DIR, device) };
+  }
+
+  async #mkfs(device: string, fs: string): Promise<void> {
+    const [cmd, args] = fs === "xfs"
+      ? ["mkfs.xfs", ["-q", "-f", "-K"]]
+      : [`mkfs.${fs}`, ["-q", "-F", "-E", "nodiscard"]];
+    await this.#api.exec(cmd, [...args, device]);
+  }
+
+  /** The filesystem type on a device ("" when none is recognised). */
+  async #detectFilesystem(device: string): Promise<string> {
+    try {
+      const { stdout } = await this.#api.exec("blkid", [
+        "-p",
+        "-o",
+        "value",
+        "-s",
+        "TYPE",
+        device,
+      ]);
+      return stdout.trim();
+    } catch {
+      return "";
+    }
+  }
+
+  async #mount(rec: VolumeRecord, at: { device: string; mountPoint: string }): Promise<void> {
+    await ensureDir(at.mountPoint);
+    const args: string[] = [];
+    if (rec.Filesystem) args.push("-t", rec.Filesystem);
+    // Snapshots and restores of an xfs volume carry its UUID; xfs refuses a second mount of it.
+    if (rec.Filesystem === "xfs") args.push("-o", "nouuid");
+    await this.#api.exec("mount", [...args, at.device, at.mountPoint]);
+  }
+
+  async #umount(name: string, mountPoint: string): Promise<void> {
+    try {
+      await this.#api.exec("umount", [mountPoint]);
+    } catch (err) {
+      if (/not mounted/i.test(message(err))) return;
+      if (BUSY.test(message(err)) || /target is busy/i.test(message(err))) {
+        throw new this.#api.errors.ConflictError(
+          `Cannot unmount volume "${name}" from "${mountPoint}": the mount point is busy`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
+
+  #snapshotKey(volume: string, snapshot: string): string {
+    return `${volume}\u0000${snapshot}`;
+  }
+
+  /** Marks a snapshot as read by a backup until the returned function is called. */
+  #use(volume: string, snapshot: string): () => void {
+    const key = this.#snapshotKey(volume, snapshot);
+    this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.#inUse.get(key) ?? 1) - 1;
+      if (n > 0) this.#inUse.set(key, n);
+      else this.#inUse.delete(key);
+    };
+  }
+
+  #inUseBy(volume: string, snapshot: string): boolean {
+    return this.#inUse.has(this.#snapshotKey(volume, snapshot));
+  }
+
+  // ---- volumes -----------------------------------------------------------------------------
+
+  async createVolume(id: string, opts: StringMap): Promise<void> {
+    const name = this.#validVolumeName(id);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.createOptions,
+      opts ?? {},
+      `options of volume "${name}"`,
+    );
+    await this.#locks.run(name, async () => {
+      if (await this.#readRecord(name)) {
+        throw new this.#api.errors.AlreadyExistsError(
+          `Cannot create volume "${name}": volume already exists`,
+        );
+      }
+      if (o.BackupURL) {
+        await this.#createFromBackup(name, {
+          url: o.BackupURL,
+          endpoint: o.EndpointURL || undefined,
+          size: o.Size || 0,
+        });
+      } else if (this.#cfg.Kept[name]) {
+        await this.#adopt(name, o.Size || 0);
+      } else await this.#createEmpty(name, o.Size || 0);
+    });
+  }
+
+  async #createEmpty(name: string, requested: number): Promise<void> {
+    const what = `Cannot create volume "${name}"`;
+    const size = roundUp(requested || this.#cfg.DefaultVolumeSize, this.#alignment());
+    let thin: { devID: number; device: string; path: string } | undefined;
+    try {
+      thin = await this.#newThin(name, { size, what });
+      await this.#mkfs(thin.path, this.#cfg.Filesystem);
+      await this.#writeRecord({
+        Name: name,
+        DevID: thin.devID,
+        Size: size,
+        Base: "",
+        MountPoint: "",
+        CreatedTime: this.#api.util.now(),
+        Snapshots: {},
+        Filesystem: this.#cfg.Filesystem,
+        UUID: crypto.randomUUID(),
+        DeviceName: thin.device,
+      });
+    } catch (err) {
+      if (thin) {
+        await rm(this.#recordFile(name), { force: true }).catch(() => {});
+        await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
+          this.#log.warn(`Cannot roll back volume "${name}": ${message(e)}`, { volume: name })
+        );
+      }
+      throw this.#wrap(err, what);
+    }
+    this.#log.info(`Created volume "${name}"`, {
+      volume: name,
+      device: thin.path,
+      devID: thin.devID,
+      size,
+      filesystem: this.#cfg.Filesystem,
+    });
+  }
+
+  /** Takes back a volume kept by a reference-only delete: same thin device, data and snapshots. */
+  async #adopt(name: string, requested: number): Promise<void> {
+    const what = `Cannot create volume "${name}"`;
+    const kept = this.#cfg.Kept[name];
+    if (requested && roundUp(requested, this.#alignment()) !== kept.Size) {
+      throw new this.#api.errors.InvalidArgumentError(
+        `${what}: the thin device kept from an earlier volume "${name}" is ${kept.Size} ` +
+          `bytes, not ${roundUp(requested, this.#alignment())}`,
+      );
+    }
+    const rec: VolumeRecord = {
+      ...kept,
+      MountPoint: "",
+      DeviceName: volumeDeviceName(this.#pool, name),
+    };
+    let activated = false;
+    try {
+      const live = await this.#dm.table(this.#deviceName(rec));
+      if (live !== undefined) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: a device-mapper device named "${this.#deviceName(rec)}" already exists`,
+        );
+      }
+      await this.#ensureActive(rec);
+      activated = true;
+      await this.#writeRecord(rec);
+      await this.#updateConfig((cfg) => void delete cfg.Kept[name]);
+    } catch (err) {
+      await rm(this.#recordFile(name), { force: true }).catch(() => {});
+      if (activated) await this.#dm.remove(this.#deviceName(rec)).catch(() => {});
+      throw this.#wrap(err, what);
+    }
+    this.#log.info(`Adopted the thin device kept from an earlier volume "${name}"`, {
+      volume: name,
+      devID: rec.DevID,
+      size: rec.Size,
+      snapshots: Object.keys(rec.Snapshots),
+    });
+  }
+
+  /**
+   * Restores a delta-block backup of a devicemapper or loop volume: a thin device of the
+   * backup's size receives the blocks (no mkfs). On failure nothing is left behind.
+   */
+  async #createFromBackup(
+    name: string,
+    src: { url: string; endpoint?: string; size: number },
+  ): Promise<void> {
+    const { url, endpoint } = src;
+    const what = `Cannot create volume "${name}" from backup "${url}"`;
+    let backupSize: number;
+    try {
+      const bv = await this.#api.backup.getBackupVolume(url, { endpoint });
+      if (!RESTORABLE_DRIVERS.includes(bv.driver)) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `${what}: it was made by driver "${bv.driver}"; only devicemapper and loop backups ` +
+            `restore into devicemapper volumes`,
+        );
+      }
+      if (!Number.isSafeInteger(bv.size) || bv.size <= 0) {
+        throw new this.#api.errors.InvalidArgumentError(`${what}: the backup's volume has no size`);
+      }
+      if (src.size && src.size !== bv.size) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `${what}: volume size ${src.size} must match with backup's size ${bv.size}`,
+        );
+      }
+      backupSize = bv.size;
+    } catch (err) {
+      throw this.#wrap(err, what);
+    }
+    if (this.#cfg.Kept[name]) {
+      throw new this.#api.errors.ConflictError(
+        `${what}: a thin device kept by a reference-only delete of volume "${name}" exists; ` +
+          `create "${name}" without a backup to adopt it, or delete it first`,
+      );
+    }
+    const size = roundUp(backupSize, this.#alignment());
+    let thin: { devID: number; device: string; path: string } | undefined;
+    let fs: string;
+    try {
+      thin = await this.#newThin(name, { size, what });
+      await this.#api.backup.restoreDeltaBackup(url, thin.path, { endpoint });
+      fs = await this.#detectFilesystem(thin.path);
+      await this.#writeRecord({
+        Name: name,
+        DevID: thin.devID,
+        Size: size,
+        Base: "",
+        MountPoint: "",
+        CreatedTime: this.#api.util.now(),
+        Snapshots: {},
+        Filesystem: fs,
+        UUID: crypto.randomUUID(),
+        DeviceName: thin.device,
+      });
+    } catch (err) {
+      if (thin) {
+        await rm(this.#recordFile(name), { force: true }).catch(() => {});
+        await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
+          this.#log.warn(`Cannot roll back volume "${name}": ${message(e)}`, { volume: name })
+        );
+      }
+      throw this.#wrap(err, what);
+    }
+    if (!fs) {
+      this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
+        volume: name,
+        url,
+      });
+    }
+    this.#log.info(`Restored backup "${url}" into volume "${name}"`, {
+      volume: name,
+      device: thin.path,
+      devID: thin.devID,
+      size,
+      filesystem: fs,
+    });
+  }
+
+  async deleteVolume(id: string, opts: StringMap): Promise<void> {
+    const name = this.#validVolumeName(id);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.deleteOptions,
+      opts ?? {},
+      `options of volume "${name}"`,
+    );
+    const what = `Cannot delete volume "${name}"`;
+    await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, "delete volume");
+      if (rec.MountPoint) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: volume is mounted at "${rec.MountPoint}"`,
+        );
+      }
+      for (const snap of Object.keys(rec.Snapshots)) {
+        if (this.#inUseBy(name, snap)) {
+          throw new this.#api.errors.ConflictError(
+            `${what}: its snapshot "${snap}" is being backed up`,
+          );
+        }
+      }
+      const device = this.#deviceName(rec);
+      try {
+        if ((await this.#dm.table(device)) !== undefined) {
+          const mounts = await mountsOf(await this.#mapperNumber(device));
+          if (mounts.length) {
+            throw new this.#api.errors.ConflictError(
+              `${what}: its device "${join(MAPPER_DIR, device)}" is mounted at "${mounts[0]}"`,
+            );
+          }
+        }
+        if (o.ReferenceOnly) {
+          await this.#dm.remove(device);
+          // Kept first, record second: a crash in between leaves the volume as it was.
+          await this.#updateConfig((cfg) => {
+            cfg.Kept[name] = { ...rec, MountPoint: "" };
+          });
+          await rm(this.#recordFile(name), { force: true });
+        } else {
+          if ((await this.#dm.table(device)) !== undefined) {
+            // Tell the data device the blocks are free (thin deletes do not pass discards down).
+            await this.#api.exec("blkdiscard", [join(MAPPER_DIR, device)]).catch((err) =>
+              this.#log.debug(`blkdiscard of "${device}" failed: ${message(err)}`)
+            );
+          }
+          await this.#destroyThin(device, [
+            ...Object.values(rec.Snapshots).map((s) => s.DevID),
+            rec.DevID,
+          ]);
+          await rm(this.#recordFile(name), { force: true });
+        }
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(
+        `Deleted volume "${name}"${
+          o.ReferenceOnly ? "; its thin device and snapshots are kept in the pool" : ""
+        }`,
+        { volume: name, devID: rec.DevID, referenceOnly: o.ReferenceOnly },
+      );
+    });
+  }
+
+  async mountVolume(id: string, opts: StringMap): Promise<string> {
+    const name = this.#validVolumeName(id);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.mountOptions,
+      opts ?? {},
+      `options of volume "${name}"`,
+    );
+    let wanted = o.MountPoint?.trim() ?? "";
+    if (wanted && !isAbsolute(wanted)) {
+      throw new this.#api.errors.InvalidArgumentError(
+        `Cannot mount volume "${name}" at "${wanted}": the mount point must be an absolute path`,
+      );
+    }
+    if (wanted) wanted = resolve(wanted);
+    return await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, "mount volume");
+      const current = rec.MountPoint;
+      const target = current || wanted || this.#defaultMountPoint(name);
+      const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
+      if (current && wanted && wanted !== current) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: volume is already mounted at "${current}"`,
+        );
+      }
+      let dev: { path: string; number: string };
+      try {
+        dev = await this.#ensureActive(rec);
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      await ensureDir(target);
+      const canonical = await canonicalPath(target);
+      const elsewhere = (await mountsOf(dev.number)).filter((p) => p !== canonical);
+      if (elsewhere.length) {
+        throw new this.#api.errors.ConflictError(
+          `${what}: its device "${dev.path}" is mounted at "${elsewhere[0]}"`,
+        );
+      }
+      const entry = await mountAt(target);
+      if (entry && entry.device !== dev.number) {
+        throw new this.#api.errors.ConflictError(`${what}: "${target}" is already a mount point`);
+      }
+      if (!entry) {
+        try {
+          await this.#mount(rec, { device: dev.path, mountPoint: target });
+        } catch (err) {
+          if (!current && target === this.#defaultMountPoint(name)) {
+            await rmdir(target).catch(() => {});
+          }
+          throw this.#wrap(err, what);
+        }
+      }
+      if (current) {
+        if (!entry) this.#log.info(`Mounted volume "${name}" at "${current}" again`);
+        return current;
+      }
+      try {
+        await this.#writeRecord({ ...rec, MountPoint: target });
+      } catch (err) {
+        await this.#umount(name, target).catch(() => {});
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Mounted volume "${name}" at "${target}"`, {
+        volume: name,
+        device: dev.path,
+        mountpoint: target,
+      });
+      return target;
+    });
+  }
+
+  async umountVolume(id: string): Promise<void> {
+    const name = this.#validVolumeName(id);
+    await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, "unmount volume");
+      const mountPoint = rec.MountPoint;
+      if (!mountPoint) return;
+      try {
+        const entry = await mountAt(mountPoint);
+        if (entry) {
+          const ours = (await this.#dm.table(this.#deviceName(rec))) !== undefined &&
+            entry.device === await this.#mapperNumber(this.#deviceName(rec));
+          if (ours) await this.#umount(name, mountPoint);
+          else {
+            this.#log.warn(
+              `Not unmounting "${mountPoint}": it is a mount of "${entry.source}", not of volume "${name}"`,
+              { volume: name },
+            );
+          }
+        }
+        if (mountPoint === this.#defaultMountPoint(name)) await rmdir(mountPoint).catch(() => {});
+        await this.#writeRecord({ ...rec, MountPoint: "" });
+      } catch (err) {
+        throw this.#wrap(err, `Cannot unmount volume "${name}" from "${mountPoint}"`);
+      }
+      this.#log.info(`Unmounted volume "${name}"`, { volume: name, mountpoint: mountPoint });
+    });
+  }
+
+  async mountPoint(id: string): Promise<string> {
+    const name = this.#validVolumeName(id);
+    return (await this.#mustRecord(name, "find the mount point of volume")).MountPoint;
+  }
+
+  #volumeInfo(rec: VolumeRecord): StringMap {
+    return {
+      DevID: String(rec.DevID),
+      Device: this.#devicePath(rec),
+      VolumeName: rec.Name,
+      VolumeCreatedAt: rec.CreatedTime,
+      MountPoint: rec.MountPoint,
+      Size: String(rec.Size),
+      Filesystem: rec.Filesystem,
+    };
+  }
+
+  async getVolumeInfo(id: string): Promise<StringMap> {
+    const name = this.#validVolumeName(id);
+    return this.#volumeInfo(await this.#mustRecord(name, "inspect volume"));
+  }
+
+  async listVolume(_opts: StringMap): Promise<Record<string, StringMap>> {
+    const out: Record<string, StringMap> = {};
+    for (const { name, record } of await this.#listRecords()) out[name] = this.#volumeInfo(record);
+    return out;
+  }
+
+  // ---- snapshots ---------------------------------------------------------------------------
+
+  async createSnapshot(id: string, volumeID: string): Promise<void> {
+    const snap = this.#api.util.validateName(id, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
+    await this.#locks.run(name, async () => {
+      const rec = await this.#mustRecord(name, `create snapshot "${snap}" of volume`);
+      if (rec.Snapshots[snap]) {
+        throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
+      }
+      const device = this.#deviceName(rec);
+      let devID: number;
+      try {
+        devID = await this.#snapshotThin(rec, device);
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      const entry: SnapshotRecord = {
+        Name: snap,
+        CreatedTime: this.#api.util.now(),
+        DevID: devID,
+        Activated: false,
+      };
+      try {
+        await this.#writeRecord({ ...rec, Snapshots: { ...rec.Snapshots, [snap]: entry } });
+      } catch (err) {
+        await this.#destroyThin(undefined, [devID]).catch(() => {});
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+        devID,
+      });
+    });
+  }
+
+  /**
+   * `create_snap <new id> <origin id>` with the origin suspended when it is active (suspending
+   * also freezes a mounted filesystem, so the snapshot is consistent); the origin is resumed
+   * whatever happened.
+   */
+  async #snapshotThin(rec: VolumeRecord, device: string): Promise<number> {
+    const active = (await this.#dm.table(device)) !== undefined;
+    if (active) await this.#dm.suspend(device);
+    let devID: number | undefined;
+    let failure: unknown;
+    try {
+      devID = await this.#withNewDevID((id) => `create_snap ${id} ${rec.DevID}`);
+    } catch (err) {
+      failure = err;
+    }
+    if (active) {
+      try {
+        await this.#dm.resume(device);
+      } catch (err) {
+        this.#log.error(`Cannot resume "${device}" after a snapshot: ${message(err)}`, {
+          volume: rec.Name,
+        });
+        if (devID !== undefined) await this.#destroyThin(undefined, [devID]).catch(() => {});
+        failure ??= err;
+      }
+    }
+    if (failure !== undefined) throw failure;
+    return devID!;
+  }
+
+  async deleteSnapshot(id: string, volumeID: string): Promise<void> {
+    const snap = this.#api.util.validateName(id, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
+    await this.#locks.run(name, async () => {
+      const rec = await this.#readRecord(name);
+      const entry = rec?.Snapshots[snap];
+      if (!rec || !entry) {
+        throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
+      }
+      if (this.#inUseBy(name, snap)) {
+        throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
+      }
+      try {
+        await this.#destroyThin(undefined, [entry.DevID]);
+        const rest = { ...rec.Snapshots };
+        delete rest[snap];
+        await this.#writeRecord({ ...rec, Snapshots: rest });
+      } catch (err) {
+        throw this.#wrap(err, what);
+      }
+      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+        devID: entry.DevID,
+      });
+    });
+  }
+
+  #snapshotInfo(rec: VolumeRecord, s: SnapshotRecord): StringMap {
+    return {
+      UUID: s.Name,
+      SnapshotName: s.Name,
+      SnapshotCreatedAt: s.CreatedTime,
+      Size: String(rec.Size),
+      VolumeUUID: rec.Name,
+      DevID: String(s.DevID),
+    };
+  }
+
+  async #mustSnapshot(
+    snap: string,
+    of: { volume: string; what: string },
+  ): Promise<{ record: VolumeRecord; snapshot: SnapshotRecord }> {
+    const { volume: name, what } = of;
+    const record = await this.#mustRecord(name, `${what} snapshot "${snap}" of volume`);
+    const snapshot = record.Snapshots[snap];
+    if (!snapshot) {
+      throw new this.#api.errors.NotFoundError(
+        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
+      );
+    }
+    return { record, snapshot };
+  }
+
+  async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
+    const snap = this.#api.util.validateName(id, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const { record, snapshot } = await this.#mustSnapshot(snap, { volume: name, what: "inspect" });
+    return this.#snapshotInfo(record, snapshot);
+  }
+
+  async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
+    const volumeName = opts?.VolumeName;
+    const volumes = volumeName
+      ? [{
+        name: volumeName,
+        record: await this.#mustRecord(
+          this.#validVolumeName(volumeName),
+          "list the snapshots of volume",
+        ),
+      }]
+      : await this.#listRecords();
+    const out: Record<string, StringMap> = {};
+    for (const { record } of volumes) {
+      for (const s of Object.values(record.Snapshots)) out[s.Name] = this.#snapshotInfo(record, s);
+    }
+    return out;
+  }
+
+  // ---- delta-block operations --------------------------------------------------------------
+
+  /**
+   * thin_delta between two thin ids, on a metadata snapshot reserved for the call and released
+   * in every path (the live metadata is never read). Resolves to thin_delta's XML.
+   */
+  async #thinDelta(snap1: number, snap2: number): Promise<string> {
+    const pool = this.#pool;
+    const meta = this.#cfg.MetadataDevice;
+    return await this.#locks.run(METADATA_SNAP_LOCK, async () => {
+      try {
+        await this.#dm.message(pool, "reserve_metadata_snap");
+      } catch (err) {
+        if (failedWith(err, BUSY)) {
+          throw new this.#api.errors.ConflictError(
+            `a metadata snapshot of thin pool "${pool}" is already reserved (by another tool, ` +
+              `or left by a crash); release it with ` +
+              `"dmsetup message ${pool} 0 release_metadata_snap"`,
+            { cause: err },
+          );
+        }
+        throw err;
+      }
+      let xml = "";
+      let failure: unknown;
+      try {
+        xml = (await this.#api.exec("thin_delta", [
+          "-m",
+          "--snap1",
+          String(snap1),
+          "--snap2",
+          String(snap2),
+          meta,
+        ])).stdout;
+      } catch (err) {
+        failure = err instanceof this.#api.errors.TimeoutError
+          ? new this.#api.errors.TimeoutError(`thin_delta did not finish: ${message(err)}`, {
+            cause: err,
+          })
+          : /command not found/i.test(message(err))
+          ? new this.#api.errors.BackendError(
+            `thin_delta is not installed: backups of devicemapper volumes need ` +
+              `thin-provisioning-tools (${message(err)})`,
+            { cause: err },
+          )
+          : new this.#api.errors.BackendError(`thin_delta failed: ${message(err)}`, {
+            cause: err,
+          });
+      }
+      try {
+        await this.#dm.message(pool, "release_metadata_snap");
+      } catch (err) {
+        this.#log.error(
+          `Cannot release the metadata snapshot of pool "${pool}": ${message(err)}; ` +
+            `backups fail until it is released ("dmsetup message ${pool} 0 release_metadata_snap")`,
+        );
+        failure ??= err;
+      }
+      if (failure !== undefined) throw failure;
+      return xml;
+    });
+  }
+
+  /**
+   * The 2 MiB ranges of snapshot `snap` that differ from snapshot `base` (every provisioned
+   * range when `base` is "" or `snap`), from thin_delta. Pool blocks of any size are rounded out
+   * to 2 MiB backup blocks.
+   */
+  async compareSnapshot(
+    snap: string,
+    opts: { base: string; volume: string },
+  ): Promise<Mappings & { stats: CompareStats }> {
+    const { base, volume } = opts;
+    const started = performance.now();
+    const full = !base || base === snap;
+    const what = `Cannot compare snapshot "${snap}" of volume "${volume}"${
+      full ? "" : ` with snapshot "${base}"`
+    }`;
+    const { record, snapshot } = await this.#mustSnapshot(snap, { volume, what: "compare" });
+    const baseSnap = full
+      ? snapshot
+      : (await this.#mustSnapshot(base, { volume, what: "compare" })).snapshot;
+    const release = full ? () => {} : this.#use(volume, base);
+    try {
+      const xml = await this.#thinDelta(baseSnap.DevID, snapshot.DevID);
+      const delta = parseThinDelta(xml);
+      const blockSectors = delta.blockSectors || this.#cfg.ThinpoolBlockSize;
+      const kinds = full
+        ? ["same", "different", "left_only", "right_only"] as const
+        : ["different", "left_only", "right_only"] as const;
+      const mappings = deltaToMappings(delta.ranges, {
+        kinds,
+        blockBytes: blockSectors * 512,
+        limit: record.Size,
+      });
+      const stats: CompareStats = {
+        method: full ? "full" : "incremental",
+        ranges: delta.ranges.filter((r) => (kinds as readonly string[]).includes(r.kind)).length,
+        blocks: mappings.reduce((n, m) => n + m.size / BACKUP_BLOCK_SIZE, 0),
+        poolBlockSize: blockSectors * 512,
+        ms: Math.round(performance.now() - started),
+      };
+      this.#log.info(
+        `Compared snapshot "${snap}" of volume "${volume}" with ${
+          full ? "nothing (full)" : `"${base}"`
+        }`,
+        { volume, snapshot: snap, base, ...stats },
+      );
+      return { mappings, blockSize: BACKUP_BLOCK_SIZE, stats };
+    } catch (err) {
+      throw this.#wrap(err, what);
+    } finally {
+      release();
+    }
+  }
+
+  /** Activates a snapshot read-only and opens it. */
+  async #openSnapshot(snap: string, volume: string): Promise<OpenSnapshot> {
+    const what = `Cannot open snapshot "${snap}" of volume "${volume}"`;
+    const { record, snapshot } = await this.#mustSnapshot(snap, { volume, what: "open" });
+    const release = this.#use(volume, snap);
+    const device = snapshotDeviceName(this.#pool, volume, snap);
+    const sectors = Math.ceil(record.Size / 512);
+    let created = false;
+    try {
+      const live = await this.#dm.table(device);
+      let reuse = false;
+      if (live !== undefined) {
+        const diff = compareThinTable(parseTable(live), {
+          sectors,
+          pool: await this.#mapperNumber(this.#pool),
+          devID: snapshot.DevID,
+        });
+        if (diff) await this.#dm.remove(device);
+        else reuse = true;
+      }
+      if (!reuse) {
+        await this.#dm.create(
+          device,
+          thinTable({ sectors, pool: this.#cfg.ThinpoolDevice, devID: snapshot.DevID }),
+          { readonly: true },
+        );
+        created = true;
+      }
+      await this.#mapperNumber(device);
+      const fh = await open(join(MAPPER_DIR, device), "r");
+      return { device, fh, release };
+    } catch (err) {
+      if (created) await this.#dm.remove(device).catch(() => {});
+      release();
+      throw this.#wrap(err, what);
+    }
+  }
+
+  async #closeSnapshot(o: OpenSnapshot): Promise<void> {
+    try {
+      await o.fh.close();
+      await this.#dm.remove(o.device);
+    } finally {
+      o.release();
+    }
+  }
+
+  /** The DeltaBlockOperations of one backup: its own devices and handles, closed at the end. */
+  #deltaSession(): { ops: DeltaBlockOperations; close(): Promise<void> } {
+    const opened = new Map<string, Promise<OpenSnapshot>>();
+    const key = (id: string, volumeID: string) => this.#snapshotKey(volumeID, id);
+    const get = async (id: string, volumeID: string): Promise<OpenSnapshot> => {
+      const o = opened.get(key(id, volumeID));
+      if (!o) {
+        throw new this.#api.errors.InvalidArgumentError(
+          `Snapshot "${id}" of volume "${volumeID}" is not open`,
+        );
+      }
+      return await o;
+    };
+    const ops: DeltaBlockOperations = {
+      hasSnapshot: async (id, volumeID) => {
+        const rec = await this.#readRecord(this.#validVolumeName(volumeID));
+        return !!rec?.Snapshots[id];
+      },
+      compareSnapshot: async (id, compareID, volumeID) => {
+        const { mappings, blockSize } = await this.compareSnapshot(id, {
+          base: compareID,
+          volume: volumeID,
+        });
+        return { mappings, blockSize };
+      },
+      openSnapshot: async (id, volumeID) => {
+        const k = key(id, volumeID);
+        if (opened.has(k)) return void await opened.get(k);
+        const p = this.#openSnapshot(id, volumeID);
+        opened.set(k, p);
+        p.catch(() => opened.delete(k));
+        await p;
+      },
+      readSnapshot: async (id, volumeID, start, data) => {
+        await readFull((await get(id, volumeID)).fh, data, start);
+      },
+      closeSnapshot: async (id, volumeID) => {
+        const p = opened.get(key(id, volumeID));
+        opened.delete(key(id, volumeID));
+        if (p) await this.#closeSnapshot(await p);
+      },
+    };
+    return {
+      ops,
+      close: async () => {
+        const all = [...opened.values()];
+        opened.clear();
+        for (const p of all) {
+          const o = await p.catch(() => undefined);
+          if (o) {
+            await this.#closeSnapshot(o).catch((err) =>
+              this.#log.warn(`Cannot close snapshot device "${o.device}": ${message(err)}`)
+            );
+          }
+        }
+      },
+    };
+  }
+
+  // ---- backups -----------------------------------------------------------------------------
+
+  async createBackup(
+    snapshotID: string,
+    volumeID: string,
+    destURL: string,
+    opts: StringMap,
+    ctx?: OperationContext,
+  ): Promise<string> {
+    const snap = this.#api.util.validateName(snapshotID, "snapshot");
+    const name = this.#validVolumeName(volumeID);
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
+    // The volume lock is held only to pin the snapshot, not for the whole upload.
+    const { record, snapshot, release } = await this.#locks.run(name, async () => {
+      const found = await this.#mustSnapshot(snap, { volume: name, what: "back up" });
+      return { ...found, release: this.#use(name, snap) };
+    });
+    const session = this.#deltaSession();
+    try {
+      const url = await this.#api.backup.createDeltaBackup(session.ops, {
+        volume: {
+          name,
+          driver: DRIVER_NAME,
+          size: record.Size,
+          createdTime: record.CreatedTime,
+          uuid: record.UUID,
+        },
+        snapshot: { name: snap, createdTime: snapshot.CreatedTime },
+        destURL,
+        endpoint: o.EndpointURL || undefined,
+        compression: o.Compression || undefined,
+        signal: ctx?.signal,
+        progress: ctx?.progress,
+      });
+      this.#log.info(`Backed up snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+        dest_url: destURL,
+        backup_url: url,
+      });
+      return url;
+    } catch (err) {
+      throw this.#wrap(err, what);
+    } finally {
+      await session.close();
+      release();
+    }
+  }
+
+  async #checkBackupDriver(
+    url: string,
+    opts: { endpoint?: string; what: string; drivers: string[] },
+  ): Promise<void> {
+    const v = await this.#api.backup.getBackupVolume(url, { endpoint: opts.endpoint });
+    if (!opts.drivers.includes(v.driver)) {
+      throw new this.#api.errors.InvalidArgumentError(
+        `Cannot ${opts.what} backup "${url}" with the devicemapper driver: ` +
+          `it was made by driver "${v.driver}"`,
+      );
+    }
+  }
+
+  async deleteBackup(url: string, opts?: StringMap): Promise<void> {
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    const endpoint = o.EndpointURL || undefined;
+    await this.#checkBackupDriver(url, { endpoint, what: "delete", drivers: [DRIVER_NAME] });
+    await this.#api.backup.deleteBackup(url, { endpoint });
+  }
+
+  async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    const endpoint = o.EndpointURL || undefined;
+    await this.#checkBackupDriver(url, {
+      endpoint,
+      what: "inspect",
+      drivers: RESTORABLE_DRIVERS,
+    });
+    return await this.#api.backup.getBackupInfo(url, { endpoint });
+  }
+
+  async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
+    const o = this.#api.util.parseOptions(
+      this.#schemas.backupOptions,
+      opts ?? {},
+      "backup options",
+    );
+    return await this.#api.backup.listBackup(destURL, {
+      driver: DRIVER_NAME,
+      volumeName: o.VolumeName || undefined,
+      endpoint: o.EndpointURL || undefined,
+    });
+  }
+
+  // ---- the ConvoyDriver object -------------------------------------------------------------
+
+  convoyDriver(): DmConvoyDriver {
+    const name = () => DRIVER_NAME;
+    const volumes: VolumeOperations = {
+      name,
+      createVolume: (id, opts) => this.createVolume(id, opts),
+      deleteVolume: (id, opts) => this.deleteVolume(id, opts),
+      mountVolume: (id, opts) => this.mountVolume(id, opts),
+      umountVolume: (id) => this.umountVolume(id),
+      mountPoint: (id) => this.mountPoint(id),
+      getVolumeInfo: (id) => this.getVolumeInfo(id),
+      listVolume: (opts) => this.listVolume(opts),
+    };
+    const snapshots: SnapshotOperations = {
+      name,
+      createSnapshot: (id, volumeID) => this.createSnapshot(id, volumeID),
+      deleteSnapshot: (id, volumeID) => this.deleteSnapshot(id, volumeID),
+      getSnapshotInfo: (id, volumeID) => this.getSnapshotInfo(id, volumeID),
+      listSnapshot: (opts) => this.listSnapshot(opts),
+    };
+    const backups: BackupOperations = {
+      name,
+      createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
+        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
+      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
+      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
+      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
+    };
+    return {
+      name,
+      info: () => {
+        const cfg = this.#cfg;
+        return {
+          Driver: DRIVER_NAME,
+          Root: cfg.Root,
+          DataDevice: cfg.DataDevice,
+          MetadataDevice: cfg.MetadataDevice,
+          ThinpoolDevice: cfg.ThinpoolDevice,
+          ThinpoolSize: String(cfg.ThinpoolSize),
+          ThinpoolBlockSize: String(cfg.ThinpoolBlockSize * 512),
+          DefaultVolumeSize: String(cfg.DefaultVolumeSize),
+          Filesystem: cfg.Filesystem,
+        };
+      },
+      volumeOps: () => volumes,
+      snapshotOps: () => snapshots,
+      backupOps: () => backups,
+      deltaOps: () => this.#deltaSession(),
+    };
+  }
+}

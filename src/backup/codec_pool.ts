@@ -24,7 +24,10 @@ function unpack(buf) {
   }
   throw new Error("unknown block compression (neither gzip nor zstd)");
 }
+// Every buffer that comes in is sent back, so the caller reuses it: no per-block allocation of
+// transferred memory, which the garbage collector would see late.
 parentPort.on("message", (m) => {
+  const back = [];
   try {
     if (m.op === "hash") {
       const data = new Uint8Array(m.buf);
@@ -33,23 +36,29 @@ parentPort.on("message", (m) => {
     } else if (m.op === "pack") {
       const data = held.get(m.hold);
       held.delete(m.hold);
+      back.push(data.buffer);
       const out = m.compression === "zstd"
         ? zlib.zstdCompressSync(data, { params: { [level]: 1 } })
         : zlib.gzipSync(data, { level: 1 });
       const copy = new Uint8Array(out);
-      parentPort.postMessage({ id: m.id, out: copy }, [copy.buffer]);
+      parentPort.postMessage({ id: m.id, out: copy, buf: data.buffer }, [copy.buffer, data.buffer]);
     } else if (m.op === "drop") {
+      const data = held.get(m.hold);
       held.delete(m.hold);
-      parentPort.postMessage({ id: m.id });
+      parentPort.postMessage({ id: m.id, buf: data.buffer }, [data.buffer]);
     } else if (m.op === "unpack") {
-      const raw = unpack(new Uint8Array(m.buf));
-      const data = new Uint8Array(raw);
-      const sum = digest(m.algo, data);
-      parentPort.postMessage({ id: m.id, sum, out: data }, [data.buffer]);
+      back.push(m.buf, m.into);
+      const raw = unpack(new Uint8Array(m.buf, 0, m.len));
+      const into = new Uint8Array(m.into);
+      const n = Math.min(raw.length, into.length);
+      into.set(raw.subarray(0, n));
+      const sum = digest(m.algo, raw);
+      parentPort.postMessage({ id: m.id, sum, length: raw.length, into: m.into, buf: m.buf }, [m.into, m.buf]);
     }
   } catch (err) {
+    if (m.hold !== undefined && held.has(m.hold)) back.push(held.get(m.hold).buffer);
     held.delete(m.hold);
-    parentPort.postMessage({ id: m.id, error: String(err && err.message || err) });
+    parentPort.postMessage({ id: m.id, error: String(err && err.message || err), bufs: back }, back);
   }
 });
 `;
@@ -58,6 +67,9 @@ interface Reply {
   id: number;
   sum?: string;
   out?: Uint8Array;
+  buf?: ArrayBuffer;
+  into?: ArrayBuffer;
+  length?: number;
   error?: string;
 }
 
@@ -105,14 +117,19 @@ function lane(): Lane {
 /** A block held by a worker after hashing, to be compressed (new) or dropped (already stored). */
 export interface HashedBlock {
   checksum: string;
-  pack(compression: Compression): Promise<Uint8Array>;
-  drop(): Promise<void>;
+  /** Compresses the block; resolves to the compressed bytes and the caller's buffer, returned. */
+  pack(compression: Compression): Promise<{ packed: Uint8Array; buffer: Uint8Array }>;
+  /** Forgets the block; resolves to the caller's buffer, returned. */
+  drop(): Promise<Uint8Array>;
 }
 
-/** Hashes a copy of `data` on a worker; the worker keeps it for pack() or drop(). */
+/**
+ * Hashes `data` on a worker. `data` must own its whole ArrayBuffer: it is transferred (unusable
+ * meanwhile) and comes back from pack() or drop().
+ */
 export async function hashBlock(data: Uint8Array, algo: ChecksumAlgorithm): Promise<HashedBlock> {
   const l = lane();
-  const buf = new Uint8Array(data).buffer; // a copy, transferred to the worker
+  const buf = data.buffer as ArrayBuffer;
   const r = await l.call({ op: "hash", buf, algo: ALGO[algo] }, [buf]);
   if (r.error) throw new Error(r.error);
   const hold = r.id;
@@ -121,22 +138,29 @@ export async function hashBlock(data: Uint8Array, algo: ChecksumAlgorithm): Prom
     pack: async (compression) => {
       const p = await l.call({ op: "pack", hold, compression });
       if (p.error) throw new Error(p.error);
-      return p.out!;
+      return { packed: p.out!, buffer: new Uint8Array(p.buf!) };
     },
     drop: async () => {
-      await l.call({ op: "drop", hold });
+      const p = await l.call({ op: "drop", hold });
+      return new Uint8Array(p.buf!);
     },
   };
 }
 
-/** Decompresses a block file on a worker; resolves to the data and the checksum of it. */
+/**
+ * Decompresses a block file on a worker into `into` (which must own its whole ArrayBuffer; it
+ * is transferred and returned as `data`). Resolves to the data, its full length and checksum.
+ */
 export async function unpackBlock(
   packed: Uint8Array,
-  algo: ChecksumAlgorithm,
-): Promise<{ data: Uint8Array; checksum: string }> {
-  // A real copy (Buffer#slice is a view): the caller's array stays intact when this is transferred.
-  const buf = new Uint8Array(packed).buffer;
-  const r = await lane().call({ op: "unpack", buf, algo: ALGO[algo] }, [buf]);
+  opts: { algo: ChecksumAlgorithm; into: Uint8Array },
+): Promise<{ data: Uint8Array; length: number; checksum: string }> {
+  const buf = new Uint8Array(packed).buffer; // a copy: the caller's array stays intact
+  const into = opts.into.buffer as ArrayBuffer;
+  const r = await lane().call(
+    { op: "unpack", buf, len: packed.length, into, algo: ALGO[opts.algo] },
+    [buf, into],
+  );
   if (r.error) throw new Error(r.error);
-  return { data: r.out!, checksum: r.sum! };
+  return { data: new Uint8Array(r.into!), length: r.length!, checksum: r.sum! };
 }

@@ -6,9 +6,8 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { canConnect, REPO, run, tempDir } from "./helpers.ts";
-import { JS_PLUGIN, TS_PLUGIN } from "./plugin_fixtures.ts";
-import { spawn } from "node:child_process";
+import { ok, REPO, run, startDaemon, tempDir } from "./helpers.ts";
+import { writeDemoPlugins } from "./plugin_fixtures.ts";
 
 describe("single binary (bun build --compile)", () => {
   let dir: string;
@@ -30,45 +29,27 @@ describe("single binary (bun build --compile)", () => {
   });
   after(async () => await cleanup());
 
-  it("serves volumes from a bundled driver and from .ts and .js plugins on disk", async () => {
+  it("serves volumes from bundled drivers and from .ts and .js plugins on disk", async () => {
     assert.match((await run(bin, ["--version"])).stdout, /^Convoy version v\d+\.\d+\.\d+/);
-    const plugins = join(dir, "plugins");
-    await mkdir(plugins);
-    await writeFile(join(plugins, "tsdemo.ts"), TS_PLUGIN);
-    await writeFile(join(plugins, "jsdemo.js"), JS_PLUGIN);
-    const socket = join(dir, "convoy.sock");
-    const daemon = spawn(bin, [
-      "--socket",
-      socket,
-      "daemon",
-      "--root",
-      join(dir, "root"),
-      "--no-docker-spec",
-      "--plugins",
-      plugins,
-      "--drivers",
-      "vfs",
-      "--drivers",
-      "tsdemo",
-      "--drivers",
-      "jsdemo",
-      "--drivers",
-      "loop",
-    ], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    daemon.stdout!.on("data", (c) => (out += c));
-    daemon.stderr!.on("data", (c) => (out += c));
-    const exited = new Promise((r) => daemon.on("exit", r));
+    const plugins = await writeDemoPlugins(join(dir, "plugins"));
+    const d = await startDaemon({
+      root: join(dir, "root"),
+      command: [bin],
+      args: [
+        "--plugins",
+        plugins,
+        "--drivers",
+        "vfs",
+        "--drivers",
+        "tsdemo",
+        "--drivers",
+        "jsdemo",
+        "--drivers",
+        "loop",
+      ],
+    });
+    const cli = (...args: string[]) => ok(args, { socket: d.socket, command: [bin] });
     try {
-      for (let i = 0; i < 100 && !(await canConnect(socket)); i++) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      assert.ok(await canConnect(socket), out);
-      const cli = async (...args: string[]) => {
-        const r = await run(bin, ["--socket", socket, ...args]);
-        assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
-        return r.stdout.trim();
-      };
       assert.equal(await cli("create", "t1", "--driver", "tsdemo"), "t1");
       assert.equal(await cli("create", "j1", "--driver", "jsdemo"), "j1");
       assert.equal(await cli("create", "v1"), "v1");
@@ -98,8 +79,7 @@ describe("single binary (bun build --compile)", () => {
       assert.equal(list.t1.Driver, "tsdemo");
       assert.equal(list.j1.Driver, "jsdemo");
     } finally {
-      process.kill(daemon.pid!, "SIGTERM");
-      await exited;
+      await d.stop();
     }
   });
 });

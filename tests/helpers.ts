@@ -43,18 +43,22 @@ export function run(
 }
 
 /** Runs the convoy CLI (`deno run -A src/bin.ts ...`). */
+/** How to start `convoy`: deno run of src/bin.ts, unless a build (binary, node) is named. */
+export const DENO_CONVOY = [DENO, "run", "-A", "--quiet", BIN];
+
 export function convoy(
   args: string[],
-  opts: { socket?: string; env?: Record<string, string> } = {},
+  opts: { socket?: string; env?: Record<string, string>; command?: string[] } = {},
 ): Promise<RunResult> {
   const pre = opts.socket ? ["--socket", opts.socket] : [];
-  return run(DENO, ["run", "-A", "--quiet", BIN, ...pre, ...args], { env: opts.env });
+  const [cmd, ...base] = opts.command ?? DENO_CONVOY;
+  return run(cmd, [...base, ...pre, ...args], { env: opts.env });
 }
 
 /** Like convoy(), but throws with the CLI's stderr unless it exits 0; resolves to trimmed stdout. */
 export async function ok(
   args: string[],
-  opts: { socket?: string; env?: Record<string, string> } = {},
+  opts: { socket?: string; env?: Record<string, string>; command?: string[] } = {},
 ): Promise<string> {
   const r = await convoy(args, opts);
   if (r.code !== 0) {
@@ -87,15 +91,15 @@ export async function startDaemon(opts: {
   args?: string[];
   env?: Record<string, string>;
   waitForSocket?: boolean;
+  /** The convoy executable and its leading arguments (default: deno run src/bin.ts). */
+  command?: string[];
 }): Promise<TestDaemon> {
   const socket = opts.socket ?? join(opts.root, "convoy.sock");
+  const [cmd, ...base] = opts.command ?? DENO_CONVOY;
   const proc = spawn(
-    DENO,
+    cmd,
     [
-      "run",
-      "-A",
-      "--quiet",
-      BIN,
+      ...base,
       "--socket",
       socket,
       "daemon",

@@ -1,4 +1,14 @@
 /** Third-party plugin sources the integration tests write into temporary plugin folders. */
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+
+/** Writes the two demo plugins (tsdemo.ts, jsdemo.js) into a new folder `dir`. */
+export async function writeDemoPlugins(dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, "tsdemo.ts"), TS_PLUGIN);
+  await writeFile(join(dir, "jsdemo.js"), JS_PLUGIN);
+  return dir;
+}
 
 /** A third-party driver as a user would write it: one file, `import type` only. */
 export const TS_PLUGIN = `

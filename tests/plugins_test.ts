@@ -3,15 +3,12 @@ import assert from "node:assert/strict";
 import { mkdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { convoy, ok, startDaemon, tempDir } from "./helpers.ts";
-import { JS_PLUGIN, TS_PLUGIN } from "./plugin_fixtures.ts";
+import { writeDemoPlugins } from "./plugin_fixtures.ts";
 
 describe("third-party plugins", () => {
   it("loads a .ts and a .js plugin from --plugins and serves their volumes through the CLI", async () => {
     const { dir, cleanup } = await tempDir();
-    const plugins = join(dir, "extra-plugins");
-    await mkdir(plugins);
-    await writeFile(join(plugins, "tsdemo.ts"), TS_PLUGIN);
-    await writeFile(join(plugins, "jsdemo.js"), JS_PLUGIN);
+    const plugins = await writeDemoPlugins(join(dir, "extra-plugins"));
     const root = join(dir, "root");
     const d = await startDaemon({
       root,

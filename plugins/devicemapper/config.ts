@@ -1,8 +1,8 @@
 /**
- * The driver's saved configuration, `<root>/devicemapper.cfg`, with Convoy's fields. The first
- * start validates `--driver-opts` (the caller then creates the pool and saves the file); later
- * starts load the file, and an option that disagrees with it is ignored with a warning naming
- * the option.
+ * The driver's saved configuration, `<root>/devicemapper.cfg`, with Convoy's fields, loaded with
+ * the host's `api.util.loadDriverConfig`. The first start validates `--driver-opts`, the caller
+ * creates the pool, and the file is saved; later starts load the file, and an option that
+ * disagrees with it is ignored with a warning naming the option.
  * @module
  */
 import { join } from "node:path";
@@ -100,72 +100,150 @@ export function parseFirstStart(
   };
 }
 
-/** Loads `<root>/devicemapper.cfg`; undefined on the first start. */
-export async function loadConfig(
+/** What `loadOrCreateConfig` found. */
+export interface LoadedDmConfig {
+  cfg: DmConfig;
+  /** True on the first start: `create` made the pool and the configuration was saved. */
+  created: boolean;
+  /** True when the loaded configuration was upgraded (moved root, Convoy's defaults): save it. */
+  dirty: boolean;
+}
+
+/**
+ * Loads `<root>/devicemapper.cfg`, or, on the first start, validates `--driver-opts` (see
+ * parseFirstStart), has `create` make the pool and saves its result. Later starts leave the
+ * saving of an upgraded configuration to the caller (`dirty`), once the pool is up.
+ */
+export async function loadOrCreateConfig(
   api: PluginApi,
   schemas: Schemas,
-  opts: { root: string; config: Record<string, string>; log: Logger },
-): Promise<{ cfg: DmConfig; dirty: boolean } | undefined> {
+  opts: {
+    root: string;
+    config: Record<string, string>;
+    log: Logger;
+    create(options: FirstStartOptions): Promise<DmConfig>;
+  },
+): Promise<LoadedDmConfig> {
   const { root, config, log } = opts;
   const file = join(root, CONFIG_FILE);
-  let raw: unknown;
-  try {
-    raw = await api.util.readJSON(file);
-  } catch (err) {
-    throw new api.errors.InvalidArgumentError(
-      `Cannot load devicemapper configuration "${file}": ${(err as Error).message}`,
-      { cause: err },
-    );
-  }
-  if (raw === undefined) return undefined;
-  const saved = schemas.savedConfig.safeParse(raw);
-  const problems = saved.success
-    ? []
-    : saved.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
-  if (saved.success) {
-    const bs = blockSizeProblem(saved.data.ThinpoolBlockSize);
-    if (bs) problems.push(`"ThinpoolBlockSize": ${bs}`);
-    const fs = saved.data.Filesystem;
-    if (fs && !(FILESYSTEMS as readonly string[]).includes(fs)) {
-      problems.push(`"Filesystem": must be one of ${FILESYSTEMS.join(", ")}, got "${fs}"`);
+  /** True until the file has been read: a failure meanwhile is reported as a bad file. */
+  let reading = true;
+  let created = false;
+  let dirty = false;
+  const sizeOf = (v: string): number | undefined => {
+    try {
+      return api.util.parseSize(v);
+    } catch {
+      return undefined;
     }
-    const pool = saved.data.ThinpoolDevice.slice(saved.data.ThinpoolDevice.lastIndexOf("/") + 1);
-    if (!POOL_NAME_PATTERN.test(pool)) {
-      problems.push(`"ThinpoolDevice": "${saved.data.ThinpoolDevice}" is not a pool device name`);
-    }
-  }
-  if (!saved.success || problems.length) {
-    throw new api.errors.InvalidArgumentError(
-      `Cannot load devicemapper configuration "${file}": ${problems.join("; ")}`,
-    );
-  }
-  const d = saved.data;
-  let dirty = d.Root !== root;
-  // Convoy's upgrade rules: an empty Filesystem is ext4; a zero default size is the default.
-  let filesystem = d.Filesystem as DmConfig["Filesystem"] | "";
-  if (!filesystem) {
-    filesystem = "ext4";
-    dirty = true;
-  }
-  let defaultSize = d.DefaultVolumeSize;
-  if (defaultSize <= 0) {
-    defaultSize = api.util.parseSize(DEFAULT_VOLUME_SIZE);
-    dirty = true;
-  }
-  const cfg: DmConfig = {
-    Root: root,
-    DataDevice: d.DataDevice,
-    MetadataDevice: d.MetadataDevice,
-    ThinpoolDevice: d.ThinpoolDevice,
-    ThinpoolSize: d.ThinpoolSize,
-    ThinpoolBlockSize: d.ThinpoolBlockSize,
-    DefaultVolumeSize: defaultSize,
-    LastDevID: d.LastDevID,
-    Filesystem: filesystem,
-    Kept: d.Kept,
   };
-  warnIgnoredOptions(api, { config, cfg, file, log });
-  return { cfg, dirty };
+  try {
+    const cfg = await api.util.loadDriverConfig({
+      driver: "devicemapper",
+      file,
+      options: config,
+      // The options are validated by parseFirstStart, for Convoy's message on missing devices.
+      schema: api.deps.z.custom<Record<string, string>>(),
+      savedSchema: schemas.savedConfig,
+      create: async (raw) => {
+        reading = false;
+        created = true;
+        return await opts.create(parseFirstStart(api, schemas, raw));
+      },
+      load: (d) => {
+        reading = false;
+        const problems: string[] = [];
+        const bs = blockSizeProblem(d.ThinpoolBlockSize);
+        if (bs) problems.push(`"ThinpoolBlockSize": ${bs}`);
+        if (d.Filesystem && !(FILESYSTEMS as readonly string[]).includes(d.Filesystem)) {
+          problems.push(
+            `"Filesystem": must be one of ${FILESYSTEMS.join(", ")}, got "${d.Filesystem}"`,
+          );
+        }
+        const pool = d.ThinpoolDevice.slice(d.ThinpoolDevice.lastIndexOf("/") + 1);
+        if (!POOL_NAME_PATTERN.test(pool)) {
+          problems.push(`"ThinpoolDevice": "${d.ThinpoolDevice}" is not a pool device name`);
+        }
+        if (problems.length) {
+          throw new api.errors.InvalidArgumentError(
+            `Cannot load devicemapper configuration "${file}": ${problems.join("; ")}`,
+          );
+        }
+        dirty = d.Root !== root;
+        // Convoy's upgrade rules: an empty Filesystem is ext4; a zero default size is the default.
+        let filesystem = d.Filesystem as DmConfig["Filesystem"] | "";
+        if (!filesystem) {
+          filesystem = "ext4";
+          dirty = true;
+        }
+        let defaultSize = d.DefaultVolumeSize;
+        if (defaultSize <= 0) {
+          defaultSize = api.util.parseSize(DEFAULT_VOLUME_SIZE);
+          dirty = true;
+        }
+        const cfg: DmConfig = {
+          Root: root,
+          DataDevice: d.DataDevice,
+          MetadataDevice: d.MetadataDevice,
+          ThinpoolDevice: d.ThinpoolDevice,
+          ThinpoolSize: d.ThinpoolSize,
+          ThinpoolBlockSize: d.ThinpoolBlockSize,
+          DefaultVolumeSize: defaultSize,
+          LastDevID: d.LastDevID,
+          Filesystem: filesystem,
+          Kept: d.Kept,
+        };
+        // Saved by the caller after the pool has started (`dirty`).
+        return { config: cfg, save: false };
+      },
+      current: (cfg) => ({
+        [OPT_DATA_DEVICE]: {
+          uses: `"${cfg.DataDevice}"`,
+          same: (v) => v.trim() === cfg.DataDevice,
+        },
+        [OPT_METADATA_DEVICE]: {
+          uses: `"${cfg.MetadataDevice}"`,
+          same: (v) => v.trim() === cfg.MetadataDevice,
+        },
+        [OPT_THINPOOL_NAME]: {
+          uses: `"${poolName(cfg)}"`,
+          same: (v) => v.trim() === poolName(cfg),
+        },
+        [OPT_THINPOOL_BLOCK_SIZE]: {
+          uses: `${cfg.ThinpoolBlockSize} sectors`,
+          same: (v) => sizeOf(v) === cfg.ThinpoolBlockSize,
+        },
+        [OPT_DEFAULT_VOLUME_SIZE]: {
+          uses: `${cfg.DefaultVolumeSize} bytes`,
+          same: (v) => sizeOf(v) === cfg.DefaultVolumeSize,
+        },
+        [OPT_FS]: {
+          uses: `"${cfg.Filesystem}"`,
+          same: (v) => v.trim().toLowerCase() === cfg.Filesystem,
+        },
+      }),
+      logFields: (cfg) => ({
+        pool: poolName(cfg),
+        dataDevice: cfg.DataDevice,
+        metadataDevice: cfg.MetadataDevice,
+        size: cfg.ThinpoolSize,
+        blockSize: cfg.ThinpoolBlockSize * 512,
+        defaultVolumeSize: cfg.DefaultVolumeSize,
+        filesystem: cfg.Filesystem,
+      }),
+      log,
+    });
+    return { cfg, created, dirty };
+  } catch (err) {
+    // An unreadable file (not JSON, no access); a file that does not validate says so itself.
+    if (reading && !(err instanceof api.errors.InvalidArgumentError)) {
+      throw new api.errors.InvalidArgumentError(
+        `Cannot load devicemapper configuration "${file}": ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
 }
 
 /** Saves the configuration (atomically). */
@@ -182,49 +260,4 @@ export async function saveConfig(api: PluginApi, cfg: DmConfig): Promise<void> {
     Filesystem: cfg.Filesystem,
     Kept: cfg.Kept,
   });
-}
-
-function warnIgnoredOptions(
-  api: PluginApi,
-  opts: { config: Record<string, string>; cfg: DmConfig; file: string; log: Logger },
-): void {
-  const { config, cfg, file, log } = opts;
-  if (!config) return;
-  const ignore = (key: string, uses: string) =>
-    log.warn(
-      `Ignoring --driver-opts ${key}=${JSON.stringify(config[key])}: ` +
-        `the saved configuration in "${file}" uses ${uses}`,
-      { option: key, file },
-    );
-  const sizeOf = (v: string): number | undefined => {
-    try {
-      return api.util.parseSize(v);
-    } catch {
-      return undefined;
-    }
-  };
-  const data = config[OPT_DATA_DEVICE];
-  if (data !== undefined && data.trim() !== cfg.DataDevice) {
-    ignore(OPT_DATA_DEVICE, `"${cfg.DataDevice}"`);
-  }
-  const meta = config[OPT_METADATA_DEVICE];
-  if (meta !== undefined && meta.trim() !== cfg.MetadataDevice) {
-    ignore(OPT_METADATA_DEVICE, `"${cfg.MetadataDevice}"`);
-  }
-  const pool = config[OPT_THINPOOL_NAME];
-  if (pool !== undefined && pool.trim() !== poolName(cfg)) {
-    ignore(OPT_THINPOOL_NAME, `"${poolName(cfg)}"`);
-  }
-  const bs = config[OPT_THINPOOL_BLOCK_SIZE];
-  if (bs !== undefined && sizeOf(bs) !== cfg.ThinpoolBlockSize) {
-    ignore(OPT_THINPOOL_BLOCK_SIZE, `${cfg.ThinpoolBlockSize} sectors`);
-  }
-  const size = config[OPT_DEFAULT_VOLUME_SIZE];
-  if (size !== undefined && sizeOf(size) !== cfg.DefaultVolumeSize) {
-    ignore(OPT_DEFAULT_VOLUME_SIZE, `${cfg.DefaultVolumeSize} bytes`);
-  }
-  const fs = config[OPT_FS];
-  if (fs !== undefined && fs.trim().toLowerCase() !== cfg.Filesystem) {
-    ignore(OPT_FS, `"${cfg.Filesystem}"`);
-  }
 }

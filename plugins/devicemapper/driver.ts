@@ -30,27 +30,26 @@
  * creating a volume of the same name adopts them again (and a normal delete then frees them).
  * @module
  */
-import { chmod, mkdir, open, readdir, rm, rmdir, stat } from "node:fs/promises";
+import { open, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
-import { dirname, isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import type {
-  BackupOperations,
   ConvoyDriver,
   DeltaBlockOperations,
+  KeyedLock,
   Logger,
   Mappings,
+  MountEntry,
   OperationContext,
   PluginApi,
-  SnapshotOperations,
   StringMap,
-  VolumeOperations,
 } from "../../mod.ts";
 import {
   CONFIG_FILE,
   type DmConfig,
-  loadConfig,
+  type FirstStartOptions,
+  loadOrCreateConfig,
   MAPPER_DIR,
-  parseFirstStart,
   poolName,
   saveConfig,
 } from "./config.ts";
@@ -66,6 +65,7 @@ import {
   failedWith,
   isSnapshotDeviceName,
   MAX_DEV_ID,
+  mountsOfDevice,
   NO_DATA,
   parsePoolStatus,
   parseTable,
@@ -77,8 +77,6 @@ import {
   thinTable,
   volumeDeviceName,
 } from "./dm.ts";
-import { KeyedLock } from "./lock.ts";
-import { canonicalPath, mountAt, mountsOf } from "./mountinfo.ts";
 import {
   createSchemas,
   OPT_DATA_DEVICE,
@@ -95,6 +93,7 @@ export const DRIVER_NAME = "devicemapper";
 export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
 
 const RECORD_FILE = /^devicemapper_volume_(.+)\.json$/;
+const MOUNTINFO = "/proc/self/mountinfo";
 /** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
 const CFG_LOCK = "\u0000config";
@@ -133,20 +132,10 @@ export async function createDevicemapperDriver(
 ): Promise<DmConvoyDriver> {
   const log = api.log.child({ pkg: "devicemapper", driver: DRIVER_NAME });
   const driverRoot = resolve(root);
-  await ensureDir(driverRoot);
+  await api.util.ensureDir(driverRoot);
   const driver = new DmDriver(api, { root: driverRoot, schemas: createSchemas(api), log });
   await driver.init(config ?? {});
   return driver.convoyDriver();
-}
-
-/** Creates `path` and its missing parents with mode 0755, whatever the umask. */
-async function ensureDir(path: string): Promise<void> {
-  const first = await mkdir(path, { recursive: true, mode: 0o755 });
-  if (first === undefined) return;
-  for (let p = path;; p = dirname(p)) {
-    await chmod(p, 0o755);
-    if (p === first || p === dirname(p)) break;
-  }
 }
 
 function errno(err: unknown): string | undefined {
@@ -182,7 +171,7 @@ class DmDriver {
   #log: Logger;
   #dm: DmSetup;
   #cfg!: DmConfig;
-  #locks = new KeyedLock();
+  #locks: KeyedLock;
   /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
   #inUse = new Map<string, number>();
   /** The pool's held metadata root at start-up ("-": none; undefined: a new pool). */
@@ -192,6 +181,7 @@ class DmDriver {
 
   constructor(api: PluginApi, opts: { root: string; schemas: Schemas; log: Logger }) {
     this.#api = api;
+    this.#locks = api.util.createLock();
     this.#root = opts.root;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
@@ -229,19 +219,39 @@ class DmDriver {
   // ---- start-up ----------------------------------------------------------------------------
 
   async init(config: StringMap): Promise<void> {
-    const loaded = await loadConfig(this.#api, this.#schemas, {
-      root: this.#root,
-      config,
-      log: this.#log,
-    });
-    if (!loaded) {
-      this.#cfg = await this.#firstStart(config);
+    let created: DmConfig | undefined;
+    let loaded;
+    try {
+      loaded = await loadOrCreateConfig(this.#api, this.#schemas, {
+        root: this.#root,
+        config,
+        log: this.#log,
+        create: async (o) => (created = await this.#firstStart(o)),
+      });
+    } catch (err) {
+      if (!created) throw err;
+      // The pool was made but its configuration could not be saved: take the pool down again.
+      await this.#dm.remove(poolName(created)).catch(() => {});
+      throw new this.#api.errors.BackendError(
+        `Cannot start the devicemapper driver: cannot save "${this.#configFile}": ${message(err)}`,
+        { cause: err },
+      );
+    }
+    this.#cfg = loaded.cfg;
+    if (loaded.created) {
+      this.#log.info(`Created thin pool "${this.#pool}"`, {
+        pool: this.#pool,
+        dataDevice: this.#cfg.DataDevice,
+        metadataDevice: this.#cfg.MetadataDevice,
+        size: this.#cfg.ThinpoolSize,
+        blockSize: this.#cfg.ThinpoolBlockSize * 512,
+        file: this.#configFile,
+      });
     } else {
-      this.#cfg = loaded.cfg;
       await this.#startPool();
       if (loaded.dirty) await saveConfig(this.#api, this.#cfg);
     }
-    await ensureDir(this.#mountsDir);
+    await this.#api.util.ensureDir(this.#mountsDir);
     await this.#cleanLeftovers();
     await this.#checkKept();
     await this.#restoreVolumes();
@@ -319,9 +329,8 @@ class DmDriver {
     }
   }
 
-  /** The first start: validate the options and devices, create the pool, save the config. */
-  async #firstStart(config: StringMap): Promise<DmConfig> {
-    const o = parseFirstStart(this.#api, this.#schemas, config);
+  /** The first start: validate the devices, create the pool; the caller saves the config. */
+  async #firstStart(o: FirstStartOptions): Promise<DmConfig> {
     const what = "Cannot start the devicemapper driver";
     const { InvalidArgumentError, ConflictError, BackendError } = this.#api.errors;
     let data: string;
@@ -382,7 +391,7 @@ class DmDriver {
         },
       );
     }
-    const cfg: DmConfig = {
+    return {
       Root: this.#root,
       DataDevice: o.dataDevice,
       MetadataDevice: o.metadataDevice,
@@ -394,23 +403,6 @@ class DmDriver {
       Filesystem: o.filesystem,
       Kept: {},
     };
-    try {
-      await saveConfig(this.#api, cfg);
-    } catch (err) {
-      await this.#dm.remove(o.poolName).catch(() => {});
-      throw new BackendError(`${what}: cannot save "${this.#configFile}": ${message(err)}`, {
-        cause: err,
-      });
-    }
-    this.#log.info(`Created thin pool "${o.poolName}"`, {
-      pool: o.poolName,
-      dataDevice: o.dataDevice,
-      metadataDevice: o.metadataDevice,
-      size: cfg.ThinpoolSize,
-      blockSize: blockBytes,
-      file: this.#configFile,
-    });
-    return cfg;
   }
 
   /** Later starts: re-use the active pool (same table) or activate it again with the saved table. */
@@ -560,8 +552,8 @@ class DmDriver {
         const rec = await this.#upgradeRecord(record);
         const dev = await this.#ensureActive(rec);
         if (!rec.MountPoint) continue;
-        const entry = await mountAt(rec.MountPoint);
-        if (entry?.device === dev.number) continue;
+        const entry = await this.#api.util.mounts.mountAt(rec.MountPoint);
+        if (await this.#isMountOf(entry, dev.number)) continue;
         if (entry) {
           throw new this.#api.errors.ConflictError(
             `"${rec.MountPoint}" is a mount point of "${entry.source}"`,
@@ -729,15 +721,42 @@ class DmDriver {
 
   // ---- helpers -----------------------------------------------------------------------------
 
-  /** Re-throws an error with context; BackendErrors (failed commands) and plain errors get the prefix. */
+  /**
+   * Re-throws an error with context (`api.errors.wrapError`): BackendErrors (failed commands)
+   * and plain errors get the prefix, and so do TimeoutErrors.
+   */
   #wrap(err: unknown, prefix: string): unknown {
-    const { BackendError, ConvoyError, TimeoutError } = this.#api.errors;
+    const { TimeoutError, wrapError } = this.#api.errors;
     // A command stopped by --cmd-timeout (a stuck device): reported with what was being done.
     if (err instanceof TimeoutError && !err.message.startsWith(prefix)) {
       return new TimeoutError(`${prefix}: ${err.message}`, { cause: err });
     }
-    if (err instanceof ConvoyError && !(err instanceof BackendError)) return err;
-    return new BackendError(`${prefix}: ${message(err)}`, { cause: err });
+    return wrapError(err, prefix);
+  }
+
+  /** `major:minor` of the block device at `path`; undefined when it is none (or not a path). */
+  async #blockNumber(path: string): Promise<string | undefined> {
+    if (!isAbsolute(path)) return undefined;
+    try {
+      const st = await stat(path);
+      return st.isBlockDevice() ? devNumber(st.rdev) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * True when `entry` is a mount of the device `major:minor`: device numbers are compared, not
+   * paths, as "/dev/mapper/x" and "/dev/dm-3" are the same device.
+   */
+  async #isMountOf(entry: MountEntry | undefined, number: string): Promise<boolean> {
+    return entry !== undefined && (await this.#blockNumber(entry.source)) === number;
+  }
+
+  /** Every mount point of the device `major:minor`, whichever of its nodes it was mounted by. */
+  async #mountsOf(number: string): Promise<string[]> {
+    const entries = this.#api.util.mounts.parseMountInfo(await readFile(MOUNTINFO, "utf8"));
+    return await mountsOfDevice(entries, number, (source) => this.#blockNumber(source));
   }
 
   /** `major:minor` of a /dev/mapper node; the node is made when dmsetup left none. */
@@ -847,7 +866,7 @@ class DmDriver {
   }
 
   async #mount(rec: VolumeRecord, at: { device: string; mountPoint: string }): Promise<void> {
-    await ensureDir(at.mountPoint);
+    await this.#api.util.ensureDir(at.mountPoint);
     const args: string[] = [];
     if (rec.Filesystem) args.push("-t", rec.Filesystem);
     // Snapshots and restores of an xfs volume carry its UUID; xfs refuses a second mount of it.
@@ -1101,7 +1120,7 @@ class DmDriver {
       const device = this.#deviceName(rec);
       try {
         if ((await this.#dm.table(device)) !== undefined) {
-          const mounts = await mountsOf(await this.#mapperNumber(device));
+          const mounts = await this.#mountsOf(await this.#mapperNumber(device));
           if (mounts.length) {
             throw new this.#api.errors.ConflictError(
               `${what}: its device "${join(MAPPER_DIR, device)}" is mounted at "${mounts[0]}"`,
@@ -1170,16 +1189,16 @@ class DmDriver {
       } catch (err) {
         throw this.#wrap(err, what);
       }
-      await ensureDir(target);
-      const canonical = await canonicalPath(target);
-      const elsewhere = (await mountsOf(dev.number)).filter((p) => p !== canonical);
+      await this.#api.util.ensureDir(target);
+      const canonical = await this.#api.util.mounts.canonicalPath(target);
+      const elsewhere = (await this.#mountsOf(dev.number)).filter((p) => p !== canonical);
       if (elsewhere.length) {
         throw new this.#api.errors.ConflictError(
           `${what}: its device "${dev.path}" is mounted at "${elsewhere[0]}"`,
         );
       }
-      const entry = await mountAt(target);
-      if (entry && entry.device !== dev.number) {
+      const entry = await this.#api.util.mounts.mountAt(target);
+      if (entry && !(await this.#isMountOf(entry, dev.number))) {
         throw new this.#api.errors.ConflictError(`${what}: "${target}" is already a mount point`);
       }
       if (!entry) {
@@ -1218,10 +1237,10 @@ class DmDriver {
       const mountPoint = rec.MountPoint;
       if (!mountPoint) return;
       try {
-        const entry = await mountAt(mountPoint);
+        const entry = await this.#api.util.mounts.mountAt(mountPoint);
         if (entry) {
           const ours = (await this.#dm.table(this.#deviceName(rec))) !== undefined &&
-            entry.device === await this.#mapperNumber(this.#deviceName(rec));
+            await this.#isMountOf(entry, await this.#mapperNumber(this.#deviceName(rec)));
           if (ours) await this.#umount(name, mountPoint);
           else {
             this.#log.warn(
@@ -1746,52 +1765,20 @@ class DmDriver {
   // ---- the ConvoyDriver object -------------------------------------------------------------
 
   convoyDriver(): DmConvoyDriver {
-    const name = () => DRIVER_NAME;
-    const volumes: VolumeOperations = {
-      name,
-      createVolume: (id, opts) => this.createVolume(id, opts),
-      deleteVolume: (id, opts) => this.deleteVolume(id, opts),
-      mountVolume: (id, opts) => this.mountVolume(id, opts),
-      umountVolume: (id) => this.umountVolume(id),
-      mountPoint: (id) => this.mountPoint(id),
-      getVolumeInfo: (id) => this.getVolumeInfo(id),
-      listVolume: (opts) => this.listVolume(opts),
-    };
-    const snapshots: SnapshotOperations = {
-      name,
-      createSnapshot: (id, volumeID) => this.createSnapshot(id, volumeID),
-      deleteSnapshot: (id, volumeID) => this.deleteSnapshot(id, volumeID),
-      getSnapshotInfo: (id, volumeID) => this.getSnapshotInfo(id, volumeID),
-      listSnapshot: (opts) => this.listSnapshot(opts),
-    };
-    const backups: BackupOperations = {
-      name,
-      createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
-        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
-      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
-      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
-      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
-    };
-    return {
-      name,
-      info: () => {
-        const cfg = this.#cfg;
-        return {
-          Driver: DRIVER_NAME,
-          Root: cfg.Root,
-          DataDevice: cfg.DataDevice,
-          MetadataDevice: cfg.MetadataDevice,
-          ThinpoolDevice: cfg.ThinpoolDevice,
-          ThinpoolSize: String(cfg.ThinpoolSize),
-          ThinpoolBlockSize: String(cfg.ThinpoolBlockSize * 512),
-          DefaultVolumeSize: String(cfg.DefaultVolumeSize),
-          Filesystem: cfg.Filesystem,
-        };
-      },
-      volumeOps: () => volumes,
-      snapshotOps: () => snapshots,
-      backupOps: () => backups,
-      deltaOps: () => this.#deltaSession(),
-    };
+    const driver = this.#api.util.convoyDriver(DRIVER_NAME, this, () => {
+      const cfg = this.#cfg;
+      return {
+        Driver: DRIVER_NAME,
+        Root: cfg.Root,
+        DataDevice: cfg.DataDevice,
+        MetadataDevice: cfg.MetadataDevice,
+        ThinpoolDevice: cfg.ThinpoolDevice,
+        ThinpoolSize: String(cfg.ThinpoolSize),
+        ThinpoolBlockSize: String(cfg.ThinpoolBlockSize * 512),
+        DefaultVolumeSize: String(cfg.DefaultVolumeSize),
+        Filesystem: cfg.Filesystem,
+      };
+    });
+    return { ...driver, deltaOps: () => this.#deltaSession() };
   }
 }

@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BackupStoreApi, LogFields } from "../../mod.ts";
@@ -13,6 +13,7 @@ import {
   TimeoutError,
 } from "../../mod.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
+import { parseMountInfo } from "../../src/util/mountinfo.ts";
 import {
   BLOCK,
   devicesWithPrefix,
@@ -41,6 +42,7 @@ import {
   deltaToMappings,
   devNumber,
   isSnapshotDeviceName,
+  mountsOfDevice,
   parsePoolStatus,
   parseTable,
   parseThinDelta,
@@ -49,7 +51,6 @@ import {
   snapshotDeviceName,
   volumeDeviceName,
 } from "./dm.ts";
-import { parseMountInfo } from "./mountinfo.ts";
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -235,16 +236,38 @@ describe("devicemapper driver: thin_delta, tables and names", () => {
     assert.equal(roundUp(5 * MiB, sizeAlignment(8192)), 8 * MiB);
   });
 
-  it("mountinfo entries carry the device number, so /dev/mapper/x and /dev/dm-3 are one device", () => {
-    const [e] = parseMountInfo(
-      "23 22 254:1 / /run/m\\040x rw,relatime - ext4 /dev/mapper/convoy-p-v1 rw,stripe=64\n",
+  it("mounts are matched by device number, so /dev/mapper/x and /dev/dm-3 are one device", async () => {
+    const entries = parseMountInfo(
+      [
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw",
+        "23 22 254:1 / /run/m\\040x rw,relatime - ext4 /dev/mapper/convoy-p-v1 rw,stripe=64",
+        "24 22 254:1 / /run/other rw - ext4 /dev/dm-1 rw",
+        "25 22 254:10 / /run/vol10 rw - ext4 /dev/mapper/convoy-p-v10 rw",
+        "26 22 0:5 / /dev/shm rw - tmpfs tmpfs rw",
+      ].join("\n"),
     );
-    assert.deepEqual(e, {
-      mountPoint: "/run/m x",
-      device: "254:1",
-      fstype: "ext4",
-      source: "/dev/mapper/convoy-p-v1",
-    });
+    const numbers: Record<string, string> = {
+      "/dev/sda1": "8:1",
+      "/dev/mapper/convoy-p-v1": "254:1",
+      "/dev/dm-1": "254:1",
+      "/dev/mapper/convoy-p-v10": "254:10",
+    };
+    const asked: string[] = [];
+    const numberOf = (source: string) => {
+      asked.push(source);
+      return Promise.resolve(numbers[source]);
+    };
+    assert.deepEqual(await mountsOfDevice(entries, "254:1", numberOf), ["/run/m x", "/run/other"]);
+    assert.deepEqual(asked, [
+      "/dev/sda1",
+      "/dev/mapper/convoy-p-v1",
+      "/dev/dm-1",
+      "/dev/mapper/convoy-p-v10",
+      "tmpfs",
+    ]);
+    assert.deepEqual(await mountsOfDevice(entries, "254:10", numberOf), ["/run/vol10"]);
+    assert.deepEqual(await mountsOfDevice(entries, "254:2", numberOf), []);
+    assert.deepEqual(await mountsOfDevice(entries, "", numberOf), []);
   });
 });
 
@@ -632,6 +655,26 @@ describe(`devicemapper driver: volumes${skipNote}`, needsPool, () => {
         await rejectsWith(() => vols.deleteVolume("db1", {}), {
           type: ConflictError,
           message: `Cannot delete volume "db1": its device "${device}" is mounted at "${behind}"`,
+        });
+        await exec("umount", [behind]);
+        // Mounted through another node of the same device: the device number decides.
+        const node = join(env.dir, "db1-node");
+        const [major, minor] = devNumber((await stat(device)).rdev).split(":");
+        await exec("mknod", [node, "b", major, minor]);
+        await exec("mount", [node, behind]);
+        assert.equal(
+          parseMountInfo(await readFile("/proc/self/mountinfo", "utf8"))
+            .find((e) => e.mountPoint === behind)?.source,
+          node,
+        );
+        await rejectsWith(() => vols.deleteVolume("db1", {}), {
+          type: ConflictError,
+          message: `Cannot delete volume "db1": its device "${device}" is mounted at "${behind}"`,
+        });
+        await rejectsWith(() => vols.mountVolume("db1", {}), {
+          type: ConflictError,
+          message: `Cannot mount volume "db1" at "${join(env.root, "mounts", "db1")}": its ` +
+            `device "${device}" is mounted at "${behind}"`,
         });
         await exec("umount", [behind]);
         assert.ok((await poolUsage(env.pool)).used > before.used);

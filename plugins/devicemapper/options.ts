@@ -58,23 +58,12 @@ export function blockSizeProblem(sectors: number): string | undefined {
   return undefined;
 }
 
-/** Builds the schemas with the host's zod and size parser. */
+/** Builds the schemas with the host's zod and option schemas. */
 export function createSchemas(api: PluginApi) {
   const z = api.deps.z;
   const blankToUndefined = (v: unknown) => (v === "" ? undefined : v);
 
-  /** A boolean flag as a string ("true", "1", "yes"...); "" and a missing key are false. */
-  const flag = z.preprocess(blankToUndefined, z.stringbool().default(false));
-
-  /** A size string ("10G", "1048576"); "" and "0" are 0 (unset). */
-  const size = z.string().transform((s, ctx) => {
-    try {
-      return api.util.parseSize(s);
-    } catch (err) {
-      ctx.issues.push({ code: "custom", message: (err as Error).message, input: s });
-      return z.NEVER;
-    }
-  });
+  const { flag, size } = api.util.schemas;
 
   const filesystem = z.preprocess(
     (v) => (typeof v === "string" ? blankToUndefined(v.trim().toLowerCase()) : v),

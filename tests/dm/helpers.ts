@@ -9,16 +9,16 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { access, mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { access, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import type { BackupStoreApi, Exec, InitFunc, LogFields, Logger } from "../../mod.ts";
-import { createPluginApi } from "../../src/plugins/host_api.ts";
+import { registeredInit } from "../../src/plugins/testing.ts";
 import { createExec } from "../../src/runtime/exec.ts";
+import { readMounts } from "../../src/util/mountinfo.ts";
 import setup from "../../plugins/devicemapper/mod.ts";
 import type { DmConvoyDriver } from "../../plugins/devicemapper/driver.ts";
-import { parseMountInfo } from "../../plugins/devicemapper/mountinfo.ts";
 
 export const exec: Exec = createExec({ timeoutMs: 120_000 });
 export const MiB = 1024 * 1024;
@@ -86,27 +86,15 @@ export function recordingLogger(): Logger & { lines: LogLine[] } {
   return Object.assign(make({}), { lines });
 }
 
-export const noBackupStore: BackupStoreApi = new Proxy({} as BackupStoreApi, {
-  get: (_, key) => () => Promise.reject(new Error(`backup store not available: ${String(key)}`)),
-});
-
 /** The devicemapper InitFunc, registered through the real plugin api. */
 export function dmInit(
   opts: { log?: Logger; backup?: BackupStoreApi; exec?: Exec } = {},
 ): InitFunc {
-  let init: InitFunc | undefined;
-  const api = createPluginApi({
-    register: (name, fn) => {
-      assert.equal(name, "devicemapper");
-      init = fn;
-    },
+  return registeredInit(setup, "devicemapper", {
     log: opts.log ?? recordingLogger(),
     exec: opts.exec ?? exec,
-    backup: opts.backup ?? noBackupStore,
+    backup: opts.backup,
   });
-  setup(api);
-  assert.ok(init, "setup() did not register the driver");
-  return init;
 }
 
 /** An Exec that records every command line (and may rewrite or fail some). */
@@ -161,7 +149,7 @@ export async function devicesWithPrefix(prefix: string): Promise<string[]> {
 }
 
 export async function mountsBelow(dir: string): Promise<string[]> {
-  return parseMountInfo(await readFile("/proc/self/mountinfo", "utf8"))
+  return (await readMounts())
     .map((e) => e.mountPoint)
     .filter((p) => p.startsWith(dir + "/"))
     .sort((a, b) => b.length - a.length);

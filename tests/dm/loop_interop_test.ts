@@ -6,10 +6,10 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, open, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { DeltaBlockOperations, InitFunc } from "../../mod.ts";
+import type { DeltaBlockOperations } from "../../mod.ts";
 import { InvalidArgumentError } from "../../mod.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
-import { createPluginApi } from "../../src/plugins/host_api.ts";
+import { registeredInit } from "../../src/plugins/testing.ts";
 import loopSetup from "../../plugins/loop/mod.ts";
 import {
   BLOCK,
@@ -36,14 +36,7 @@ describe(`devicemapper and loop backups restore into each other${skipNote}`, nee
       const dmVols = await dm.volumeOps();
       const dmBackups = await dm.backupOps();
 
-      let loopInit: InitFunc | undefined;
-      loopSetup(createPluginApi({
-        register: (_, fn) => void (loopInit = fn),
-        log: recordingLogger(),
-        exec,
-        backup,
-      }));
-      assert.ok(loopInit);
+      const loopInit = registeredInit(loopSetup, "loop", { log: recordingLogger(), exec, backup });
       const loop = await loopInit(join(env.dir, "root", "loop"), {});
       const loopVols = await loop.volumeOps();
 

@@ -237,10 +237,11 @@ export async function createDeltaBackup(
                     p = (async () => {
                       const key = blockPath(vol, sum);
                       if (await store.stat(key)) return;
-                      const { packed, buffer } = await hashed.pack(codec.compression);
+                      const { packed, buffer, release } = await hashed.pack(codec.compression);
                       back = buffer;
                       await store.write(key, packed, { deferSync: true });
                       uploaded += packed.length;
+                      release(); // not after a failed write, which might still read `packed`
                     })();
                     inflight.set(sum, p);
                   }

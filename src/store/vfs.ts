@@ -72,7 +72,8 @@ export class VfsStore implements ObjectStore {
   async read(key: string): Promise<Uint8Array> {
     const k = checkKey(key);
     try {
-      return new Uint8Array(await readFile(this.#path(k)));
+      const b = await readFile(this.#path(k));
+      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a view, not a copy
     } catch (err) {
       if (isMissing(err) || code(err) === "EISDIR") throw this.#missing("read", k, err);
       throw this.#fail("read", k, err);

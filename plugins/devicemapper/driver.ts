@@ -43,6 +43,7 @@ import type {
   OperationContext,
   PluginApi,
   StringMap,
+  UseCounter,
 } from "../../mod.ts";
 import {
   CONFIG_FILE,
@@ -173,7 +174,7 @@ class DmDriver {
   #cfg!: DmConfig;
   #locks: KeyedLock;
   /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
-  #inUse = new Map<string, number>();
+  #inUse: UseCounter;
   /** The pool's held metadata root at start-up ("-": none; undefined: a new pool). */
   #heldRoot: string | undefined;
   /** True when start-up found the pool active (the daemon restarted, the host did not). */
@@ -182,6 +183,7 @@ class DmDriver {
   constructor(api: PluginApi, opts: { root: string; schemas: Schemas; log: Logger }) {
     this.#api = api;
     this.#locks = api.util.createLock();
+    this.#inUse = api.util.createUseCounter();
     this.#root = opts.root;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
@@ -895,20 +897,11 @@ class DmDriver {
 
   /** Marks a snapshot as read by a backup until the returned function is called. */
   #use(volume: string, snapshot: string): () => void {
-    const key = this.#snapshotKey(volume, snapshot);
-    this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const n = (this.#inUse.get(key) ?? 1) - 1;
-      if (n > 0) this.#inUse.set(key, n);
-      else this.#inUse.delete(key);
-    };
+    return this.#inUse.use(this.#snapshotKey(volume, snapshot));
   }
 
   #inUseBy(volume: string, snapshot: string): boolean {
-    return this.#inUse.has(this.#snapshotKey(volume, snapshot));
+    return this.#inUse.inUse(this.#snapshotKey(volume, snapshot));
   }
 
   // ---- volumes -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import type {
   OperationContext,
   PluginApi,
   StringMap,
+  UseCounter,
 } from "../../mod.ts";
 import { loadOrCreateConfig, type LoopConfig, roundSize } from "./config.ts";
 import {
@@ -164,12 +165,13 @@ class LoopDriver {
   #log: Logger;
   #locks: KeyedLock;
   /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
-  #inUse = new Map<string, number>();
+  #inUse: UseCounter;
   #reflink = false;
 
   constructor(api: PluginApi, opts: { cfg: LoopConfig; schemas: Schemas; log: Logger }) {
     this.#api = api;
     this.#locks = api.util.createLock();
+    this.#inUse = api.util.createUseCounter();
     this.#cfg = opts.cfg;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
@@ -499,20 +501,11 @@ class LoopDriver {
 
   /** Marks a snapshot as read by a backup until the returned function is called. */
   #use(volume: string, snapshot: string): () => void {
-    const key = this.#snapshotKey(volume, snapshot);
-    this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const n = (this.#inUse.get(key) ?? 1) - 1;
-      if (n > 0) this.#inUse.set(key, n);
-      else this.#inUse.delete(key);
-    };
+    return this.#inUse.use(this.#snapshotKey(volume, snapshot));
   }
 
   #inUseBy(volume: string, snapshot: string): boolean {
-    return this.#inUse.has(this.#snapshotKey(volume, snapshot));
+    return this.#inUse.inUse(this.#snapshotKey(volume, snapshot));
   }
 
   // ---- volumes -----------------------------------------------------------------------------

@@ -149,6 +149,8 @@ export interface PluginUtil {
   ensureDir(path: string): Promise<void>;
   /** A new per-key async mutex. */
   createLock(): KeyedLock;
+  /** A new per-key count of holders (e.g. backups reading a snapshot). */
+  createUseCounter(): UseCounter;
   /** Mount lookups in this process's mount namespace, by exact path. */
   mounts: PluginMounts;
   /** Loads a driver's saved configuration, or makes and saves it on the first start. */
@@ -172,6 +174,14 @@ export type DriverMethods =
 export interface KeyedLock {
   /** Runs `fn` once every earlier `run` with the same key has settled; other keys run freely. */
   run<T>(key: string, fn: () => Promise<T>): Promise<T>;
+}
+
+/** Holders per key (`api.util.createUseCounter()`). */
+export interface UseCounter {
+  /** Takes one hold on `key`; the returned release may be called more than once. */
+  use(key: string): () => void;
+  /** True while any hold on `key` is not released. */
+  inUse(key: string): boolean;
 }
 
 /** `api.util.mounts`: reads /proc/self/mountinfo on every call. */

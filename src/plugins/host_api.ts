@@ -5,6 +5,7 @@ import { type BackupStoreApi, PLUGIN_API_VERSION, type PluginApi } from "../api/
 import type { Exec } from "../runtime/exec.ts";
 import type { Logger } from "../util/log.ts";
 import { atomicWriteJSON, ensureDir, readJSONFile } from "../util/fs.ts";
+import { UseCounter } from "../util/use_counter.ts";
 import { KeyedMutex } from "../util/keyed_mutex.ts";
 import {
   canonicalPath,
@@ -43,6 +44,7 @@ export function createPluginApi(opts: {
       schemas: optionSchemas,
       ensureDir,
       createLock: () => new KeyedMutex(),
+      createUseCounter: () => new UseCounter(),
       mounts: {
         mountAt: (path) => mountAt(path),
         mountsOf: (device) => mountsOf(device),

@@ -333,17 +333,9 @@ export class VolumeService {
    */
   async #restoreDriver(req: CreateVolumeRequest): Promise<string | undefined> {
     if (!req.backupURL) return undefined;
-    const url = unescapeURL(req.backupURL);
-    let scheme: string;
-    try {
-      scheme = new URL(url).protocol.replace(/:$/, "");
-    } catch {
-      return undefined;
-    }
-    const driver = STORE_SCHEMES.has(scheme)
-      ? (await this.backup.getBackupVolume(url, { endpoint: req.endpoint }).catch(() => undefined))
-        ?.driver
-      : scheme;
+    // Any error here (bad URL, missing backup) is reported by the driver's restore instead.
+    const driver = await this.#backupDriver(unescapeURL(req.backupURL), req.endpoint, "")
+      .catch(() => undefined);
     return driver && this.drivers.has(driver) ? driver : undefined;
   }
 

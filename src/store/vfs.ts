@@ -17,6 +17,13 @@ import { parseVfsURL } from "./dest_url.ts";
 import { checkKey, type ObjectStore, type StoreFactory, type WriteOptions } from "./types.ts";
 
 const CHUNK = 1 << 20;
+/**
+ * Deferred syncs start in the background once this many bytes wait for one, so the disk writes
+ * while the caller goes on and flush() waits only for the tail.
+ */
+const SYNC_BATCH_BYTES = 32 * 1024 * 1024;
+/** fsync calls in flight at once, in the background or in flush(). */
+const SYNC_CONCURRENCY = 8;
 /** Temp files of in-flight writes; never listed. */
 const TEMP_NAME = /^\..+\.tmp-[0-9a-f]{8}$/;
 
@@ -118,8 +125,12 @@ export class VfsStore implements ObjectStore {
     });
   }
 
-  /** Files written with deferSync and their folders, synced by flush(). */
+  /** Files written with deferSync and their folders, not yet being synced. */
   #unsynced = new Set<string>();
+  #unsyncedBytes = 0;
+  /** The background sync of an earlier batch; the first failure is kept for flush(). */
+  #syncing: Promise<void> | undefined;
+  #syncError: ConvoyError | undefined;
 
   async write(
     key: string,
@@ -130,6 +141,7 @@ export class VfsStore implements ObjectStore {
     const path = this.#path(k);
     const dir = dirname(path);
     const tmp = join(dir, `.${basename(path)}.tmp-${crypto.randomUUID().slice(0, 8)}`);
+    let written = 0;
     try {
       // A concurrent remove() may prune the fresh directory before the temp file exists.
       let fh;
@@ -144,6 +156,7 @@ export class VfsStore implements ObjectStore {
       try {
         if (body instanceof Uint8Array) {
           await fh.writeFile(body);
+          written += body.length;
         } else {
           const reader = body.getReader();
           try {
@@ -151,6 +164,7 @@ export class VfsStore implements ObjectStore {
               const { value, done } = await reader.read();
               if (done) break;
               await fh.write(value);
+              written += value.length;
             }
           } catch (err) {
             await reader.cancel(err).catch(() => {});
@@ -169,14 +183,28 @@ export class VfsStore implements ObjectStore {
     if (opts.deferSync) {
       this.#unsynced.add(path);
       this.#unsynced.add(dir);
+      this.#unsyncedBytes += written;
+      // One background batch at a time: fsyncs never pile up behind a slow disk.
+      if (this.#unsyncedBytes >= SYNC_BATCH_BYTES && !this.#syncing) {
+        const p = this.#takeUnsynced()
+          .catch((err) => void (this.#syncError ??= err))
+          .finally(() => (this.#syncing = undefined));
+        this.#syncing = p;
+      }
     } else {
       await fsyncDir(dir);
     }
   }
 
-  async flush(): Promise<void> {
+  /** Starts syncing every file and folder written with deferSync so far. */
+  #takeUnsynced(): Promise<void> {
     const paths = [...this.#unsynced];
     this.#unsynced.clear();
+    this.#unsyncedBytes = 0;
+    return this.#syncPaths(paths);
+  }
+
+  async #syncPaths(paths: string[]): Promise<void> {
     let next = 0;
     const worker = async () => {
       while (next < paths.length) {
@@ -193,7 +221,15 @@ export class VfsStore implements ObjectStore {
         }
       }
     };
-    await Promise.all(Array.from({ length: 16 }, worker));
+    await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, paths.length) }, worker));
+  }
+
+  async flush(): Promise<void> {
+    const rest = this.#takeUnsynced();
+    await Promise.all([this.#syncing, rest.catch((err) => void (this.#syncError ??= err))]);
+    const err = this.#syncError;
+    this.#syncError = undefined;
+    if (err) throw err;
   }
 
   async list(prefix: string): Promise<string[]> {

@@ -90,6 +90,28 @@ describe("VfsStore", () => {
     }
   });
 
+  it("VfsStore.write() with deferSync: objects read back at once, background batches and flush() leave no temp file", async () => {
+    const dir = await tempDir();
+    try {
+      const store = await openVfsStore(`vfs://${dir}`);
+      const blocks = Array.from({ length: 40 }, (_, i) => new Uint8Array(1 << 20).fill(i + 1));
+      // 40 MiB: more than one background sync batch, and a tail left for flush().
+      await Promise.all(
+        blocks.map((b, i) => store.write(`blocks/b${i}.blk`, b, { deferSync: true })),
+      );
+      const back = await store.read("blocks/b7.blk");
+      assert.equal(back.length, 1 << 20);
+      assert.equal(back[12345], 8);
+      await store.flush();
+      await store.flush(); // nothing pending: resolves again
+      const names = await readdir(join(dir, "blocks"));
+      assert.equal(names.length, 40);
+      assert.deepEqual(names.filter((n) => n.includes(".tmp-")), []);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("VfsStore.list() hides temp files of in-flight writes", async () => {
     const dir = await tempDir();
     try {

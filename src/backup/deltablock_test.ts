@@ -1,7 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
@@ -87,8 +87,8 @@ function backup(
   });
 }
 
-async function restore(store: MemoryStore, name: string): Promise<Uint8Array> {
-  const dir = await mkdtemp(join(tmpdir(), "convoy-restore-"));
+async function restore(store: MemoryStore, name: string, under = tmpdir()): Promise<Uint8Array> {
+  const dir = await mkdtemp(join(under, "convoy-restore-"));
   try {
     const target = join(dir, "img");
     await writeFile(target, "");
@@ -276,6 +276,52 @@ describe("delta-block engine", () => {
       sample: 0.25,
     });
     assert.equal(sampled.checked, 1);
+  });
+
+  it("restoreDeltaBackup() writes byte for byte with direct I/O and without (tmpfs), and never writes a corrupt block", async () => {
+    const store = new MemoryStore("direct");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (const b of [0, 2, 3, 7]) fill(img, b, 11 * b + 1);
+    disk.snapshot("s1", img);
+    const name = await backup(store, disk, "s1");
+    assert.deepEqual(await restore(store, name), img); // a disk filesystem: O_DIRECT writes
+    const shm = await stat("/dev/shm").then((s) => s.isDirectory(), () => false);
+    if (shm) assert.deepEqual(await restore(store, name, "/dev/shm"), img); // tmpfs: buffered
+
+    // Block 3's file now decodes to other, valid data: it must fail and never reach the target.
+    const rec = JSON.parse(
+      new TextDecoder().decode(
+        await store.read(
+          store.keys().find((k) => k.endsWith(`backup_${name}.cfg`))!,
+        ),
+      ),
+    ) as { Blocks: { Offset: number; BlockChecksum: string }[] };
+    const sum3 = rec.Blocks.find((b) => b.Offset === 3 * BLOCK_SIZE)!.BlockChecksum;
+    const key3 = blockKeys(store).find((k) => k.includes(sum3))!;
+    await store.write(key3, gzipSync(img.subarray(0, BLOCK_SIZE)));
+    const dir = await mkdtemp(join(tmpdir(), "convoy-restore-"));
+    try {
+      const target = join(dir, "img");
+      await writeFile(target, "");
+      await assert.rejects(
+        restoreDeltaBackup(store, {
+          volume: "vol1",
+          backup: name,
+          url: "URL",
+          target,
+          log: silentLogger,
+          concurrency: 1,
+        }),
+        /Cannot restore backup "URL": block [0-9a-f]{64} at offset 6291456 is corrupt \(checksum mismatch\)/,
+      );
+      const got = await readFile(target);
+      const at3 = got.subarray(3 * BLOCK_SIZE, 4 * BLOCK_SIZE);
+      assert.ok(at3.every((v) => v === 0), "the corrupt block was not written");
+      assert.deepEqual(new Uint8Array(got.subarray(0, BLOCK_SIZE)), img.subarray(0, BLOCK_SIZE));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("restores a store written by Convoy v0.5.2 (gzip blocks named by SHA-512) and writes that format on request", async () => {

@@ -27,7 +27,10 @@ export interface ObjectStore {
    * Any other failure rejects with a BackendError carrying the cause.
    */
   stat(key: string): Promise<{ size: number } | undefined>;
-  /** The whole object; rejects with NotFoundError when it does not exist. */
+  /**
+   * The whole object; rejects with NotFoundError when it does not exist. The caller owns the
+   * result: the store keeps no reference to its memory (the engine may detach it).
+   */
   read(key: string): Promise<Uint8Array>;
   /** The object as a stream; rejects with NotFoundError when it does not exist. */
   readStream(key: string): Promise<ReadableStream<Uint8Array>>;

@@ -20,7 +20,7 @@ import { BLOCK_SIZE, type ChecksumAlgorithm, type Compression } from "./codec.ts
 /** Size of a pooled buffer for compressed bytes: a block's worst-case compressed size fits. */
 const SPARE_SIZE = BLOCK_SIZE + 64 * 1024;
 /** Spare buffers kept for reuse; more in flight at once are left to the garbage collector. */
-const MAX_SPARES = 16;
+const MAX_SPARES = 8;
 /** Spare buffers unused for this long are freed, so an idle daemon holds none. */
 const SPARE_IDLE_MS = 10_000;
 /**
@@ -282,6 +282,18 @@ function recycle(...bufs: (ArrayBuffer | undefined)[]): void {
     for (const b of spares.splice(0)) (b as { transfer?: (n: number) => unknown }).transfer?.(0);
   }, SPARE_IDLE_MS);
   trimmer.unref();
+}
+
+/**
+ * Frees block buffers nothing uses any more (each must own its whole ArrayBuffer) now, rather
+ * than at some later garbage collection; empties the array.
+ */
+export function freeBuffers(bufs: Uint8Array[]): void {
+  for (const b of bufs.splice(0)) {
+    if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) {
+      (b.buffer as { transfer?: (n: number) => unknown }).transfer?.(0);
+    }
+  }
 }
 
 /** Compressed bytes in a pooled buffer, and the caller's block buffer, returned by the worker. */

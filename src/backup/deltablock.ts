@@ -37,6 +37,7 @@ import {
 } from "./codec.ts";
 import {
   closeTarget,
+  freeBuffers,
   hashBlock,
   TargetWriteError,
   unpackBlock,
@@ -275,6 +276,7 @@ export async function createDeltaBackup(
         },
       );
     } finally {
+      freeBuffers(buffers);
       await ops.closeSnapshot(snapshot.name, vol);
     }
     const tBlocks = performance.now();
@@ -554,24 +556,28 @@ export async function verifyDeltaBackup(
   let bytes = 0;
   let done = 0;
   const buffers: Uint8Array[] = [];
-  await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
-    try {
-      const data = await fetchBlock(store, {
-        volume: opts.volume,
-        block,
-        algo,
-        url: opts.url,
-        action: "verify",
-        into: buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
-      });
-      bytes += data.length;
-      buffers.push(data);
-    } catch (err) {
-      if (isErrorCode(err, "Cancelled")) throw err;
-      problems.push(errorMessage(err));
-    }
-    opts.progress?.({ done: ++done, total: blocks.length, bytes });
-  });
+  try {
+    await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
+      try {
+        const data = await fetchBlock(store, {
+          volume: opts.volume,
+          block,
+          algo,
+          url: opts.url,
+          action: "verify",
+          into: buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
+        });
+        bytes += data.length;
+        buffers.push(data);
+      } catch (err) {
+        if (isErrorCode(err, "Cancelled")) throw err;
+        problems.push(errorMessage(err));
+      }
+      opts.progress?.({ done: ++done, total: blocks.length, bytes });
+    });
+  } finally {
+    freeBuffers(buffers);
+  }
   return {
     backupURL: opts.url,
     blocks: backup.Blocks.length,

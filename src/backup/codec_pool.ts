@@ -166,6 +166,17 @@ parentPort.on("message", (m) => {
       }
       free(raw);
       parentPort.postMessage({ id: m.id, sum, length, written, buf: m.own ? undefined : m.buf }, back);
+    } else if (m.op === "retire") {
+      for (const t of targets.values()) {
+        try {
+          fs.closeSync(t.fd);
+        } catch {
+          // closing is all that is left to do
+        }
+      }
+      targets.clear();
+      parentPort.postMessage({ retired: true }); // the main thread terminates this worker
+      return;
     } else if (m.op === "closeTarget") {
       phase = "close";
       const t = targets.get(m.path);
@@ -184,6 +195,7 @@ parentPort.on("message", (m) => {
 
 interface Reply {
   id: number;
+  retired?: boolean;
   sum?: string;
   out?: ArrayBuffer;
   len?: number;
@@ -199,18 +211,28 @@ interface Reply {
 
 const ALGO: Record<ChecksumAlgorithm, string> = { sha512: "sha512", sha256: "sha256" };
 
+/** A worker idle this long (no call running, no block held) exits: an idle daemon holds none. */
+let laneIdleMs = 10_000;
+
 class Lane {
   #worker: Worker;
   #waiting = new Map<number, (r: Reply) => void>();
   #busy = 0;
+  #holds = 0;
+  #idle: ReturnType<typeof setTimeout> | undefined;
   constructor() {
     this.#worker = new Worker(WORKER_SOURCE, { eval: true });
     this.#worker.unref();
     this.#worker.on("message", (r: Reply) => {
+      if (r.retired) {
+        void this.#worker.terminate();
+        return;
+      }
       const done = this.#waiting.get(r.id);
       this.#waiting.delete(r.id);
       if (this.#waiting.size === 0) this.#worker.unref();
       done?.(r);
+      this.#whenIdle();
     });
     // A worker that dies fails its calls instead of leaving them pending; lane() replaces it.
     const stop = (why: string) => {
@@ -220,14 +242,32 @@ class Lane {
     };
     this.#worker.on("error", (err: unknown) => stop(String((err as Error)?.message ?? err)));
     this.#worker.on("exit", (code: number) => stop(`exit code ${code}`));
+    this.#whenIdle();
   }
   dead = false;
   get load(): number {
     return this.#busy;
   }
+  /** Counts blocks the worker holds between hash and pack/drop: a holding worker never retires. */
+  hold(delta: number): void {
+    this.#holds += delta;
+    this.#whenIdle();
+  }
+  #whenIdle(): void {
+    clearTimeout(this.#idle);
+    this.#idle = undefined;
+    if (this.#busy > 0 || this.#holds > 0 || this.dead) return;
+    this.#idle = setTimeout(() => {
+      if (this.#busy > 0 || this.#holds > 0 || this.dead) return;
+      this.dead = true; // lane() starts a new worker for the next call
+      this.#worker.postMessage({ op: "retire" }); // closes its targets, then exits
+    }, laneIdleMs);
+    this.#idle.unref();
+  }
   call(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Reply> {
     const id = nextId++;
     if (this.dead) return Promise.resolve({ id, error: "codec worker stopped" });
+    clearTimeout(this.#idle);
     this.#busy++;
     this.#worker.ref();
     return new Promise<Reply>((resolve) => {
@@ -253,6 +293,18 @@ function lane(): Lane {
   lanes ??= Array.from({ length: LANES }, () => new Lane());
   if (lanes.some((l) => l.dead)) lanes = lanes.map((l) => (l.dead ? new Lane() : l));
   return lanes.reduce((a, b) => (b.load < a.load ? b : a));
+}
+
+/** Workers running now (tests and diagnostics). */
+export function codecWorkers(): number {
+  return lanes?.filter((l) => !l.dead).length ?? 0;
+}
+
+/** Sets how long an idle worker lives (tests); returns the previous value. */
+export function setCodecIdleMs(ms: number): number {
+  const old = laneIdleMs;
+  laneIdleMs = ms;
+  return old;
 }
 
 const spares: ArrayBuffer[] = [];
@@ -326,14 +378,23 @@ export async function hashBlock(data: Uint8Array, algo: ChecksumAlgorithm): Prom
   const l = lane();
   const buf = data.buffer as ArrayBuffer;
   const bound = buf.byteLength + (buf.byteLength >>> 7) + 4096; // > zstd's and gzip's bounds
+  l.hold(1); // from the reply on, until pack or drop has taken the block
   const r = await l.call({ op: "hash", buf, algo: ALGO[algo] }, [buf]);
-  if (r.error) throw new Error(r.error);
+  if (r.error) {
+    l.hold(-1);
+    throw new Error(r.error);
+  }
   const hold = r.id;
+  let held = true;
+  const letGo = () => {
+    if (held) l.hold(-1);
+    held = false;
+  };
   return {
     checksum: r.sum!,
     pack: async (compression) => {
       const out = spare(bound);
-      const p = await l.call({ op: "pack", hold, compression, out }, [out]);
+      const p = await l.call({ op: "pack", hold, compression, out }, [out]).finally(letGo);
       if (p.error) {
         recycle(...p.bufs ?? []);
         throw new Error(p.error);
@@ -349,7 +410,7 @@ export async function hashBlock(data: Uint8Array, algo: ChecksumAlgorithm): Prom
       };
     },
     drop: async () => {
-      const p = await l.call({ op: "drop", hold });
+      const p = await l.call({ op: "drop", hold }).finally(letGo);
       return new Uint8Array(p.buf!);
     },
   };

@@ -179,8 +179,9 @@ async function main() {
       },
     ) => {
       let peak = 0;
+      let start = Infinity;
       const { seconds, runs, value } = await repeated(async (i) => {
-        await peakRss(pid, true);
+        start = Math.min(start, await peakRss(pid, true));
         const v = await opts.run(i);
         peak = Math.max(peak, await peakRss(pid));
         return v;
@@ -190,6 +191,8 @@ async function main() {
         runs,
         MBps: +(opts.bytes / 1e6 / seconds).toFixed(1),
         peakRssMB: +(peak / 1e6).toFixed(0),
+        // What the daemon held when the step began (kept from earlier steps).
+        startRssMB: +(start / 1e6).toFixed(0),
         ...(opts.store ? { storeMB: +((await opts.store()) / 1e6).toFixed(0) } : {}),
       };
       results[name] = r;

@@ -30,7 +30,7 @@
  * creating a volume of the same name adopts them again (and a normal delete then frees them).
  * @module
  */
-import { open, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
+import { open, readFile, rmdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import type {
@@ -42,6 +42,7 @@ import type {
   MountEntry,
   OperationContext,
   PluginApi,
+  RecordStore,
   StringMap,
   UseCounter,
 } from "../../mod.ts";
@@ -93,7 +94,6 @@ export const DRIVER_NAME = "devicemapper";
 /** Drivers whose backups are raw block images of a filesystem, restorable into devicemapper. */
 export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
 
-const RECORD_FILE = /^devicemapper_volume_(.+)\.json$/;
 const MOUNTINFO = "/proc/self/mountinfo";
 /** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
@@ -173,6 +173,7 @@ class DmDriver {
   #dm: DmSetup;
   #cfg!: DmConfig;
   #locks: KeyedLock;
+  #records: RecordStore<VolumeRecord>;
   /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
   #inUse: UseCounter;
   /** The pool's held metadata root at start-up ("-": none; undefined: a new pool). */
@@ -187,6 +188,14 @@ class DmDriver {
     this.#root = opts.root;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
+    this.#records = api.util.createRecordStore({
+      dir: opts.root,
+      prefix: "devicemapper_volume_",
+      schema: opts.schemas.volumeRecord,
+      nameField: "Name",
+      kind: "volume",
+      log: opts.log,
+    });
     this.#dm = new DmSetup(api, opts.log);
   }
 
@@ -197,9 +206,6 @@ class DmDriver {
   }
   get #configFile(): string {
     return join(this.#root, CONFIG_FILE);
-  }
-  #recordFile(name: string): string {
-    return join(this.#root, `devicemapper_volume_${name}.json`);
   }
   get #mountsDir(): string {
     return join(this.#root, "mounts");
@@ -529,7 +535,7 @@ class DmDriver {
     const kept = Object.keys(this.#cfg.Kept);
     let dirty = false;
     for (const name of kept) {
-      const rec = await this.#readRecord(name).catch(() => undefined);
+      const rec = await this.#records.read(name).catch(() => undefined);
       if (rec && rec.DevID === this.#cfg.Kept[name].DevID) {
         delete this.#cfg.Kept[name];
         dirty = true;
@@ -549,7 +555,7 @@ class DmDriver {
 
   /** Re-activates every volume and re-mounts recorded mounts; failures are logged. */
   async #restoreVolumes(): Promise<void> {
-    for (const { name, record } of await this.#listRecords()) {
+    for (const { name, record } of await this.#records.list()) {
       try {
         const rec = await this.#upgradeRecord(record);
         const dev = await this.#ensureActive(rec);
@@ -592,41 +598,6 @@ class DmDriver {
     return this.#api.util.validateName(id, "volume");
   }
 
-  /** The record, or undefined when the volume does not exist. */
-  async #readRecord(name: string): Promise<VolumeRecord | undefined> {
-    const file = this.#recordFile(name);
-    let raw: unknown;
-    try {
-      raw = await this.#api.util.readJSON(file);
-    } catch (err) {
-      throw new this.#api.errors.BackendError(
-        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${message(err)}`,
-        { cause: err },
-      );
-    }
-    if (raw === undefined) return undefined;
-    const r = this.#schemas.volumeRecord.safeParse(raw);
-    if (!r.success || r.data.Name !== name) {
-      const problems = r.success
-        ? [`"Name": expected "${name}"`]
-        : r.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
-      throw new this.#api.errors.BackendError(
-        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${
-          problems.join("; ")
-        }`,
-      );
-    }
-    return r.data;
-  }
-
-  async #mustRecord(name: string, what: string): Promise<VolumeRecord> {
-    const record = await this.#readRecord(name);
-    if (!record) {
-      throw new this.#api.errors.NotFoundError(`Cannot ${what} "${name}": volume does not exist`);
-    }
-    return record;
-  }
-
   #serialize(r: VolumeRecord) {
     const snapshots: Record<string, SnapshotRecord> = {};
     for (const [k, s] of Object.entries(r.Snapshots)) {
@@ -652,27 +623,7 @@ class DmDriver {
   }
 
   async #writeRecord(r: VolumeRecord): Promise<void> {
-    await this.#api.util.writeJSON(this.#recordFile(r.Name), this.#serialize(r));
-  }
-
-  /** Every readable record; bad entries are logged and skipped. */
-  async #listRecords(): Promise<Array<{ name: string; record: VolumeRecord }>> {
-    const out: Array<{ name: string; record: VolumeRecord }> = [];
-    for (const entry of (await readdir(this.#root)).sort()) {
-      const m = RECORD_FILE.exec(entry);
-      if (!m) continue;
-      const name = m[1];
-      try {
-        this.#validVolumeName(name);
-        const record = await this.#readRecord(name);
-        if (record) out.push({ name, record });
-      } catch (err) {
-        this.#log.warn(`Skipping "${join(this.#root, entry)}": ${message(err)}`, {
-          volume: name,
-        });
-      }
-    }
-    return out;
+    await this.#records.write(r.Name, this.#serialize(r));
   }
 
   /** Runs `fn` on the configuration under its lock, then saves it; reverted on failure. */
@@ -914,7 +865,7 @@ class DmDriver {
       `options of volume "${name}"`,
     );
     await this.#locks.run(name, async () => {
-      if (await this.#readRecord(name)) {
+      if (await this.#records.read(name)) {
         throw new this.#api.errors.AlreadyExistsError(
           `Cannot create volume "${name}": volume already exists`,
         );
@@ -952,7 +903,7 @@ class DmDriver {
       });
     } catch (err) {
       if (thin) {
-        await rm(this.#recordFile(name), { force: true }).catch(() => {});
+        await this.#records.remove(name).catch(() => {});
         await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
           this.#log.warn(`Cannot roll back volume "${name}": ${message(e)}`, { volume: name })
         );
@@ -996,7 +947,7 @@ class DmDriver {
       await this.#writeRecord(rec);
       await this.#updateConfig((cfg) => void delete cfg.Kept[name]);
     } catch (err) {
-      await rm(this.#recordFile(name), { force: true }).catch(() => {});
+      await this.#records.remove(name).catch(() => {});
       if (activated) await this.#dm.remove(this.#deviceName(rec)).catch(() => {});
       throw this.#wrap(err, what);
     }
@@ -1066,7 +1017,7 @@ class DmDriver {
       });
     } catch (err) {
       if (thin) {
-        await rm(this.#recordFile(name), { force: true }).catch(() => {});
+        await this.#records.remove(name).catch(() => {});
         await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
           this.#log.warn(`Cannot roll back volume "${name}": ${message(e)}`, { volume: name })
         );
@@ -1097,7 +1048,7 @@ class DmDriver {
     );
     const what = `Cannot delete volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, "delete volume");
+      const rec = await this.#records.must(name, "delete volume");
       if (rec.MountPoint) {
         throw new this.#api.errors.ConflictError(
           `${what}: volume is mounted at "${rec.MountPoint}"`,
@@ -1126,7 +1077,7 @@ class DmDriver {
           await this.#updateConfig((cfg) => {
             cfg.Kept[name] = { ...rec, MountPoint: "" };
           });
-          await rm(this.#recordFile(name), { force: true });
+          await this.#records.remove(name);
         } else {
           if ((await this.#dm.table(device)) !== undefined) {
             // Tell the data device the blocks are free (thin deletes do not pass discards down).
@@ -1138,7 +1089,7 @@ class DmDriver {
             ...Object.values(rec.Snapshots).map((s) => s.DevID),
             rec.DevID,
           ]);
-          await rm(this.#recordFile(name), { force: true });
+          await this.#records.remove(name);
         }
       } catch (err) {
         throw this.#wrap(err, what);
@@ -1167,7 +1118,7 @@ class DmDriver {
     }
     if (wanted) wanted = resolve(wanted);
     return await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, "mount volume");
+      const rec = await this.#records.must(name, "mount volume");
       const current = rec.MountPoint;
       const target = current || wanted || this.#defaultMountPoint(name);
       const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
@@ -1226,7 +1177,7 @@ class DmDriver {
   async umountVolume(id: string): Promise<void> {
     const name = this.#validVolumeName(id);
     await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, "unmount volume");
+      const rec = await this.#records.must(name, "unmount volume");
       const mountPoint = rec.MountPoint;
       if (!mountPoint) return;
       try {
@@ -1253,7 +1204,7 @@ class DmDriver {
 
   async mountPoint(id: string): Promise<string> {
     const name = this.#validVolumeName(id);
-    return (await this.#mustRecord(name, "find the mount point of volume")).MountPoint;
+    return (await this.#records.must(name, "find the mount point of volume")).MountPoint;
   }
 
   #volumeInfo(rec: VolumeRecord): StringMap {
@@ -1270,12 +1221,12 @@ class DmDriver {
 
   async getVolumeInfo(id: string): Promise<StringMap> {
     const name = this.#validVolumeName(id);
-    return this.#volumeInfo(await this.#mustRecord(name, "inspect volume"));
+    return this.#volumeInfo(await this.#records.must(name, "inspect volume"));
   }
 
   async listVolume(_opts: StringMap): Promise<Record<string, StringMap>> {
     const out: Record<string, StringMap> = {};
-    for (const { name, record } of await this.#listRecords()) out[name] = this.#volumeInfo(record);
+    for (const { name, record } of await this.#records.list()) out[name] = this.#volumeInfo(record);
     return out;
   }
 
@@ -1286,7 +1237,7 @@ class DmDriver {
     const name = this.#validVolumeName(volumeID);
     const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, `create snapshot "${snap}" of volume`);
+      const rec = await this.#records.must(name, `create snapshot "${snap}" of volume`);
       if (rec.Snapshots[snap]) {
         throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
       }
@@ -1352,7 +1303,7 @@ class DmDriver {
     const name = this.#validVolumeName(volumeID);
     const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const rec = await this.#readRecord(name);
+      const rec = await this.#records.read(name);
       const entry = rec?.Snapshots[snap];
       if (!rec || !entry) {
         throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
@@ -1392,7 +1343,7 @@ class DmDriver {
     of: { volume: string; what: string },
   ): Promise<{ record: VolumeRecord; snapshot: SnapshotRecord }> {
     const { volume: name, what } = of;
-    const record = await this.#mustRecord(name, `${what} snapshot "${snap}" of volume`);
+    const record = await this.#records.must(name, `${what} snapshot "${snap}" of volume`);
     const snapshot = record.Snapshots[snap];
     if (!snapshot) {
       throw new this.#api.errors.NotFoundError(
@@ -1414,12 +1365,12 @@ class DmDriver {
     const volumes = volumeName
       ? [{
         name: volumeName,
-        record: await this.#mustRecord(
+        record: await this.#records.must(
           this.#validVolumeName(volumeName),
           "list the snapshots of volume",
         ),
       }]
-      : await this.#listRecords();
+      : await this.#records.list();
     const out: Record<string, StringMap> = {};
     for (const { record } of volumes) {
       for (const s of Object.values(record.Snapshots)) out[s.Name] = this.#snapshotInfo(record, s);
@@ -1605,7 +1556,7 @@ class DmDriver {
     };
     const ops: DeltaBlockOperations = {
       hasSnapshot: async (id, volumeID) => {
-        const rec = await this.#readRecord(this.#validVolumeName(volumeID));
+        const rec = await this.#records.read(this.#validVolumeName(volumeID));
         return !!rec?.Snapshots[id];
       },
       compareSnapshot: async (id, compareID, volumeID) => {

@@ -39,6 +39,7 @@ import type {
   Mappings,
   OperationContext,
   PluginApi,
+  RecordStore,
   StringMap,
   UseCounter,
 } from "../../mod.ts";
@@ -61,7 +62,6 @@ export const BLOCK_BACKUP_DRIVERS = ["loop", "devicemapper"];
 /** Copies, mkfs and long compares may take long: no short command timeout. */
 const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
 const TMP_PREFIX = ".tmp-";
-const RECORD_FILE = /^(.+)\.json$/;
 const IMAGE_FILE = /^(.+)\.img$/;
 
 /** What one compareSnapshot did (logged; tests read it). */
@@ -164,6 +164,7 @@ class LoopDriver {
   #schemas: Schemas;
   #log: Logger;
   #locks: KeyedLock;
+  #records: RecordStore<VolumeRecord>;
   /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
   #inUse: UseCounter;
   #reflink = false;
@@ -175,15 +176,20 @@ class LoopDriver {
     this.#cfg = opts.cfg;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
+    this.#records = api.util.createRecordStore({
+      dir: join(opts.cfg.Root, "state"),
+      prefix: "",
+      schema: opts.schemas.volumeRecord,
+      nameField: "Name",
+      kind: "volume",
+      log: opts.log,
+    });
   }
 
   // ---- paths -------------------------------------------------------------------------------
 
   get #stateDir(): string {
     return join(this.#cfg.Root, "state");
-  }
-  #recordFile(name: string): string {
-    return join(this.#stateDir, `${name}.json`);
   }
   #imagePath(name: string): string {
     return join(this.#cfg.Path, `${name}.img`);
@@ -256,7 +262,7 @@ class LoopDriver {
         continue;
       }
       if (!(await stat(dir)).isDirectory()) continue;
-      if (!(await statOrUndefined(this.#recordFile(volume)))) {
+      if (!(await statOrUndefined(this.#records.file(volume)))) {
         this.#log.info(`Removing the snapshots of volume "${volume}": volume does not exist`, {
           path: dir,
         });
@@ -273,7 +279,7 @@ class LoopDriver {
     for (const entry of await readdir(this.#cfg.Path)) {
       const m = IMAGE_FILE.exec(entry);
       if (!m || entry.startsWith(".")) continue;
-      if (await statOrUndefined(this.#recordFile(m[1]))) continue;
+      if (await statOrUndefined(this.#records.file(m[1]))) continue;
       this.#log.info(
         `Image "${join(this.#cfg.Path, entry)}" belongs to no volume: ` +
           `creating volume "${m[1]}" adopts it`,
@@ -284,7 +290,7 @@ class LoopDriver {
 
   /** Re-attaches every recorded image and re-mounts recorded mounts; failures are logged. */
   async #restoreVolumes(): Promise<void> {
-    for (const { name, record } of await this.#listRecords()) {
+    for (const { name, record } of await this.#records.list()) {
       try {
         const { record: rec, device } = await this.#ensureAttached(record);
         if (!rec.MountPoint) continue;
@@ -313,43 +319,8 @@ class LoopDriver {
     return this.#api.util.validateName(id, "volume");
   }
 
-  /** The record, or undefined when the volume does not exist. */
-  async #readRecord(name: string): Promise<VolumeRecord | undefined> {
-    const file = this.#recordFile(name);
-    let raw: unknown;
-    try {
-      raw = await this.#api.util.readJSON(file);
-    } catch (err) {
-      throw new this.#api.errors.BackendError(
-        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${message(err)}`,
-        { cause: err },
-      );
-    }
-    if (raw === undefined) return undefined;
-    const r = this.#schemas.volumeRecord.safeParse(raw);
-    if (!r.success || r.data.Name !== name) {
-      const problems = r.success
-        ? [`"Name": expected "${name}"`]
-        : r.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
-      throw new this.#api.errors.BackendError(
-        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${
-          problems.join("; ")
-        }`,
-      );
-    }
-    return r.data;
-  }
-
-  async #mustRecord(name: string, what: string): Promise<VolumeRecord> {
-    const record = await this.#readRecord(name);
-    if (!record) {
-      throw new this.#api.errors.NotFoundError(`Cannot ${what} "${name}": volume does not exist`);
-    }
-    return record;
-  }
-
   async #writeRecord(r: VolumeRecord): Promise<void> {
-    await this.#api.util.writeJSON(this.#recordFile(r.Name), {
+    await this.#records.write(r.Name, {
       Name: r.Name,
       UUID: r.UUID,
       Size: r.Size,
@@ -360,26 +331,6 @@ class LoopDriver {
       MountPoint: r.MountPoint,
       Snapshots: r.Snapshots,
     });
-  }
-
-  /** Every readable record; bad entries are logged and skipped. */
-  async #listRecords(): Promise<Array<{ name: string; record: VolumeRecord }>> {
-    const out: Array<{ name: string; record: VolumeRecord }> = [];
-    for (const entry of (await readdir(this.#stateDir)).sort()) {
-      const m = RECORD_FILE.exec(entry);
-      if (!m || entry.startsWith(".")) continue;
-      const name = m[1];
-      try {
-        this.#validVolumeName(name);
-        const record = await this.#readRecord(name);
-        if (record) out.push({ name, record });
-      } catch (err) {
-        this.#log.warn(`Skipping "${join(this.#stateDir, entry)}": ${message(err)}`, {
-          volume: name,
-        });
-      }
-    }
-    return out;
   }
 
   // ---- helpers -----------------------------------------------------------------------------
@@ -518,7 +469,7 @@ class LoopDriver {
       `options of volume "${name}"`,
     );
     await this.#locks.run(name, async () => {
-      if (await this.#readRecord(name)) {
+      if (await this.#records.read(name)) {
         throw new this.#api.errors.AlreadyExistsError(
           `Cannot create volume "${name}": volume already exists`,
         );
@@ -668,7 +619,7 @@ class LoopDriver {
         filesystem: v.fs,
       });
     } catch (err) {
-      await rm(this.#recordFile(name), { force: true }).catch(() => {});
+      await this.#records.remove(name).catch(() => {});
       await this.#detachAll(image).catch((e) =>
         this.#log.warn(`Cannot detach "${image}": ${message(e)}`, { volume: name })
       );
@@ -686,7 +637,7 @@ class LoopDriver {
     );
     const what = `Cannot delete volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, "delete volume");
+      const rec = await this.#records.must(name, "delete volume");
       if (rec.MountPoint) {
         throw new this.#api.errors.ConflictError(
           `${what}: volume is mounted at "${rec.MountPoint}"`,
@@ -714,7 +665,7 @@ class LoopDriver {
         }
         // The record goes first: a crash afterwards leaves files without a record, which the
         // next start (snapshots) or the next create of the name (the image) takes care of.
-        await rm(this.#recordFile(name), { force: true });
+        await this.#records.remove(name);
         for (const s of Object.values(rec.Snapshots)) await rm(s.FilePath, { force: true });
         await rm(this.#snapshotDir(name), { recursive: true, force: true });
         if (!o.ReferenceOnly) await rm(rec.Path, { force: true });
@@ -744,7 +695,7 @@ class LoopDriver {
     }
     if (wanted) wanted = resolve(wanted);
     return await this.#locks.run(name, async () => {
-      let rec = await this.#mustRecord(name, "mount volume");
+      let rec = await this.#records.must(name, "mount volume");
       const current = rec.MountPoint;
       const target = current || wanted || this.#defaultMountPoint(name);
       const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
@@ -805,7 +756,7 @@ class LoopDriver {
   async umountVolume(id: string): Promise<void> {
     const name = this.#validVolumeName(id);
     await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, "unmount volume");
+      const rec = await this.#records.must(name, "unmount volume");
       const mountPoint = rec.MountPoint;
       if (!mountPoint) return;
       try {
@@ -832,7 +783,7 @@ class LoopDriver {
 
   async mountPoint(id: string): Promise<string> {
     const name = this.#validVolumeName(id);
-    return (await this.#mustRecord(name, "find the mount point of volume")).MountPoint;
+    return (await this.#records.must(name, "find the mount point of volume")).MountPoint;
   }
 
   #volumeInfo(rec: VolumeRecord): StringMap {
@@ -849,12 +800,12 @@ class LoopDriver {
 
   async getVolumeInfo(id: string): Promise<StringMap> {
     const name = this.#validVolumeName(id);
-    return this.#volumeInfo(await this.#mustRecord(name, "inspect volume"));
+    return this.#volumeInfo(await this.#records.must(name, "inspect volume"));
   }
 
   async listVolume(_opts: StringMap): Promise<Record<string, StringMap>> {
     const out: Record<string, StringMap> = {};
-    for (const { name, record } of await this.#listRecords()) out[name] = this.#volumeInfo(record);
+    for (const { name, record } of await this.#records.list()) out[name] = this.#volumeInfo(record);
     return out;
   }
 
@@ -865,7 +816,7 @@ class LoopDriver {
     const name = this.#validVolumeName(volumeID);
     const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const rec = await this.#mustRecord(name, `create snapshot "${snap}" of volume`);
+      const rec = await this.#records.must(name, `create snapshot "${snap}" of volume`);
       if (rec.Snapshots[snap]) {
         throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
       }
@@ -957,7 +908,7 @@ class LoopDriver {
     const name = this.#validVolumeName(volumeID);
     const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const rec = await this.#readRecord(name);
+      const rec = await this.#records.read(name);
       const entry = rec?.Snapshots[snap];
       if (!rec || !entry) {
         throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
@@ -995,7 +946,7 @@ class LoopDriver {
     of: { volume: string; what: string },
   ): Promise<{ record: VolumeRecord; snapshot: SnapshotRecord }> {
     const { volume: name, what } = of;
-    const record = await this.#mustRecord(name, `${what} snapshot "${snap}" of volume`);
+    const record = await this.#records.must(name, `${what} snapshot "${snap}" of volume`);
     const snapshot = record.Snapshots[snap];
     if (!snapshot) {
       throw new this.#api.errors.NotFoundError(
@@ -1017,12 +968,12 @@ class LoopDriver {
     const volumes = volumeName
       ? [{
         name: volumeName,
-        record: await this.#mustRecord(
+        record: await this.#records.must(
           this.#validVolumeName(volumeName),
           "list the snapshots of volume",
         ),
       }]
-      : await this.#listRecords();
+      : await this.#records.list();
     const out: Record<string, StringMap> = {};
     for (const { name, record } of volumes) {
       for (const s of Object.values(record.Snapshots)) out[s.Name] = this.#snapshotInfo(name, s);
@@ -1194,7 +1145,7 @@ class LoopDriver {
     };
     const ops: DeltaBlockOperations = {
       hasSnapshot: async (id, volumeID) => {
-        const rec = await this.#readRecord(this.#validVolumeName(volumeID));
+        const rec = await this.#records.read(this.#validVolumeName(volumeID));
         const s = rec?.Snapshots[id];
         return !!s && (await statOrUndefined(s.FilePath))?.isFile() === true;
       },

@@ -40,6 +40,7 @@ import type {
   Logger,
   OperationContext,
   PluginApi,
+  RecordStore,
   StringMap,
 } from "../../mod.ts";
 import { loadOrCreateConfig, type VfsConfig } from "./config.ts";
@@ -56,7 +57,6 @@ export const DRIVER_NAME = "vfs";
 
 /** Copying, archiving and extracting whole volumes may take long: no short command timeout. */
 const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
-const RECORD_FILE = /^vfs_volume_(.+)\.json$/;
 const RESTORE_DIR = /^\.tmp-restore\.[0-9a-f]+\.([0-9]+)@(.+)$/;
 
 /** Reads a state file with a stale-check result. */
@@ -114,6 +114,7 @@ class VfsDriver {
   #schemas: Schemas;
   #log: Logger;
   #locks: KeyedLock;
+  #records: RecordStore<VolumeRecord>;
 
   constructor(api: PluginApi, opts: { cfg: VfsConfig; schemas: Schemas; log: Logger }) {
     this.#api = api;
@@ -121,13 +122,17 @@ class VfsDriver {
     this.#cfg = opts.cfg;
     this.#schemas = opts.schemas;
     this.#log = opts.log;
+    this.#records = api.util.createRecordStore({
+      dir: opts.cfg.ConfigPath,
+      prefix: "vfs_volume_",
+      schema: opts.schemas.volumeRecord,
+      kind: "volume",
+      log: opts.log,
+    });
   }
 
   // ---- paths -------------------------------------------------------------------------------
 
-  #recordFile(name: string): string {
-    return join(this.#cfg.ConfigPath, `vfs_volume_${name}.json`);
-  }
   #volumeDir(name: string): string {
     return join(this.#cfg.Path, name);
   }
@@ -191,7 +196,7 @@ class VfsDriver {
       const name = file.slice(0, -".json".length);
       let mountPoint = "";
       try {
-        const record = await this.#readRecord(name);
+        const record = await this.#records.read(name);
         if (!record) {
           this.#log.warn(`Skipping the local state of volume "${name}": volume no longer exists`, {
             volume: name,
@@ -226,38 +231,6 @@ class VfsDriver {
 
   #validVolumeName(id: unknown): string {
     return this.#api.util.validateName(id, "volume");
-  }
-
-  /** The shared record, or undefined when the volume does not exist. */
-  async #readRecord(name: string): Promise<VolumeRecord | undefined> {
-    const file = this.#recordFile(name);
-    let raw: unknown;
-    try {
-      raw = await this.#api.util.readJSON(file);
-    } catch (err) {
-      throw new this.#api.errors.BackendError(
-        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${message(err)}`,
-        { cause: err },
-      );
-    }
-    if (raw === undefined) return undefined;
-    const r = this.#schemas.volumeRecord.safeParse(raw);
-    if (!r.success) {
-      throw new this.#api.errors.BackendError(
-        `Cannot read volume "${name}": "${file}" is not a valid volume record: ${
-          r.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`).join("; ")
-        }`,
-      );
-    }
-    return r.data;
-  }
-
-  async #mustRecord(name: string, what: string): Promise<VolumeRecord> {
-    const record = await this.#readRecord(name);
-    if (!record) {
-      throw new this.#api.errors.NotFoundError(`Cannot ${what} "${name}": volume does not exist`);
-    }
-    return record;
   }
 
   /** The per-host state file as saved, or undefined. */
@@ -358,35 +331,6 @@ class VfsDriver {
     await rm(this.#snapshotRoot(name), { recursive: true, force: true });
   }
 
-  /** Every readable volume record; bad entries are logged and skipped. */
-  async #listRecords(): Promise<Array<{ name: string; record: VolumeRecord }>> {
-    let entries: string[];
-    try {
-      entries = await readdir(this.#cfg.ConfigPath);
-    } catch (err) {
-      throw new this.#api.errors.BackendError(
-        `Cannot list vfs volumes: cannot read "${this.#cfg.ConfigPath}": ${message(err)}`,
-        { cause: err },
-      );
-    }
-    const out: Array<{ name: string; record: VolumeRecord }> = [];
-    for (const entry of entries.sort()) {
-      const m = RECORD_FILE.exec(entry);
-      if (!m) continue;
-      const name = m[1];
-      try {
-        this.#validVolumeName(name);
-        const record = await this.#readRecord(name);
-        if (record) out.push({ name, record });
-      } catch (err) {
-        this.#log.warn(`Skipping "${join(this.#cfg.ConfigPath, entry)}": ${message(err)}`, {
-          volume: name,
-        });
-      }
-    }
-    return out;
-  }
-
   // ---- helpers -----------------------------------------------------------------------------
 
   async #bind(name: string, mountPoint: string): Promise<void> {
@@ -473,7 +417,7 @@ class VfsDriver {
       `options of volume "${name}"`,
     );
     await this.#locks.run(name, async () => {
-      if (await this.#readRecord(name)) {
+      if (await this.#records.read(name)) {
         throw new this.#api.errors.AlreadyExistsError(
           `Cannot create volume "${name}": volume already exists`,
         );
@@ -508,7 +452,7 @@ class VfsDriver {
         Snapshots: {},
       };
       try {
-        await this.#api.util.writeJSON(this.#recordFile(name), record);
+        await this.#records.write(name, record);
       } catch (err) {
         if (created) await rm(dir, { recursive: true, force: true });
         throw this.#api.errors.wrapError(err, `Cannot create volume "${name}"`);
@@ -608,7 +552,7 @@ class VfsDriver {
       `options of volume "${name}"`,
     );
     await this.#locks.run(name, async () => {
-      const record = await this.#mustRecord(name, "delete volume");
+      const record = await this.#records.must(name, "delete volume");
       const state = await this.#stateForWrite(name, record);
       if (state.MountPoint) {
         throw new this.#api.errors.ConflictError(
@@ -618,7 +562,7 @@ class VfsDriver {
       // The record goes first: a crash afterwards leaves a directory without a record, which a
       // later create of the same name adopts, never a record without its data.
       try {
-        await rm(this.#recordFile(name), { force: true });
+        await this.#records.remove(name);
       } catch (err) {
         throw this.#api.errors.wrapError(err, `Cannot delete volume "${name}"`);
       }
@@ -662,7 +606,7 @@ class VfsDriver {
     }
     if (wanted) wanted = resolve(wanted);
     return await this.#locks.run(name, async () => {
-      const record = await this.#mustRecord(name, "mount volume");
+      const record = await this.#records.must(name, "mount volume");
       const state = await this.#stateForWrite(name, record);
       const dir = await this.#mustDir(name, "mount volume");
       if (wanted === dir) wanted = "";
@@ -713,7 +657,7 @@ class VfsDriver {
   async umountVolume(id: string): Promise<void> {
     const name = this.#validVolumeName(id);
     await this.#locks.run(name, async () => {
-      const record = await this.#readRecord(name);
+      const record = await this.#records.read(name);
       const state = record
         ? await this.#stateForWrite(name, record)
         : await this.#readStateFile(name);
@@ -741,7 +685,7 @@ class VfsDriver {
 
   async mountPoint(id: string): Promise<string> {
     const name = this.#validVolumeName(id);
-    const record = await this.#mustRecord(name, "find the mount point of volume");
+    const record = await this.#records.must(name, "find the mount point of volume");
     return (await this.#readState(name, record)).state.MountPoint;
   }
 
@@ -758,14 +702,14 @@ class VfsDriver {
 
   async getVolumeInfo(id: string): Promise<StringMap> {
     const name = this.#validVolumeName(id);
-    const record = await this.#mustRecord(name, "inspect volume");
+    const record = await this.#records.must(name, "inspect volume");
     const { state } = await this.#readState(name, record);
     return this.#volumeInfo(name, record, state);
   }
 
   async listVolume(_opts: StringMap): Promise<Record<string, StringMap>> {
     const out: Record<string, StringMap> = {};
-    for (const { name, record } of await this.#listRecords()) {
+    for (const { name, record } of await this.#records.list()) {
       let state: VolumeState;
       try {
         state = (await this.#readState(name, record)).state;
@@ -789,7 +733,7 @@ class VfsDriver {
     const name = this.#validVolumeName(volumeID);
     const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
     await this.#locks.run(name, async () => {
-      const record = await this.#mustRecord(name, `create snapshot "${snap}" of volume`);
+      const record = await this.#records.must(name, `create snapshot "${snap}" of volume`);
       const state = await this.#stateForWrite(name, record);
       if (state.Snapshots[snap]) {
         throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
@@ -834,7 +778,7 @@ class VfsDriver {
     const snap = this.#api.util.validateName(id, "snapshot");
     const name = this.#validVolumeName(volumeID);
     await this.#locks.run(name, async () => {
-      const record = await this.#readRecord(name);
+      const record = await this.#records.read(name);
       const state = record
         ? await this.#stateForWrite(name, record)
         : await this.#readStateFile(name);
@@ -871,7 +815,7 @@ class VfsDriver {
     name: string,
     what: string,
   ): Promise<{ record: VolumeRecord; snapshot: SnapshotState }> {
-    const record = await this.#mustRecord(name, `${what} snapshot "${snap}" of volume`);
+    const record = await this.#records.must(name, `${what} snapshot "${snap}" of volume`);
     const { state } = await this.#readState(name, record);
     const snapshot = state.Snapshots[snap];
     if (!snapshot) {
@@ -894,12 +838,12 @@ class VfsDriver {
     const volumes = volumeName
       ? [{
         name: volumeName,
-        record: await this.#mustRecord(
+        record: await this.#records.must(
           this.#validVolumeName(volumeName),
           "list the snapshots of volume",
         ),
       }]
-      : await this.#listRecords();
+      : await this.#records.list();
     const out: Record<string, StringMap> = {};
     for (const { name, record } of volumes) {
       let state: VolumeState;

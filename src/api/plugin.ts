@@ -162,6 +162,40 @@ export interface PluginUtil {
    * of `impl` (with `impl` as `this`), and whose `info()` is `info`.
    */
   convoyDriver(name: string, impl: DriverMethods, info: () => Awaitable<StringMap>): ConvoyDriver;
+  /** JSON records of a driver's volumes, one file each, validated on every read. */
+  createRecordStore<S extends z.ZodType>(spec: RecordStoreSpec<S>): RecordStore<z.output<S>>;
+}
+
+/** What `api.util.createRecordStore` needs. */
+export interface RecordStoreSpec<S extends z.ZodType> {
+  /** The folder of the record files. */
+  dir: string;
+  /** A record's file is `<dir>/<prefix><name>.json`. */
+  prefix: string;
+  /** Validates a record read from disk; a bad one is a BackendError naming the file. */
+  schema: S;
+  /** The record field that must equal the name its file carries (e.g. "Name"), if any. */
+  nameField?: string;
+  /** What the records describe, in messages: "volume" gives `Cannot read volume "db1": ...`. */
+  kind: string;
+  /** Where `list()` reports the files it skips. */
+  log: Logger;
+}
+
+/** A driver's records (`api.util.createRecordStore`). Names are validated by the caller. */
+export interface RecordStore<T> {
+  /** The file of `name`'s record. */
+  file(name: string): string;
+  /** The record, or undefined when there is none; BackendError naming the file when bad. */
+  read(name: string): Promise<T | undefined>;
+  /** The record; NotFoundError `Cannot <what> "<name>": <kind> does not exist` when there is none. */
+  must(name: string, what: string): Promise<T>;
+  /** Writes `value` (already in its saved shape) atomically. */
+  write(name: string, value: unknown): Promise<void>;
+  /** Removes the record; a missing one is fine. */
+  remove(name: string): Promise<void>;
+  /** Every readable record, by name; files that are not valid records are logged and skipped. */
+  list(): Promise<Array<{ name: string; record: T }>>;
 }
 
 /** A driver's operations as methods of one object, for `api.util.convoyDriver`. */

@@ -1,6 +1,6 @@
 /**
  * Host helpers that drivers reach through `api.util`: option parsing, the saved driver
- * configuration, and the ConvoyDriver object of a driver class.
+ * configuration, volume records, and the ConvoyDriver object of a driver class.
  * @module
  */
 import type { z } from "zod";
@@ -13,7 +13,15 @@ import type {
   StringMap,
   VolumeOperations,
 } from "../api/driver.ts";
-import type { DriverConfigSpec, DriverMethods } from "../api/plugin.ts";
+import type {
+  DriverConfigSpec,
+  DriverMethods,
+  RecordStore,
+  RecordStoreSpec,
+} from "../api/plugin.ts";
+import { readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { validateName } from "../util/names.ts";
 import { atomicWriteJSON, readJSONFile } from "../util/fs.ts";
 
 /** Parses string options with `schema`; throws InvalidArgumentError naming every bad key. */
@@ -106,5 +114,81 @@ export function convoyDriver(
     volumeOps: () => volumes,
     snapshotOps: () => snapshots,
     backupOps: () => backups,
+  };
+}
+
+/** `api.util.createRecordStore`: see RecordStoreSpec. */
+export function createRecordStore<S extends z.ZodType>(
+  spec: RecordStoreSpec<S>,
+): RecordStore<z.output<S>> {
+  type T = z.output<S>;
+  const { dir, prefix, kind } = spec;
+  const file = (name: string) => join(dir, `${prefix}${name}.json`);
+  const bad = (name: string, path: string, why: string, cause?: unknown) =>
+    new errors.BackendError(
+      `Cannot read ${kind} "${name}": "${path}" is not a valid ${kind} record: ${why}`,
+      cause === undefined ? undefined : { cause },
+    );
+  const read = async (name: string): Promise<T | undefined> => {
+    const path = file(name);
+    let raw: unknown;
+    try {
+      raw = await readJSONFile(path);
+    } catch (err) {
+      throw bad(name, path, errors.errorMessage(err), err);
+    }
+    if (raw === undefined) return undefined;
+    const r = spec.schema.safeParse(raw);
+    if (!r.success) {
+      const problems = r.error.issues.map((i) => `"${i.path.join(".")}": ${i.message}`);
+      throw bad(name, path, problems.join("; "));
+    }
+    const field = spec.nameField;
+    if (field && (r.data as Record<string, unknown>)[field] !== name) {
+      throw bad(name, path, `"${field}": expected "${name}"`);
+    }
+    return r.data;
+  };
+  return {
+    file,
+    read,
+    must: async (name, what) => {
+      const record = await read(name);
+      if (record === undefined) {
+        throw new errors.NotFoundError(`Cannot ${what} "${name}": ${kind} does not exist`);
+      }
+      return record;
+    },
+    write: (name, value) => atomicWriteJSON(file(name), value),
+    remove: (name) => rm(file(name), { force: true }),
+    list: async () => {
+      let entries: string[];
+      try {
+        entries = await readdir(dir);
+      } catch (err) {
+        throw new errors.BackendError(
+          `Cannot list ${kind}s: cannot read "${dir}": ${errors.errorMessage(err)}`,
+          { cause: err },
+        );
+      }
+      const out: Array<{ name: string; record: T }> = [];
+      for (const entry of entries.sort()) {
+        // Temp files of atomic writes start with "."; so does no valid name.
+        if (entry.startsWith(".") || !entry.startsWith(prefix) || !entry.endsWith(".json")) {
+          continue;
+        }
+        const name = entry.slice(prefix.length, -".json".length);
+        try {
+          validateName(name, kind);
+          const record = await read(name);
+          if (record !== undefined) out.push({ name, record });
+        } catch (err) {
+          spec.log.warn(`Skipping "${join(dir, entry)}": ${errors.errorMessage(err)}`, {
+            [kind]: name,
+          });
+        }
+      }
+      return out;
+    },
   };
 }

@@ -9,7 +9,7 @@ import type { DriverMethods, LogFields, Logger } from "../api/plugin.ts";
 import { silentLogger } from "../util/log.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
-import { convoyDriver, loadDriverConfig } from "./driver_util.ts";
+import { convoyDriver, createRecordStore, loadDriverConfig } from "./driver_util.ts";
 
 function recordingLogger(): Logger & { lines: Array<[string, string, LogFields?]> } {
   const lines: Array<[string, string, LogFields?]> = [];
@@ -203,5 +203,79 @@ describe("plugin api: convoyDriver", () => {
       ["impl", "createBackup", "s", "v", "vfs:///b", {}],
       ["impl", "deleteBackup", "url"],
     ]);
+  });
+});
+
+describe("plugin api: createRecordStore", () => {
+  const schema = z.object({ Name: z.string(), Size: z.number() });
+
+  it("createRecordStore() writes, reads, lists and removes records; must() names a missing one", async () => {
+    await withDir(async (dir) => {
+      const log = recordingLogger();
+      const records = createRecordStore({
+        dir,
+        prefix: "toy_volume_",
+        schema,
+        nameField: "Name",
+        kind: "volume",
+        log,
+      });
+      assert.equal(records.file("db1"), join(dir, "toy_volume_db1.json"));
+      assert.equal(await records.read("db1"), undefined);
+      await records.write("db1", { Name: "db1", Size: 1 });
+      await records.write("db2", { Name: "db2", Size: 2 });
+      await writeFile(join(dir, ".toy_volume_db3.json.tmp-1234"), "{"); // an interrupted write
+      await writeFile(join(dir, "other.json"), "{}"); // not a record of this store
+      assert.deepEqual(await records.read("db2"), { Name: "db2", Size: 2 });
+      assert.deepEqual((await records.list()).map((r) => r.name), ["db1", "db2"]);
+      await records.remove("db1");
+      await records.remove("db1"); // already gone: fine
+      await assert.rejects(records.must("db1", "mount volume"), {
+        name: "NotFoundError",
+        message: 'Cannot mount volume "db1": volume does not exist',
+      });
+      assert.deepEqual(log.lines, []);
+    });
+  });
+
+  it("createRecordStore() rejects a bad or misnamed record naming its file; list() skips it with a warning", async () => {
+    await withDir(async (dir) => {
+      const log = recordingLogger();
+      const records = createRecordStore({
+        dir,
+        prefix: "",
+        schema,
+        nameField: "Name",
+        kind: "volume",
+        log,
+      });
+      await writeFile(join(dir, "bad.json"), "{not json");
+      await writeFile(join(dir, "moved.json"), JSON.stringify({ Name: "other", Size: 1 }));
+      await writeFile(join(dir, "typo.json"), JSON.stringify({ Name: "typo", Size: "1" }));
+      await records.write("good", { Name: "good", Size: 3 });
+      await assert.rejects(records.read("bad"), {
+        name: "BackendError",
+        message: new RegExp(
+          `^Cannot read volume "bad": "${join(dir, "bad.json")}" is not a valid volume record: `,
+        ),
+      });
+      await assert.rejects(records.read("moved"), {
+        message: `Cannot read volume "moved": "${
+          join(dir, "moved.json")
+        }" is not a valid volume record: "Name": expected "moved"`,
+      });
+      await assert.rejects(records.read("typo"), /"Size": /);
+      assert.deepEqual((await records.list()).map((r) => r.name), ["good"]);
+      assert.deepEqual(log.lines.map(([level, m]) => [level, m.split(":")[0]]), [
+        ["warn", `Skipping "${join(dir, "bad.json")}"`],
+        ["warn", `Skipping "${join(dir, "moved.json")}"`],
+        ["warn", `Skipping "${join(dir, "typo.json")}"`],
+      ]);
+      await assert.rejects(
+        createRecordStore({ dir: join(dir, "nope"), prefix: "", schema, kind: "volume", log })
+          .list(),
+        { name: "BackendError", message: /^Cannot list volumes: cannot read ".*nope": / },
+      );
+    });
   });
 });

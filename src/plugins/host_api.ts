@@ -18,7 +18,7 @@ import { validateName } from "../util/names.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
 import { rubyDate } from "../util/time.ts";
-import { convoyDriver, loadDriverConfig, parseOptions } from "./driver_util.ts";
+import { convoyDriver, createRecordStore, loadDriverConfig, parseOptions } from "./driver_util.ts";
 
 /** Builds the `api` object passed to each plugin's setup function. */
 export function createPluginApi(opts: {
@@ -54,6 +54,7 @@ export function createPluginApi(opts: {
       },
       loadDriverConfig,
       convoyDriver,
+      createRecordStore,
     },
     backup: opts.backup,
   };

@@ -1654,56 +1654,21 @@ class DmDriver {
     }
   }
 
-  async #checkBackupDriver(
-    url: string,
-    opts: { endpoint?: string; what: string; drivers: string[] },
-  ): Promise<void> {
-    const v = await this.#api.backup.getBackupVolume(url, { endpoint: opts.endpoint });
-    if (!opts.drivers.includes(v.driver)) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot ${opts.what} backup "${url}" with the devicemapper driver: ` +
-          `it was made by driver "${v.driver}"`,
-      );
-    }
+  /** Deleting, inspecting and listing backups need nothing of this driver but its name. */
+  get #queries() {
+    return this.#api.backup.queries(DRIVER_NAME, { readable: RESTORABLE_DRIVERS });
   }
 
   async deleteBackup(url: string, opts?: StringMap): Promise<void> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    const endpoint = o.EndpointURL || undefined;
-    await this.#checkBackupDriver(url, { endpoint, what: "delete", drivers: [DRIVER_NAME] });
-    await this.#api.backup.deleteBackup(url, { endpoint });
+    await this.#queries.deleteBackup(url, opts ?? {});
   }
 
   async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    const endpoint = o.EndpointURL || undefined;
-    await this.#checkBackupDriver(url, {
-      endpoint,
-      what: "inspect",
-      drivers: RESTORABLE_DRIVERS,
-    });
-    return await this.#api.backup.getBackupInfo(url, { endpoint });
+    return await this.#queries.getBackupInfo(url, opts ?? {});
   }
 
   async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    return await this.#api.backup.listBackup(destURL, {
-      driver: DRIVER_NAME,
-      volumeName: o.VolumeName || undefined,
-      endpoint: o.EndpointURL || undefined,
-    });
+    return await this.#queries.listBackup(destURL, opts ?? {});
   }
 
   // ---- the ConvoyDriver object -------------------------------------------------------------

@@ -1231,60 +1231,26 @@ class LoopDriver {
     }
   }
 
-  async #checkBackupDriver(
-    url: string,
-    opts: { endpoint?: string; what: string; drivers: string[] },
-  ): Promise<void> {
-    const v = await this.#api.backup.getBackupVolume(url, { endpoint: opts.endpoint });
-    if (!opts.drivers.includes(v.driver)) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot ${opts.what} backup "${url}" with the loop driver: it was made by driver "${v.driver}"`,
-      );
-    }
-  }
-
-  async deleteBackup(url: string, opts?: StringMap): Promise<void> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    const endpoint = o.EndpointURL || undefined;
-    await this.#checkBackupDriver(url, { endpoint, what: "delete", drivers: [DRIVER_NAME] });
-    await this.#api.backup.deleteBackup(url, { endpoint });
-  }
-
-  async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    const endpoint = o.EndpointURL || undefined;
-    await this.#checkBackupDriver(url, {
-      endpoint,
-      what: "inspect",
-      drivers: BLOCK_BACKUP_DRIVERS,
-    });
-    return await this.#api.backup.getBackupInfo(url, { endpoint });
-  }
-
-  async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    return await this.#api.backup.listBackup(destURL, {
-      driver: DRIVER_NAME,
-      volumeName: o.VolumeName || undefined,
-      endpoint: o.EndpointURL || undefined,
-    });
-  }
-
   /** DeltaBlockOperations outside a backup (tests, tools); the caller closes what it opens. */
   deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> } {
     return this.#deltaSession(ctx);
+  }
+
+  /** Deleting, inspecting and listing backups need nothing of this driver but its name. */
+  get #queries() {
+    return this.#api.backup.queries(DRIVER_NAME, { readable: BLOCK_BACKUP_DRIVERS });
+  }
+
+  async deleteBackup(url: string, opts?: StringMap): Promise<void> {
+    await this.#queries.deleteBackup(url, opts ?? {});
+  }
+
+  async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
+    return await this.#queries.getBackupInfo(url, opts ?? {});
+  }
+
+  async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
+    return await this.#queries.listBackup(destURL, opts ?? {});
   }
 
   // ---- the ConvoyDriver object -------------------------------------------------------------

@@ -916,46 +916,21 @@ class VfsDriver {
     }
   }
 
-  async #checkBackupDriver(url: string, endpoint: string | undefined, what: string) {
-    const v = await this.#api.backup.getBackupVolume(url, { endpoint });
-    if (v.driver !== DRIVER_NAME) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot ${what} backup "${url}" with the vfs driver: it was made by driver "${v.driver}"`,
-      );
-    }
+  /** Deleting, inspecting and listing backups need nothing of this driver but its name. */
+  get #queries() {
+    return this.#api.backup.queries(DRIVER_NAME);
   }
 
   async deleteBackup(url: string, opts?: StringMap): Promise<void> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    await this.#checkBackupDriver(url, o.EndpointURL, "delete");
-    await this.#api.backup.deleteBackup(url, { endpoint: o.EndpointURL });
+    await this.#queries.deleteBackup(url, opts ?? {});
   }
 
   async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    await this.#checkBackupDriver(url, o.EndpointURL, "inspect");
-    return await this.#api.backup.getBackupInfo(url, { endpoint: o.EndpointURL });
+    return await this.#queries.getBackupInfo(url, opts ?? {});
   }
 
   async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
-    );
-    return await this.#api.backup.listBackup(destURL, {
-      driver: DRIVER_NAME,
-      volumeName: o.VolumeName || undefined,
-      endpoint: o.EndpointURL,
-    });
+    return await this.#queries.listBackup(destURL, opts ?? {});
   }
 
   // ---- the ConvoyDriver object -------------------------------------------------------------

@@ -71,6 +71,9 @@ export interface VerifyReport {
   problems: string[];
 }
 
+/** What `api.backup.queries` returns: three BackupOperations of a driver. */
+export type BackupQueries = Pick<BackupOperations, "deleteBackup" | "getBackupInfo" | "listBackup">;
+
 /** Options of the backup helpers that address an existing backup. */
 export interface BackupTargetOptions extends OperationContext {
   endpoint?: string;
@@ -124,6 +127,12 @@ export interface BackupStoreApi {
     destURL: string,
     opts: { driver: string; volumeName?: string; endpoint?: string },
   ): Promise<Record<string, StringMap>>;
+  /**
+   * A driver's deleteBackup, getBackupInfo and listBackup, from their string options
+   * (OPT_ENDPOINT_URL, OPT_VOLUME_NAME): it deletes only backups made by `driver`, inspects
+   * those of `driver` and of the drivers in `opts.readable`, and lists those of `driver`.
+   */
+  queries(driver: string, opts?: { readable?: string[] }): BackupQueries;
 }
 
 /** Small helpers shared with drivers. */

@@ -241,7 +241,11 @@ class Lane {
       this.#waiting.clear();
     };
     this.#worker.on("error", (err: unknown) => stop(String((err as Error)?.message ?? err)));
-    this.#worker.on("exit", (code: number) => stop(`exit code ${code}`));
+    liveWorkers++;
+    this.#worker.on("exit", (code: number) => {
+      liveWorkers--;
+      stop(`exit code ${code}`);
+    });
     this.#whenIdle();
   }
   dead = false;
@@ -295,9 +299,11 @@ function lane(): Lane {
   return lanes.reduce((a, b) => (b.load < a.load ? b : a));
 }
 
-/** Workers running now (tests and diagnostics). */
+let liveWorkers = 0;
+
+/** Worker threads alive now, until their exit (tests and diagnostics). */
 export function codecWorkers(): number {
-  return lanes?.filter((l) => !l.dead).length ?? 0;
+  return liveWorkers;
 }
 
 /** Sets how long an idle worker lives (tests); returns the previous value. */

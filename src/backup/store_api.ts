@@ -4,8 +4,16 @@
  * @module
  */
 import type { StringMap } from "../api/driver.ts";
-import { NotFoundError } from "../api/errors.ts";
-import type { BackupStoreApi, BackupTargetOptions, BackupVolume } from "../api/plugin.ts";
+import { InvalidArgumentError, NotFoundError } from "../api/errors.ts";
+import { OPT_ENDPOINT_URL, OPT_VOLUME_NAME } from "../api/options.ts";
+import type {
+  BackupQueries,
+  BackupStoreApi,
+  BackupTargetOptions,
+  BackupVolume,
+} from "../api/plugin.ts";
+import { z } from "zod";
+import { parseOptions } from "../plugins/driver_util.ts";
 import { defaultStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
@@ -41,6 +49,51 @@ function endpointOf(opts?: { endpoint?: string }): OpenStoreOptions {
   return opts?.endpoint ? { endpoint: opts.endpoint } : {};
 }
 
+/** The string options of a driver's backup queries (other keys are the driver's business). */
+const queryOptions = z.looseObject({
+  [OPT_ENDPOINT_URL]: z.string().optional(),
+  [OPT_VOLUME_NAME]: z.string().optional(),
+});
+
+/** `api.backup.queries`: see BackupStoreApi. */
+function backupQueries(
+  api: Pick<BackupStoreApi, "getBackupVolume" | "deleteBackup" | "getBackupInfo" | "listBackup">,
+  driver: string,
+  readable: string[],
+): BackupQueries {
+  const parse = (raw: StringMap | undefined) => {
+    const o = parseOptions(queryOptions, raw ?? {}, "backup options");
+    return {
+      endpoint: o[OPT_ENDPOINT_URL] || undefined,
+      volumeName: o[OPT_VOLUME_NAME] || undefined,
+    };
+  };
+  const check = async (url: string, what: string, drivers: string[], endpoint?: string) => {
+    const v = await api.getBackupVolume(url, { endpoint });
+    if (!drivers.includes(v.driver)) {
+      throw new InvalidArgumentError(
+        `Cannot ${what} backup "${url}" with the ${driver} driver: it was made by driver "${v.driver}"`,
+      );
+    }
+  };
+  return {
+    async deleteBackup(url, raw) {
+      const { endpoint } = parse(raw);
+      await check(url, "delete", [driver], endpoint);
+      await api.deleteBackup(url, { endpoint });
+    },
+    async getBackupInfo(url, raw) {
+      const { endpoint } = parse(raw);
+      await check(url, "inspect", [driver, ...readable], endpoint);
+      return await api.getBackupInfo(url, { endpoint });
+    },
+    async listBackup(destURL, raw) {
+      const { endpoint, volumeName } = parse(raw);
+      return await api.listBackup(destURL, { driver, volumeName, endpoint });
+    },
+  };
+}
+
 /** The BackupStoreApi handed to drivers, over the stores of `opts.stores`. */
 export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreApi {
   const stores = opts.stores ?? defaultStoreRegistry;
@@ -72,7 +125,7 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
     return { store, volume, backup };
   }
 
-  return {
+  const api: BackupStoreApi = {
     async createSingleFileBackup(file, copts) {
       const store = await stores.open(copts.destURL, endpointOf(copts));
       const backup = await createSingleFileBackup(store, file, {
@@ -185,5 +238,8 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
       }
       return out;
     },
+
+    queries: (driver, qopts) => backupQueries(api, driver, qopts?.readable ?? []),
   };
+  return api;
 }

@@ -127,6 +127,36 @@ describe("createBackupStoreApi()", () => {
     });
   });
 
+  it("queries() deletes only the driver's own backups, inspects readable drivers' ones, lists its own", async () => {
+    await withStore(async ({ dest, api, archive }) => {
+      const url = await api.createSingleFileBackup(await archive("a.tar.gz", "x"), {
+        volume: VOL1,
+        snapshot: SNAP1,
+        destURL: dest,
+      });
+      const loop = api.queries("loop", { readable: ["vfs"] });
+      const dm = api.queries("devicemapper");
+      assert.deepEqual(Object.keys(await loop.listBackup(dest, {})), []);
+      assert.equal((await loop.getBackupInfo(url, {})).DriverName, "vfs");
+      await assert.rejects(async () => await dm.getBackupInfo(url, {}), {
+        name: "InvalidArgumentError",
+        message:
+          `Cannot inspect backup "${url}" with the devicemapper driver: it was made by driver "vfs"`,
+      });
+      await assert.rejects(async () => await loop.deleteBackup(url, {}), {
+        message: `Cannot delete backup "${url}" with the loop driver: it was made by driver "vfs"`,
+      });
+      const vfs = api.queries("vfs");
+      assert.deepEqual(Object.keys(await vfs.listBackup(dest, { VolumeName: "vol1" })), [url]);
+      await assert.rejects(
+        async () => await vfs.listBackup(dest, { VolumeName: "../x" }),
+        InvalidArgumentError,
+      );
+      await vfs.deleteBackup(url, {});
+      assert.deepEqual(await vfs.listBackup(dest, {}), {});
+    });
+  });
+
   it("listBackup() and restoreSingleFileBackup() read a store written by Convoy v0.5.2", async () => {
     await withStore(async ({ dir, dest, api }) => {
       const vdir = join(dir, "store/convoy-objectstore/volumes/ab/!!/ab!!");

@@ -567,7 +567,7 @@ class DmDriver {
             `"${rec.MountPoint}" is a mount point of "${entry.source}"`,
           );
         }
-        await this.#mount(rec, { device: dev.path, mountPoint: rec.MountPoint });
+        await this.#fs.mount(dev.path, rec.MountPoint, { fs: rec.Filesystem });
         this.#log.info(`Restored the mount of volume "${name}" at "${rec.MountPoint}"`, {
           volume: name,
           device: dev.path,
@@ -794,52 +794,9 @@ class DmDriver {
     return { devID, device, path: join(MAPPER_DIR, device) };
   }
 
-  async #mkfs(device: string, fs: string): Promise<void> {
-    const [cmd, args] = fs === "xfs"
-      ? ["mkfs.xfs", ["-q", "-f", "-K"]]
-      : [`mkfs.${fs}`, ["-q", "-F", "-E", "nodiscard"]];
-    await this.#api.exec(cmd, [...args, device]);
-  }
-
-  /** The filesystem type on a device ("" when none is recognised). */
-  async #detectFilesystem(device: string): Promise<string> {
-    try {
-      const { stdout } = await this.#api.exec("blkid", [
-        "-p",
-        "-o",
-        "value",
-        "-s",
-        "TYPE",
-        device,
-      ]);
-      return stdout.trim();
-    } catch {
-      return "";
-    }
-  }
-
-  async #mount(rec: VolumeRecord, at: { device: string; mountPoint: string }): Promise<void> {
-    await this.#api.util.ensureDir(at.mountPoint);
-    const args: string[] = [];
-    if (rec.Filesystem) args.push("-t", rec.Filesystem);
-    // Snapshots and restores of an xfs volume carry its UUID; xfs refuses a second mount of it.
-    if (rec.Filesystem === "xfs") args.push("-o", "nouuid");
-    await this.#api.exec("mount", [...args, at.device, at.mountPoint]);
-  }
-
-  async #umount(name: string, mountPoint: string): Promise<void> {
-    try {
-      await this.#api.exec("umount", [mountPoint]);
-    } catch (err) {
-      if (/not mounted/i.test(message(err))) return;
-      if (BUSY.test(message(err)) || /target is busy/i.test(message(err))) {
-        throw new this.#api.errors.ConflictError(
-          `Cannot unmount volume "${name}" from "${mountPoint}": the mount point is busy`,
-          { cause: err },
-        );
-      }
-      throw err;
-    }
+  /** The filesystem on a volume's device: the host's helpers, shared by the block drivers. */
+  get #fs() {
+    return this.#api.util.filesystems;
   }
 
   #snapshotKey(volume: string, snapshot: string): string {
@@ -888,7 +845,7 @@ class DmDriver {
     let thin: { devID: number; device: string; path: string } | undefined;
     try {
       thin = await this.#newThin(name, { size, what });
-      await this.#mkfs(thin.path, this.#cfg.Filesystem);
+      await this.#fs.mkfs(thin.path, this.#cfg.Filesystem, { discard: false });
       await this.#writeRecord({
         Name: name,
         DevID: thin.devID,
@@ -1002,7 +959,7 @@ class DmDriver {
     try {
       thin = await this.#newThin(name, { size, what });
       await this.#api.backup.restoreDeltaBackup(url, thin.path, { endpoint });
-      fs = await this.#detectFilesystem(thin.path);
+      fs = await this.#fs.detect(thin.path);
       await this.#writeRecord({
         Name: name,
         DevID: thin.devID,
@@ -1147,7 +1104,7 @@ class DmDriver {
       }
       if (!entry) {
         try {
-          await this.#mount(rec, { device: dev.path, mountPoint: target });
+          await this.#fs.mount(dev.path, target, { fs: rec.Filesystem });
         } catch (err) {
           if (!current && target === this.#defaultMountPoint(name)) {
             await rmdir(target).catch(() => {});
@@ -1162,7 +1119,7 @@ class DmDriver {
       try {
         await this.#writeRecord({ ...rec, MountPoint: target });
       } catch (err) {
-        await this.#umount(name, target).catch(() => {});
+        await this.#fs.umount(target, { volume: name }).catch(() => {});
         throw this.#wrap(err, what);
       }
       this.#log.info(`Mounted volume "${name}" at "${target}"`, {
@@ -1185,7 +1142,7 @@ class DmDriver {
         if (entry) {
           const ours = (await this.#dm.table(this.#deviceName(rec))) !== undefined &&
             await this.#isMountOf(entry, await this.#mapperNumber(this.#deviceName(rec)));
-          if (ours) await this.#umount(name, mountPoint);
+          if (ours) await this.#fs.umount(mountPoint, { volume: name });
           else {
             this.#log.warn(
               `Not unmounting "${mountPoint}": it is a mount of "${entry.source}", not of volume "${name}"`,

@@ -301,7 +301,7 @@ class LoopDriver {
             `"${rec.MountPoint}" is a mount point of "${entry.source}"`,
           );
         }
-        await this.#mount(rec, { device, mountPoint: rec.MountPoint });
+        await this.#fs.mount(device, rec.MountPoint, { fs: rec.Filesystem });
         this.#log.info(`Restored the mount of volume "${name}" at "${rec.MountPoint}"`, {
           volume: name,
           device,
@@ -397,53 +397,9 @@ class LoopDriver {
     return { record, device };
   }
 
-  async #mkfs(target: string, fs: string): Promise<void> {
-    const [cmd, args] = fs === "xfs" ? ["mkfs.xfs", ["-q", "-f"]] : [
-      `mkfs.${fs}`,
-      ["-q", "-F"],
-    ] as const;
-    await this.#api.exec(cmd, [...args, target], { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
-  }
-
-  /** The filesystem type in an image ("" when none is recognised). */
-  async #detectFilesystem(image: string): Promise<string> {
-    try {
-      const { stdout } = await this.#api.exec("blkid", [
-        "-p",
-        "-o",
-        "value",
-        "-s",
-        "TYPE",
-        image,
-      ]);
-      return stdout.trim();
-    } catch {
-      return "";
-    }
-  }
-
-  async #mount(rec: VolumeRecord, at: { device: string; mountPoint: string }): Promise<void> {
-    await this.#api.util.ensureDir(at.mountPoint);
-    const args: string[] = [];
-    if (rec.Filesystem) args.push("-t", rec.Filesystem);
-    // Snapshots and restores of an xfs volume carry its UUID; xfs refuses a second mount of it.
-    if (rec.Filesystem === "xfs") args.push("-o", "nouuid");
-    await this.#api.exec("mount", [...args, at.device, at.mountPoint]);
-  }
-
-  async #umount(name: string, mountPoint: string): Promise<void> {
-    try {
-      await this.#api.exec("umount", [mountPoint]);
-    } catch (err) {
-      if (/not mounted/i.test(message(err))) return;
-      if (/busy/i.test(message(err))) {
-        throw new this.#api.errors.ConflictError(
-          `Cannot unmount volume "${name}" from "${mountPoint}": the mount point is busy`,
-          { cause: err },
-        );
-      }
-      throw err;
-    }
+  /** The filesystem on a volume's device: the host's helpers, shared by the block drivers. */
+  get #fs() {
+    return this.#api.util.filesystems;
   }
 
   #snapshotKey(volume: string, snapshot: string): string {
@@ -500,10 +456,10 @@ class LoopDriver {
           `${what}: the image "${image}" kept from an earlier volume is ${kept.size} bytes, not ${size}`,
         );
       }
-      let fs = await this.#detectFilesystem(image);
+      let fs = await this.#fs.detect(image);
       if (!fs) {
         try {
-          await this.#mkfs(image, this.#cfg.Filesystem);
+          await this.#fs.mkfs(image, this.#cfg.Filesystem, { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
         } catch (err) {
           throw this.#api.errors.wrapError(err, what);
         }
@@ -520,7 +476,7 @@ class LoopDriver {
     const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${randomId()}.img`);
     try {
       await createSparse(tmp, size);
-      await this.#mkfs(tmp, this.#cfg.Filesystem);
+      await this.#fs.mkfs(tmp, this.#cfg.Filesystem, { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
       await rename(tmp, image);
     } catch (err) {
       await rm(tmp, { force: true });
@@ -572,7 +528,7 @@ class LoopDriver {
       await createSparse(tmp, size);
       await this.#api.backup.restoreDeltaBackup(url, tmp, { endpoint });
       await fsyncFile(tmp);
-      fs = await this.#detectFilesystem(tmp);
+      fs = await this.#fs.detect(tmp);
       if (await statOrUndefined(image)) {
         throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
       }
@@ -726,7 +682,7 @@ class LoopDriver {
       }
       if (!entry) {
         try {
-          await this.#mount(rec, { device, mountPoint: target });
+          await this.#fs.mount(device, target, { fs: rec.Filesystem });
         } catch (err) {
           if (!current && target === this.#defaultMountPoint(name)) {
             await rmdir(target).catch(() => {});
@@ -741,7 +697,7 @@ class LoopDriver {
       try {
         await this.#writeRecord({ ...rec, MountPoint: target });
       } catch (err) {
-        await this.#umount(name, target).catch(() => {});
+        await this.#fs.umount(target, { volume: name }).catch(() => {});
         throw this.#api.errors.wrapError(err, what);
       }
       this.#log.info(`Mounted volume "${name}" at "${target}"`, {
@@ -762,7 +718,7 @@ class LoopDriver {
       try {
         const entry = await this.#api.util.mounts.mountAt(mountPoint);
         if (entry && (entry.source === rec.Device || !rec.Device)) {
-          await this.#umount(name, mountPoint);
+          await this.#fs.umount(mountPoint, { volume: name });
         } else if (entry) {
           this.#log.warn(
             `Not unmounting "${mountPoint}": it is a mount of "${entry.source}", not of volume "${name}"`,

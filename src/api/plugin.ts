@@ -162,6 +162,8 @@ export interface PluginUtil {
   createUseCounter(): UseCounter;
   /** Mount lookups in this process's mount namespace, by exact path. */
   mounts: PluginMounts;
+  /** The filesystem on a block device or image: mkfs, detect, mount, umount. */
+  filesystems: BlockFilesystems;
   /** Loads a driver's saved configuration, or makes and saves it on the first start. */
   loadDriverConfig<O extends z.ZodType, S extends z.ZodType, C>(
     spec: DriverConfigSpec<O, S, C>,
@@ -225,6 +227,24 @@ export interface UseCounter {
   use(key: string): () => void;
   /** True while any hold on `key` is not released. */
   inUse(key: string): boolean;
+}
+
+/** `api.util.filesystems`: the same commands and rules for every block driver. */
+export interface BlockFilesystems {
+  /**
+   * `mkfs.<fs>` on `target`, quiet and forced. `discard: false` skips discarding the device
+   * first (thin devices: it would only cost time).
+   */
+  mkfs(target: string, fs: string, opts?: { discard?: boolean; timeoutMs?: number }): Promise<void>;
+  /** The filesystem type on a device or image (`blkid -p`), "" when none is recognised. */
+  detect(target: string): Promise<string>;
+  /** Mounts `device` at `mountPoint` (created 0755 if missing); xfs with `nouuid`. */
+  mount(device: string, mountPoint: string, opts?: { fs?: string }): Promise<void>;
+  /**
+   * Unmounts `mountPoint`; one not mounted is fine. A busy one is a ConflictError:
+   * `Cannot unmount volume "<volume>" from "<mountPoint>": the mount point is busy`.
+   */
+  umount(mountPoint: string, opts: { volume: string }): Promise<void>;
 }
 
 /** `api.util.mounts`: reads /proc/self/mountinfo on every call. */

@@ -19,6 +19,7 @@ import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
 import { rubyDate } from "../util/time.ts";
 import { convoyDriver, createRecordStore, loadDriverConfig, parseOptions } from "./driver_util.ts";
+import { createFilesystems } from "./filesystems.ts";
 
 /** Builds the `api` object passed to each plugin's setup function. */
 export function createPluginApi(opts: {
@@ -52,6 +53,7 @@ export function createPluginApi(opts: {
         canonicalPath,
         parseMountInfo,
       },
+      filesystems: createFilesystems(opts.exec),
       loadDriverConfig,
       convoyDriver,
       createRecordStore,

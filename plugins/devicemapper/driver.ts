@@ -174,7 +174,7 @@ class DmDriver {
   #cfg!: DmConfig;
   #locks: KeyedLock;
   #records: RecordStore<VolumeRecord>;
-  /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
+  /** (volume, snapshot) pairs a backup is reading, with reader counts; they cannot be deleted. */
   #inUse: UseCounter;
   /** The pool's held metadata root at start-up ("-": none; undefined: a new pool). */
   #heldRoot: string | undefined;
@@ -799,19 +799,6 @@ class DmDriver {
     return this.#api.util.filesystems;
   }
 
-  #snapshotKey(volume: string, snapshot: string): string {
-    return `${volume}\u0000${snapshot}`;
-  }
-
-  /** Marks a snapshot as read by a backup until the returned function is called. */
-  #use(volume: string, snapshot: string): () => void {
-    return this.#inUse.use(this.#snapshotKey(volume, snapshot));
-  }
-
-  #inUseBy(volume: string, snapshot: string): boolean {
-    return this.#inUse.inUse(this.#snapshotKey(volume, snapshot));
-  }
-
   // ---- volumes -----------------------------------------------------------------------------
 
   async createVolume(id: string, opts: StringMap): Promise<void> {
@@ -1012,7 +999,7 @@ class DmDriver {
         );
       }
       for (const snap of Object.keys(rec.Snapshots)) {
-        if (this.#inUseBy(name, snap)) {
+        if (this.#inUse.inUse(name, snap)) {
           throw new this.#api.errors.ConflictError(
             `${what}: its snapshot "${snap}" is being backed up`,
           );
@@ -1062,18 +1049,7 @@ class DmDriver {
 
   async mountVolume(id: string, opts: StringMap): Promise<string> {
     const name = this.#validVolumeName(id);
-    const o = this.#api.util.parseOptions(
-      this.#schemas.mountOptions,
-      opts ?? {},
-      `options of volume "${name}"`,
-    );
-    let wanted = o.MountPoint?.trim() ?? "";
-    if (wanted && !isAbsolute(wanted)) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot mount volume "${name}" at "${wanted}": the mount point must be an absolute path`,
-      );
-    }
-    if (wanted) wanted = resolve(wanted);
+    const wanted = this.#api.util.requestedMountPoint(opts, name);
     return await this.#locks.run(name, async () => {
       const rec = await this.#records.must(name, "mount volume");
       const current = rec.MountPoint;
@@ -1265,7 +1241,7 @@ class DmDriver {
       if (!rec || !entry) {
         throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
       }
-      if (this.#inUseBy(name, snap)) {
+      if (this.#inUse.inUse(name, snap)) {
         throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
       }
       try {
@@ -1417,7 +1393,7 @@ class DmDriver {
     const baseSnap = full
       ? snapshot
       : (await this.#mustSnapshot(base, { volume, what: "compare" })).snapshot;
-    const release = full ? () => {} : this.#use(volume, base);
+    const release = full ? () => {} : this.#inUse.use(volume, base);
     try {
       const xml = await this.#thinDelta(baseSnap.DevID, snapshot.DevID);
       const delta = parseThinDelta(xml);
@@ -1455,7 +1431,7 @@ class DmDriver {
   async #openSnapshot(snap: string, volume: string): Promise<OpenSnapshot> {
     const what = `Cannot open snapshot "${snap}" of volume "${volume}"`;
     const { record, snapshot } = await this.#mustSnapshot(snap, { volume, what: "open" });
-    const release = this.#use(volume, snap);
+    const release = this.#inUse.use(volume, snap);
     const device = snapshotDeviceName(this.#pool, volume, snap);
     const sectors = Math.ceil(record.Size / 512);
     let created = false;
@@ -1501,7 +1477,7 @@ class DmDriver {
   /** The DeltaBlockOperations of one backup: its own devices and handles, closed at the end. */
   #deltaSession(): { ops: DeltaBlockOperations; close(): Promise<void> } {
     const opened = new Map<string, Promise<OpenSnapshot>>();
-    const key = (id: string, volumeID: string) => this.#snapshotKey(volumeID, id);
+    const key = (id: string, volumeID: string) => `${volumeID}\u0000${id}`;
     const get = async (id: string, volumeID: string): Promise<OpenSnapshot> => {
       const o = opened.get(key(id, volumeID));
       if (!o) {
@@ -1577,7 +1553,7 @@ class DmDriver {
     // The volume lock is held only to pin the snapshot, not for the whole upload.
     const { record, snapshot, release } = await this.#locks.run(name, async () => {
       const found = await this.#mustSnapshot(snap, { volume: name, what: "back up" });
-      return { ...found, release: this.#use(name, snap) };
+      return { ...found, release: this.#inUse.use(name, snap) };
     });
     const session = this.#deltaSession();
     try {

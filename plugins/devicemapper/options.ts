@@ -152,9 +152,6 @@ export function createSchemas(api: PluginApi) {
   /** Request options of deleteVolume. */
   const deleteOptions = z.looseObject({ ReferenceOnly: flag });
 
-  /** Request options of mountVolume. */
-  const mountOptions = z.looseObject({ MountPoint: z.string().optional() });
-
   /** Request options of the backup operations. */
   const backupOptions = z.looseObject({
     EndpointURL: z.string().optional(),
@@ -169,7 +166,6 @@ export function createSchemas(api: PluginApi) {
     snapshotRecord,
     createOptions,
     deleteOptions,
-    mountOptions,
     backupOptions,
   };
 }

@@ -30,7 +30,7 @@
 import { Buffer } from "node:buffer";
 import { open, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
-import { isAbsolute, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type {
   ConvoyDriver,
   DeltaBlockOperations,
@@ -165,7 +165,7 @@ class LoopDriver {
   #log: Logger;
   #locks: KeyedLock;
   #records: RecordStore<VolumeRecord>;
-  /** Snapshots a backup is reading, with their reader counts; they cannot be deleted. */
+  /** (volume, snapshot) pairs a backup is reading, with reader counts; they cannot be deleted. */
   #inUse: UseCounter;
   #reflink = false;
 
@@ -402,19 +402,6 @@ class LoopDriver {
     return this.#api.util.filesystems;
   }
 
-  #snapshotKey(volume: string, snapshot: string): string {
-    return `${volume}\u0000${snapshot}`;
-  }
-
-  /** Marks a snapshot as read by a backup until the returned function is called. */
-  #use(volume: string, snapshot: string): () => void {
-    return this.#inUse.use(this.#snapshotKey(volume, snapshot));
-  }
-
-  #inUseBy(volume: string, snapshot: string): boolean {
-    return this.#inUse.inUse(this.#snapshotKey(volume, snapshot));
-  }
-
   // ---- volumes -----------------------------------------------------------------------------
 
   async createVolume(id: string, opts: StringMap): Promise<void> {
@@ -600,7 +587,7 @@ class LoopDriver {
         );
       }
       for (const snap of Object.keys(rec.Snapshots)) {
-        if (this.#inUseBy(name, snap)) {
+        if (this.#inUse.inUse(name, snap)) {
           throw new this.#api.errors.ConflictError(
             `${what}: its snapshot "${snap}" is being backed up`,
           );
@@ -638,18 +625,7 @@ class LoopDriver {
 
   async mountVolume(id: string, opts: StringMap): Promise<string> {
     const name = this.#validVolumeName(id);
-    const o = this.#api.util.parseOptions(
-      this.#schemas.mountOptions,
-      opts ?? {},
-      `options of volume "${name}"`,
-    );
-    let wanted = o.MountPoint?.trim() ?? "";
-    if (wanted && !isAbsolute(wanted)) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot mount volume "${name}" at "${wanted}": the mount point must be an absolute path`,
-      );
-    }
-    if (wanted) wanted = resolve(wanted);
+    const wanted = this.#api.util.requestedMountPoint(opts, name);
     return await this.#locks.run(name, async () => {
       let rec = await this.#records.must(name, "mount volume");
       const current = rec.MountPoint;
@@ -869,7 +845,7 @@ class LoopDriver {
       if (!rec || !entry) {
         throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
       }
-      if (this.#inUseBy(name, snap)) {
+      if (this.#inUse.inUse(name, snap)) {
         throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
       }
       const rest = { ...rec.Snapshots };
@@ -999,7 +975,7 @@ class LoopDriver {
       this.#logCompare({ volume, snap, base, stats });
       return { mappings: blocksToMappings(list), blockSize: BLOCK_SIZE, stats };
     }
-    const release = this.#use(volume, base);
+    const release = this.#inUse.use(volume, base);
     try {
       const fileB = await this.#snapshotImage(base, { volume, what: "compare" });
       const sizeB = (await stat(fileB)).size;
@@ -1087,7 +1063,7 @@ class LoopDriver {
   /** The DeltaBlockOperations of one backup: its own file handles, closed at the end. */
   #deltaSession(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> } {
     const handles = new Map<string, Promise<FileHandle>>();
-    const key = (id: string, volumeID: string) => this.#snapshotKey(volumeID, id);
+    const key = (id: string, volumeID: string) => `${volumeID}\u0000${id}`;
     const handle = (id: string, volumeID: string) => {
       let fh = handles.get(key(id, volumeID));
       if (!fh) {
@@ -1153,7 +1129,7 @@ class LoopDriver {
     const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
     const { record, snapshot, release } = await this.#locks.run(name, async () => {
       const found = await this.#mustSnapshot(snap, { volume: name, what: "back up" });
-      return { ...found, release: this.#use(name, snap) };
+      return { ...found, release: this.#inUse.use(name, snap) };
     });
     const session = this.#deltaSession(ctx);
     try {

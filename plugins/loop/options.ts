@@ -87,9 +87,6 @@ export function createSchemas(api: PluginApi) {
   /** Request options of deleteVolume. */
   const deleteOptions = z.looseObject({ ReferenceOnly: flag });
 
-  /** Request options of mountVolume. */
-  const mountOptions = z.looseObject({ MountPoint: z.string().optional() });
-
   /** Request options of the backup operations. */
   const backupOptions = z.looseObject({
     EndpointURL: z.string().optional(),
@@ -103,7 +100,6 @@ export function createSchemas(api: PluginApi) {
     volumeRecord,
     createOptions,
     deleteOptions,
-    mountOptions,
     backupOptions,
   };
 }

@@ -32,7 +32,7 @@ import {
   stat,
 } from "node:fs/promises";
 import { hostname } from "node:os";
-import { isAbsolute, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import process from "node:process";
 import type {
   ConvoyDriver,
@@ -593,18 +593,7 @@ class VfsDriver {
 
   async mountVolume(id: string, opts: StringMap): Promise<string> {
     const name = this.#validVolumeName(id);
-    const o = this.#api.util.parseOptions(
-      this.#schemas.mountOptions,
-      opts ?? {},
-      `options of volume "${name}"`,
-    );
-    let wanted = o.MountPoint?.trim() ?? "";
-    if (wanted && !isAbsolute(wanted)) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot mount volume "${name}" at "${wanted}": the mount point must be an absolute path`,
-      );
-    }
-    if (wanted) wanted = resolve(wanted);
+    let wanted = this.#api.util.requestedMountPoint(opts, name);
     return await this.#locks.run(name, async () => {
       const record = await this.#records.must(name, "mount volume");
       const state = await this.#stateForWrite(name, record);

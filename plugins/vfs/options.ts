@@ -83,9 +83,6 @@ export function createSchemas(api: PluginApi) {
   /** Request options of deleteVolume. */
   const deleteOptions = z.looseObject({ ReferenceOnly: flag });
 
-  /** Request options of mountVolume. */
-  const mountOptions = z.looseObject({ MountPoint: z.string().optional() });
-
   /** Request options of the backup operations. */
   const backupOptions = z.looseObject({
     EndpointURL: z.string().optional(),
@@ -99,7 +96,6 @@ export function createSchemas(api: PluginApi) {
     volumeState,
     createOptions,
     deleteOptions,
-    mountOptions,
     backupOptions,
   };
 }

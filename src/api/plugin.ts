@@ -173,6 +173,11 @@ export interface PluginUtil {
    * of `impl` (with `impl` as `this`), and whose `info()` is `info`.
    */
   convoyDriver(name: string, impl: DriverMethods, info: () => Awaitable<StringMap>): ConvoyDriver;
+  /**
+   * The mount point a mountVolume request asks for (OPT_MOUNT_POINT), resolved, or "" when it
+   * names none; InvalidArgumentError when it is not an absolute path.
+   */
+  requestedMountPoint(opts: StringMap | undefined, volume: string): string;
   /** JSON records of a driver's volumes, one file each, validated on every read. */
   createRecordStore<S extends z.ZodType>(spec: RecordStoreSpec<S>): RecordStore<z.output<S>>;
 }
@@ -221,12 +226,12 @@ export interface KeyedLock {
   run<T>(key: string, fn: () => Promise<T>): Promise<T>;
 }
 
-/** Holders per key (`api.util.createUseCounter()`). */
+/** Holders per key (`api.util.createUseCounter()`); a key may have several parts. */
 export interface UseCounter {
-  /** Takes one hold on `key`; the returned release may be called more than once. */
-  use(key: string): () => void;
-  /** True while any hold on `key` is not released. */
-  inUse(key: string): boolean;
+  /** Takes one hold on the key; the returned release may be called more than once. */
+  use(...key: string[]): () => void;
+  /** True while any hold on the key is not released. */
+  inUse(...key: string[]): boolean;
 }
 
 /** `api.util.filesystems`: the same commands and rules for every block driver. */

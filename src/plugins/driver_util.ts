@@ -3,7 +3,7 @@
  * configuration, volume records, and the ConvoyDriver object of a driver class.
  * @module
  */
-import type { z } from "zod";
+import { z } from "zod";
 import * as errors from "../api/errors.ts";
 import type {
   Awaitable,
@@ -20,7 +20,8 @@ import type {
   RecordStoreSpec,
 } from "../api/plugin.ts";
 import { readdir, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
+import { OPT_MOUNT_POINT } from "../api/options.ts";
 import { validateName } from "../util/names.ts";
 import { atomicWriteJSON, readJSONFile } from "../util/fs.ts";
 
@@ -191,4 +192,22 @@ export function createRecordStore<S extends z.ZodType>(
       return out;
     },
   };
+}
+
+const mountOptions = z.looseObject({ [OPT_MOUNT_POINT]: z.string().optional() });
+
+/**
+ * `api.util.requestedMountPoint`: the mount point a mountVolume request asks for (OPT_MOUNT_POINT),
+ * resolved, or "" when it names none; InvalidArgumentError when it is not absolute.
+ */
+export function requestedMountPoint(opts: StringMap | undefined, volume: string): string {
+  const o = parseOptions(mountOptions, opts ?? {}, `options of volume "${volume}"`);
+  const wanted = o[OPT_MOUNT_POINT]?.trim() ?? "";
+  if (!wanted) return "";
+  if (!isAbsolute(wanted)) {
+    throw new errors.InvalidArgumentError(
+      `Cannot mount volume "${volume}" at "${wanted}": the mount point must be an absolute path`,
+    );
+  }
+  return resolve(wanted);
 }

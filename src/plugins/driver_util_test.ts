@@ -9,7 +9,12 @@ import type { DriverMethods, LogFields, Logger } from "../api/plugin.ts";
 import { silentLogger } from "../util/log.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
-import { convoyDriver, createRecordStore, loadDriverConfig } from "./driver_util.ts";
+import {
+  convoyDriver,
+  createRecordStore,
+  loadDriverConfig,
+  requestedMountPoint,
+} from "./driver_util.ts";
 
 function recordingLogger(): Logger & { lines: Array<[string, string, LogFields?]> } {
   const lines: Array<[string, string, LogFields?]> = [];
@@ -276,6 +281,19 @@ describe("plugin api: createRecordStore", () => {
           .list(),
         { name: "BackendError", message: /^Cannot list volumes: cannot read ".*nope": / },
       );
+    });
+  });
+});
+
+describe("plugin api: requestedMountPoint", () => {
+  it('requestedMountPoint() resolves an absolute MountPoint, is "" without one, and rejects a relative one', () => {
+    assert.equal(requestedMountPoint({ MountPoint: " /mnt/a/../b/ " }, "db1"), "/mnt/b");
+    assert.equal(requestedMountPoint({}, "db1"), "");
+    assert.equal(requestedMountPoint(undefined, "db1"), "");
+    assert.equal(requestedMountPoint({ MountPoint: "  " }, "db1"), "");
+    assert.throws(() => requestedMountPoint({ MountPoint: "mnt/b" }, "db1"), {
+      name: "InvalidArgumentError",
+      message: 'Cannot mount volume "db1" at "mnt/b": the mount point must be an absolute path',
     });
   });
 });

@@ -18,7 +18,13 @@ import { validateName } from "../util/names.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
 import { rubyDate } from "../util/time.ts";
-import { convoyDriver, createRecordStore, loadDriverConfig, parseOptions } from "./driver_util.ts";
+import {
+  convoyDriver,
+  createRecordStore,
+  loadDriverConfig,
+  parseOptions,
+  requestedMountPoint,
+} from "./driver_util.ts";
 import { createFilesystems } from "./filesystems.ts";
 
 /** Builds the `api` object passed to each plugin's setup function. */
@@ -57,6 +63,7 @@ export function createPluginApi(opts: {
       loadDriverConfig,
       convoyDriver,
       createRecordStore,
+      requestedMountPoint,
     },
     backup: opts.backup,
   };

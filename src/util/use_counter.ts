@@ -1,9 +1,13 @@
-/** Counts holders per key (e.g. backups reading a snapshot); a key is in use while any holds it. */
+/**
+ * Counts holders per key (e.g. backups reading a snapshot); a key is in use while any holds it.
+ * A key may have several parts, e.g. a volume and one of its snapshots.
+ */
 export class UseCounter {
   #holders = new Map<string, number>();
 
-  /** Takes one hold on `key`; the returned release may be called more than once. */
-  use(key: string): () => void {
+  /** Takes one hold on the key; the returned release may be called more than once. */
+  use(...parts: string[]): () => void {
+    const key = parts.join("\u0000");
     this.#holders.set(key, (this.#holders.get(key) ?? 0) + 1);
     let released = false;
     return () => {
@@ -15,7 +19,7 @@ export class UseCounter {
     };
   }
 
-  inUse(key: string): boolean {
-    return this.#holders.has(key);
+  inUse(...parts: string[]): boolean {
+    return this.#holders.has(parts.join("\u0000"));
   }
 }

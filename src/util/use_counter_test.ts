@@ -15,4 +15,15 @@ describe("UseCounter", () => {
     assert.equal(c.inUse("vol\u0000snap"), false);
     assert.equal(c.inUse("other"), false);
   });
+
+  it("use() keys of several parts: (volume, snapshot) pairs are distinct keys", () => {
+    const c = new UseCounter();
+    const release = c.use("vol1", "snap1");
+    assert.equal(c.inUse("vol1", "snap1"), true);
+    assert.equal(c.inUse("vol1", "snap2"), false);
+    assert.equal(c.inUse("vol1"), false);
+    assert.equal(c.inUse("vol1snap1"), false);
+    release();
+    assert.equal(c.inUse("vol1", "snap1"), false);
+  });
 });

@@ -4,9 +4,9 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { ok, REPO, run, startDaemon, tempDir } from "./helpers.ts";
+import { backupRoundTrip, ok, REPO, run, startDaemon, tempDir } from "./helpers.ts";
 import { writeDemoPlugins } from "./plugin_fixtures.ts";
 
 describe("single binary (bun build --compile)", () => {
@@ -52,25 +52,16 @@ describe("single binary (bun build --compile)", () => {
     try {
       assert.equal(await cli("create", "t1", "--driver", "tsdemo"), "t1");
       assert.equal(await cli("create", "j1", "--driver", "jsdemo"), "j1");
-      assert.equal(await cli("create", "v1"), "v1");
-      const mp = await cli("mount", "v1");
-      await writeFile(join(mp, "f"), "in the binary");
-      await cli("snapshot", "create", "v1", "--name", "s1");
       const store = join(dir, "store");
       await mkdir(store);
-      const url = await cli("backup", "create", "s1", "--dest", `vfs://${store}`);
-      await cli("create", "v2", "--backup", url);
-      assert.equal(await readFile(join(await cli("mount", "v2"), "f"), "utf8"), "in the binary");
+      await backupRoundTrip(cli, { name: "v", store, text: "in the binary" });
       // A block volume: the delta-block engine and its worker threads inside the binary.
-      await cli("create", "b1", "--driver", "loop", "--size", "64M");
-      await writeFile(join(await cli("mount", "b1"), "g"), "blocks in the binary");
-      await cli("snapshot", "create", "b1", "--name", "bs1");
-      const burl = await cli("backup", "create", "bs1", "--dest", `vfs://${store}`);
-      await cli("create", "b2", "--backup", burl);
-      assert.equal(
-        await readFile(join(await cli("mount", "b2"), "g"), "utf8"),
-        "blocks in the binary",
-      );
+      await backupRoundTrip(cli, {
+        name: "b",
+        store,
+        text: "blocks in the binary",
+        create: ["--driver", "loop", "--size", "64M"],
+      });
       await cli("umount", "b1");
       await cli("umount", "b2");
       await cli("delete", "b1", "b2");

@@ -3,7 +3,8 @@
  * socket. Nothing here is a mock.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -204,4 +205,23 @@ export function rawRequest(
       resolve({ status, body: text });
     });
   });
+}
+
+/**
+ * Through `cli`: writes `text` into a new volume `<name>1` (made with `create` extra args),
+ * snapshots it as `<name>s1`, backs that up to `vfs://<store>`, restores the backup into a new
+ * volume `<name>2` and asserts the file came back (and that create printed the name). Both
+ * volumes stay mounted.
+ */
+export async function backupRoundTrip(
+  cli: (...args: string[]) => Promise<string>,
+  opts: { name: string; store: string; text: string; create?: string[] },
+): Promise<void> {
+  const { name, text } = opts;
+  assert.equal(await cli("create", `${name}1`, ...(opts.create ?? [])), `${name}1`);
+  await writeFile(join(await cli("mount", `${name}1`), "f"), text);
+  await cli("snapshot", "create", `${name}1`, "--name", `${name}s1`);
+  const url = await cli("backup", "create", `${name}s1`, "--dest", `vfs://${opts.store}`);
+  await cli("create", `${name}2`, "--backup", url);
+  assert.equal(await readFile(join(await cli("mount", `${name}2`), "f"), "utf8"), text);
 }

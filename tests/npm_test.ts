@@ -1,9 +1,9 @@
 /** The npm build on Node: tsc output runs the daemon and CLI, and loads .ts plugins (type-stripped). */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, symlink } from "node:fs/promises";
 import { join } from "node:path";
-import { DENO, ok, REPO, run, startDaemon, tempDir } from "./helpers.ts";
+import { backupRoundTrip, DENO, ok, REPO, run, startDaemon, tempDir } from "./helpers.ts";
 import { writeDemoPlugins } from "./plugin_fixtures.ts";
 
 describe("npm package on Node", () => {
@@ -47,22 +47,17 @@ describe("npm package on Node", () => {
     try {
       assert.equal(await cli("create", "t1", "--driver", "tsdemo"), "t1");
       assert.equal(await cli("create", "j1", "--driver", "jsdemo"), "j1");
-      const mp = await cli("mount", await cli("create", "v1"));
-      await writeFile(join(mp, "f"), "on node");
-      await cli("snapshot", "create", "v1", "--name", "s1");
       const store = join(dir, "store");
       await mkdir(store);
-      const url = await cli("backup", "create", "s1", "--dest", `vfs://${store}`);
-      await cli("create", "v2", "--backup", url);
-      assert.equal(await readFile(join(await cli("mount", "v2"), "f"), "utf8"), "on node");
+      await backupRoundTrip(cli, { name: "v", store, text: "on node" });
       // A block volume: the delta-block engine on Node (gzip blocks: Node 20 has no zstd), its
       // worker threads and their direct-I/O restore writes.
-      await cli("create", "b1", "--driver", "loop", "--size", "64M");
-      await writeFile(join(await cli("mount", "b1"), "g"), "blocks on node");
-      await cli("snapshot", "create", "b1", "--name", "bs1");
-      const burl = await cli("backup", "create", "bs1", "--dest", `vfs://${store}`);
-      await cli("create", "b2", "--backup", burl);
-      assert.equal(await readFile(join(await cli("mount", "b2"), "g"), "utf8"), "blocks on node");
+      await backupRoundTrip(cli, {
+        name: "b",
+        store,
+        text: "blocks on node",
+        create: ["--driver", "loop", "--size", "64M"],
+      });
       await cli("umount", "b1");
       await cli("umount", "b2");
       await cli("delete", "b1", "b2");

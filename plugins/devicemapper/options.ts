@@ -63,7 +63,7 @@ export function createSchemas(api: PluginApi) {
   const z = api.deps.z;
   const blankToUndefined = (v: unknown) => (v === "" ? undefined : v);
 
-  const { flag, size } = api.util.schemas;
+  const { size } = api.util.schemas;
 
   const filesystem = z.preprocess(
     (v) => (typeof v === "string" ? blankToUndefined(v.trim().toLowerCase()) : v),
@@ -143,21 +143,13 @@ export function createSchemas(api: PluginApi) {
   });
 
   /** Request options of createVolume. */
-  const createOptions = z.looseObject({
-    Size: size.optional(),
-    BackupURL: z.string().optional(),
-    EndpointURL: z.string().optional(),
-  });
+  const createOptions = api.util.schemas.createVolume;
 
   /** Request options of deleteVolume. */
-  const deleteOptions = z.looseObject({ ReferenceOnly: flag });
+  const deleteOptions = api.util.schemas.deleteVolume;
 
   /** Request options of the backup operations. */
-  const backupOptions = z.looseObject({
-    EndpointURL: z.string().optional(),
-    VolumeName: z.string().optional(),
-    Compression: z.string().optional(),
-  });
+  const backupOptions = api.util.schemas.backup;
 
   return {
     driverConfig,

@@ -73,21 +73,13 @@ export function createSchemas(api: PluginApi) {
   });
 
   /** Request options of createVolume. */
-  const createOptions = z.looseObject({
-    Size: size.optional(),
-    PrepareForVM: flag,
-    BackupURL: z.string().optional(),
-    EndpointURL: z.string().optional(),
-  });
+  const createOptions = api.util.schemas.createVolume.extend({ PrepareForVM: flag });
 
   /** Request options of deleteVolume. */
-  const deleteOptions = z.looseObject({ ReferenceOnly: flag });
+  const deleteOptions = api.util.schemas.deleteVolume;
 
   /** Request options of the backup operations. */
-  const backupOptions = z.looseObject({
-    EndpointURL: z.string().optional(),
-    VolumeName: z.string().optional(),
-  });
+  const backupOptions = api.util.schemas.backup;
 
   return {
     driverConfig,

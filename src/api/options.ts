@@ -16,3 +16,5 @@ export const OPT_REFERENCE_ONLY = "ReferenceOnly";
 export const OPT_PREPARE_FOR_VM = "PrepareForVM";
 /** Convoy v0.5.2 passes the S3 endpoint under this key (not in the seed's constant list). */
 export const OPT_ENDPOINT_URL = "EndpointURL";
+/** Our addition: the block compression a new backup store should use ("gzip" or "zstd"). */
+export const OPT_COMPRESSION = "Compression";

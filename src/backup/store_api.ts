@@ -12,7 +12,7 @@ import type {
   BackupTargetOptions,
   BackupVolume,
 } from "../api/plugin.ts";
-import { z } from "zod";
+import { optionSchemas } from "../util/option_schemas.ts";
 import { parseOptions } from "../plugins/driver_util.ts";
 import { defaultStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
@@ -49,12 +49,6 @@ function endpointOf(opts?: { endpoint?: string }): OpenStoreOptions {
   return opts?.endpoint ? { endpoint: opts.endpoint } : {};
 }
 
-/** The string options of a driver's backup queries (other keys are the driver's business). */
-const queryOptions = z.looseObject({
-  [OPT_ENDPOINT_URL]: z.string().optional(),
-  [OPT_VOLUME_NAME]: z.string().optional(),
-});
-
 /** `api.backup.queries`: see BackupStoreApi. */
 function backupQueries(
   api: Pick<BackupStoreApi, "getBackupVolume" | "deleteBackup" | "getBackupInfo" | "listBackup">,
@@ -62,7 +56,7 @@ function backupQueries(
   readable: string[],
 ): BackupQueries {
   const parse = (raw: StringMap | undefined) => {
-    const o = parseOptions(queryOptions, raw ?? {}, "backup options");
+    const o = parseOptions(optionSchemas.backup, raw ?? {}, "backup options");
     return {
       endpoint: o[OPT_ENDPOINT_URL] || undefined,
       volumeName: o[OPT_VOLUME_NAME] || undefined,

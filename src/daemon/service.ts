@@ -17,6 +17,7 @@ import type {
 } from "../api/driver.ts";
 import {
   OPT_BACKUP_URL,
+  OPT_COMPRESSION,
   OPT_ENDPOINT_URL,
   OPT_MOUNT_POINT,
   OPT_PREPARE_FOR_VM,
@@ -575,7 +576,7 @@ export class VolumeService {
         [OPT_VOLUME_CREATED_TIME]: v.CreatedTime,
         [OPT_SNAPSHOT_CREATED_TIME]: s.CreatedTime,
         [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
-        Compression: opts.compression ?? "",
+        [OPT_COMPRESSION]: opts.compression ?? "",
       }, { signal: job.signal, progress: job.progress });
       job.finish();
       this.log.info("backup created", { snapshot: snapshotName, url });

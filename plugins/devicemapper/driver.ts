@@ -143,10 +143,6 @@ function errno(err: unknown): string | undefined {
   return (err as { code?: string } | null)?.code;
 }
 
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 /** Fills `buf` from `pos`; a short read at the end is zero-filled. */
 async function readFull(fh: FileHandle, buf: Uint8Array, pos: number): Promise<void> {
   let off = 0;
@@ -241,7 +237,9 @@ class DmDriver {
       // The pool was made but its configuration could not be saved: take the pool down again.
       await this.#dm.remove(poolName(created)).catch(() => {});
       throw new this.#api.errors.BackendError(
-        `Cannot start the devicemapper driver: cannot save "${this.#configFile}": ${message(err)}`,
+        `Cannot start the devicemapper driver: cannot save "${this.#configFile}": ${
+          this.#api.errors.errorMessage(err)
+        }`,
         { cause: err },
       );
     }
@@ -272,7 +270,9 @@ class DmDriver {
       st = await stat(path);
     } catch (err) {
       throw new this.#api.errors.InvalidArgumentError(
-        `${what} "${path}" does not exist${errno(err) === "ENOENT" ? "" : `: ${message(err)}`}`,
+        `${what} "${path}" does not exist${
+          errno(err) === "ENOENT" ? "" : `: ${this.#api.errors.errorMessage(err)}`
+        }`,
         { cause: err },
       );
     }
@@ -289,7 +289,7 @@ class DmDriver {
       targets = (await this.#api.exec("dmsetup", ["targets"])).stdout;
     } catch (err) {
       throw new this.#api.errors.BackendError(
-        `${what}: device-mapper is not available (${message(err)}); ` +
+        `${what}: device-mapper is not available (${this.#api.errors.errorMessage(err)}); ` +
           `it needs a kernel with device-mapper and dm-thin-pool (modprobe dm-thin-pool) ` +
           `and the dmsetup command`,
         { cause: err },
@@ -347,7 +347,9 @@ class DmDriver {
       data = await this.#blockDevice(o.dataDevice, `${OPT_DATA_DEVICE}`);
       meta = await this.#blockDevice(o.metadataDevice, `${OPT_METADATA_DEVICE}`);
     } catch (err) {
-      throw new InvalidArgumentError(`${what}: ${message(err)}`, { cause: err });
+      throw new InvalidArgumentError(`${what}: ${this.#api.errors.errorMessage(err)}`, {
+        cause: err,
+      });
     }
     if (data === meta) {
       throw new InvalidArgumentError(
@@ -393,7 +395,9 @@ class DmDriver {
       await this.#dm.create(o.poolName, table);
     } catch (err) {
       throw new BackendError(
-        `${what}: cannot create the thin pool "${o.poolName}": ${message(err)}`,
+        `${what}: cannot create the thin pool "${o.poolName}": ${
+          this.#api.errors.errorMessage(err)
+        }`,
         {
           cause: err,
         },
@@ -426,7 +430,7 @@ class DmDriver {
       meta = await this.#blockDevice(cfg.MetadataDevice, "the metadata device");
     } catch (err) {
       throw new InvalidArgumentError(
-        `${what}: ${message(err)} (recorded in "${this.#configFile}")`,
+        `${what}: ${this.#api.errors.errorMessage(err)} (recorded in "${this.#configFile}")`,
         { cause: err },
       );
     }
@@ -485,10 +489,12 @@ class DmDriver {
           (r.stdout + r.stderr).trim().split("\n").slice(-1)[0] || "ok"
         }); check that the devices are not in use by another pool or program`;
       } catch (checkErr) {
-        check = `thin_check reports damaged metadata: ${message(checkErr)}`;
+        check = `thin_check reports damaged metadata: ${this.#api.errors.errorMessage(checkErr)}`;
       }
       throw new BackendError(
-        `${what}: cannot activate the pool: ${message(err)}. ${check}. ${this.#repairAdvice()}`,
+        `${what}: cannot activate the pool: ${
+          this.#api.errors.errorMessage(err)
+        }. ${check}. ${this.#repairAdvice()}`,
         { cause: err },
       );
     }
@@ -516,7 +522,7 @@ class DmDriver {
       if (!isSnapshotDeviceName(pool, name)) continue;
       this.#log.info(`Removing the snapshot device "${name}" left by an interrupted backup`);
       await this.#dm.remove(name, 10).catch((err) =>
-        this.#log.warn(`Cannot remove "${name}": ${message(err)}`)
+        this.#log.warn(`Cannot remove "${name}": ${this.#api.errors.errorMessage(err)}`)
       );
     }
     // A reserved metadata snapshot is kept in the metadata: also after a reboot.
@@ -525,7 +531,9 @@ class DmDriver {
         `Releasing the metadata snapshot of pool "${pool}" left reserved by an interrupted backup`,
       );
       await this.#dm.message(pool, "release_metadata_snap").catch((err) =>
-        this.#log.warn(`Cannot release the metadata snapshot: ${message(err)}`)
+        this.#log.warn(
+          `Cannot release the metadata snapshot: ${this.#api.errors.errorMessage(err)}`,
+        )
       );
     }
   }
@@ -574,7 +582,9 @@ class DmDriver {
           mountpoint: rec.MountPoint,
         });
       } catch (err) {
-        this.#log.error(`Cannot restore volume "${name}": ${message(err)}`, { volume: name });
+        this.#log.error(`Cannot restore volume "${name}": ${this.#api.errors.errorMessage(err)}`, {
+          volume: name,
+        });
       }
     }
   }
@@ -787,7 +797,7 @@ class DmDriver {
       );
     } catch (err) {
       await this.#destroyThin(undefined, [devID]).catch((e) =>
-        this.#log.warn(`Cannot delete thin id ${devID}: ${message(e)}`)
+        this.#log.warn(`Cannot delete thin id ${devID}: ${this.#api.errors.errorMessage(e)}`)
       );
       throw err;
     }
@@ -849,7 +859,9 @@ class DmDriver {
       if (thin) {
         await this.#records.remove(name).catch(() => {});
         await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
-          this.#log.warn(`Cannot roll back volume "${name}": ${message(e)}`, { volume: name })
+          this.#log.warn(`Cannot roll back volume "${name}": ${this.#api.errors.errorMessage(e)}`, {
+            volume: name,
+          })
         );
       }
       throw this.#wrap(err, what);
@@ -963,7 +975,9 @@ class DmDriver {
       if (thin) {
         await this.#records.remove(name).catch(() => {});
         await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
-          this.#log.warn(`Cannot roll back volume "${name}": ${message(e)}`, { volume: name })
+          this.#log.warn(`Cannot roll back volume "${name}": ${this.#api.errors.errorMessage(e)}`, {
+            volume: name,
+          })
         );
       }
       throw this.#wrap(err, what);
@@ -1026,7 +1040,9 @@ class DmDriver {
           if ((await this.#dm.table(device)) !== undefined) {
             // Tell the data device the blocks are free (thin deletes do not pass discards down).
             await this.#api.exec("blkdiscard", [join(MAPPER_DIR, device)]).catch((err) =>
-              this.#log.debug(`blkdiscard of "${device}" failed: ${message(err)}`)
+              this.#log.debug(
+                `blkdiscard of "${device}" failed: ${this.#api.errors.errorMessage(err)}`,
+              )
             );
           }
           await this.#destroyThin(device, [
@@ -1220,9 +1236,12 @@ class DmDriver {
       try {
         await this.#dm.resume(device);
       } catch (err) {
-        this.#log.error(`Cannot resume "${device}" after a snapshot: ${message(err)}`, {
-          volume: rec.Name,
-        });
+        this.#log.error(
+          `Cannot resume "${device}" after a snapshot: ${this.#api.errors.errorMessage(err)}`,
+          {
+            volume: rec.Name,
+          },
+        );
         if (devID !== undefined) await this.#destroyThin(undefined, [devID]).catch(() => {});
         failure ??= err;
       }
@@ -1347,24 +1366,32 @@ class DmDriver {
         ])).stdout;
       } catch (err) {
         failure = err instanceof this.#api.errors.TimeoutError
-          ? new this.#api.errors.TimeoutError(`thin_delta did not finish: ${message(err)}`, {
-            cause: err,
-          })
-          : /command not found/i.test(message(err))
+          ? new this.#api.errors.TimeoutError(
+            `thin_delta did not finish: ${this.#api.errors.errorMessage(err)}`,
+            {
+              cause: err,
+            },
+          )
+          : /command not found/i.test(this.#api.errors.errorMessage(err))
           ? new this.#api.errors.BackendError(
             `thin_delta is not installed: backups of devicemapper volumes need ` +
-              `thin-provisioning-tools (${message(err)})`,
+              `thin-provisioning-tools (${this.#api.errors.errorMessage(err)})`,
             { cause: err },
           )
-          : new this.#api.errors.BackendError(`thin_delta failed: ${message(err)}`, {
-            cause: err,
-          });
+          : new this.#api.errors.BackendError(
+            `thin_delta failed: ${this.#api.errors.errorMessage(err)}`,
+            {
+              cause: err,
+            },
+          );
       }
       try {
         await this.#dm.message(pool, "release_metadata_snap");
       } catch (err) {
         this.#log.error(
-          `Cannot release the metadata snapshot of pool "${pool}": ${message(err)}; ` +
+          `Cannot release the metadata snapshot of pool "${pool}": ${
+            this.#api.errors.errorMessage(err)
+          }; ` +
             `backups fail until it is released ("dmsetup message ${pool} 0 release_metadata_snap")`,
         );
         failure ??= err;
@@ -1525,7 +1552,9 @@ class DmDriver {
           const o = await p.catch(() => undefined);
           if (o) {
             await this.#closeSnapshot(o).catch((err) =>
-              this.#log.warn(`Cannot close snapshot device "${o.device}": ${message(err)}`)
+              this.#log.warn(
+                `Cannot close snapshot device "${o.device}": ${this.#api.errors.errorMessage(err)}`,
+              )
             );
           }
         }

@@ -102,10 +102,6 @@ function errno(err: unknown): string | undefined {
   return (err as { code?: string } | null)?.code;
 }
 
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 function randomId(): string {
   return crypto.randomUUID().replaceAll("-", "").slice(0, 12);
 }
@@ -232,7 +228,7 @@ class LoopDriver {
     } catch (err) {
       this.#log.info(
         `Snapshots are sparse copies: "${this.#cfg.Path}" does not support reflinks to "${this.#cfg.SnapshotPath}"`,
-        { error: message(err) },
+        { error: this.#api.errors.errorMessage(err) },
       );
       return false;
     } finally {
@@ -251,7 +247,7 @@ class LoopDriver {
         await this.#detachAll(path);
         await rm(path, { recursive: true, force: true });
       } catch (err) {
-        this.#log.warn(`Cannot remove "${path}": ${message(err)}`, { path });
+        this.#log.warn(`Cannot remove "${path}": ${this.#api.errors.errorMessage(err)}`, { path });
       }
     }
     // Unfinished snapshot copies, and the snapshots of volumes that no longer exist.
@@ -308,7 +304,9 @@ class LoopDriver {
           mountpoint: rec.MountPoint,
         });
       } catch (err) {
-        this.#log.error(`Cannot restore volume "${name}": ${message(err)}`, { volume: name });
+        this.#log.error(`Cannot restore volume "${name}": ${this.#api.errors.errorMessage(err)}`, {
+          volume: name,
+        });
       }
     }
   }
@@ -564,7 +562,9 @@ class LoopDriver {
     } catch (err) {
       await this.#records.remove(name).catch(() => {});
       await this.#detachAll(image).catch((e) =>
-        this.#log.warn(`Cannot detach "${image}": ${message(e)}`, { volume: name })
+        this.#log.warn(`Cannot detach "${image}": ${this.#api.errors.errorMessage(e)}`, {
+          volume: name,
+        })
       );
       if (v.created) await rm(image, { force: true });
       throw this.#api.errors.wrapError(err, v.what);
@@ -805,7 +805,11 @@ class LoopDriver {
           });
           return;
         } catch (err) {
-          this.#log.warn(`Reflink copy of "${src}" failed, making a sparse copy: ${message(err)}`);
+          this.#log.warn(
+            `Reflink copy of "${src}" failed, making a sparse copy: ${
+              this.#api.errors.errorMessage(err)
+            }`,
+          );
           await rm(dst, { force: true });
         }
       }
@@ -825,9 +829,12 @@ class LoopDriver {
         return;
       } catch (err) {
         if (attempt >= 3) {
-          this.#log.error(`Cannot thaw the filesystem at "${mountPoint}": ${message(err)}`, {
-            mountpoint: mountPoint,
-          });
+          this.#log.error(
+            `Cannot thaw the filesystem at "${mountPoint}": ${this.#api.errors.errorMessage(err)}`,
+            {
+              mountpoint: mountPoint,
+            },
+          );
           throw err;
         }
         await new Promise((r) => setTimeout(r, 100 * attempt));
@@ -939,7 +946,7 @@ class LoopDriver {
       if (extents) return blockMap(extents, { size });
       this.#log.warn(`No extent map of "${file}": unexpected filefrag output`);
     } catch (err) {
-      this.#log.warn(`No extent map of "${file}": ${message(err)}`);
+      this.#log.warn(`No extent map of "${file}": ${this.#api.errors.errorMessage(err)}`);
     }
     return undefined;
   }

@@ -90,10 +90,6 @@ function errno(err: unknown): string | undefined {
   return (err as { code?: string } | null)?.code;
 }
 
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 function randomId(): string {
   return crypto.randomUUID().replaceAll("-", "").slice(0, 12);
 }
@@ -220,7 +216,7 @@ class VfsDriver {
         this.#log.error(
           `Cannot restore the mount of volume "${name}"${
             mountPoint ? ` at "${mountPoint}"` : ""
-          }: ${message(err)}`,
+          }: ${this.#api.errors.errorMessage(err)}`,
           { volume: name },
         );
       }
@@ -241,7 +237,9 @@ class VfsDriver {
       raw = await this.#api.util.readJSON(file);
     } catch (err) {
       throw new this.#api.errors.BackendError(
-        `Cannot read the state of volume "${name}": "${file}" is not valid JSON: ${message(err)}`,
+        `Cannot read the state of volume "${name}": "${file}" is not valid JSON: ${
+          this.#api.errors.errorMessage(err)
+        }`,
         { cause: err },
       );
     }
@@ -304,7 +302,10 @@ class VfsDriver {
     );
     if (stale.MountPoint && stale.MountPoint !== this.#volumeDir(name)) {
       await this.#unbind(stale.MountPoint).catch((err) =>
-        this.#log.warn(`Cannot unmount "${stale.MountPoint}": ${message(err)}`, { volume: name })
+        this.#log.warn(
+          `Cannot unmount "${stale.MountPoint}": ${this.#api.errors.errorMessage(err)}`,
+          { volume: name },
+        )
       );
     }
     await this.#removeSnapshotFiles(name, stale);
@@ -343,7 +344,7 @@ class VfsDriver {
     try {
       await this.#api.exec("umount", [mountPoint]);
     } catch (err) {
-      if (/not mounted/i.test(message(err))) return;
+      if (/not mounted/i.test(this.#api.errors.errorMessage(err))) return;
       throw err;
     }
   }
@@ -399,9 +400,11 @@ class VfsDriver {
         });
         return;
       } catch (err) {
-        if (attempt > 1 || !/No such file or directory/.test(message(err))) throw err;
+        if (attempt > 1 || !/No such file or directory/.test(this.#api.errors.errorMessage(err))) {
+          throw err;
+        }
         this.#log.warn(`Copying "${src}" again: a file vanished during the copy`, {
-          error: message(err),
+          error: this.#api.errors.errorMessage(err),
         });
       }
     }
@@ -703,7 +706,7 @@ class VfsDriver {
       try {
         state = (await this.#readState(name, record)).state;
       } catch (err) {
-        this.#log.warn(message(err), { volume: name });
+        this.#log.warn(this.#api.errors.errorMessage(err), { volume: name });
         state = { Name: name, VolumeCreatedTime: "", MountPoint: "", Snapshots: {} };
       }
       out[name] = this.#volumeInfo(name, record, state);
@@ -840,7 +843,7 @@ class VfsDriver {
         state = (await this.#readState(name, record)).state;
       } catch (err) {
         if (volumeName) throw err;
-        this.#log.warn(message(err), { volume: name });
+        this.#log.warn(this.#api.errors.errorMessage(err), { volume: name });
         continue;
       }
       for (const s of Object.values(state.Snapshots)) out[s.Name] = this.#snapshotInfo(name, s);

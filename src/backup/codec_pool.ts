@@ -151,10 +151,8 @@ parentPort.on("message", (m) => {
       if (!m.own) back.push(m.buf);
       const raw = unpack(new Uint8Array(m.buf, 0, m.len));
       if (m.own) free(new Uint8Array(m.buf));
-      const sum = digest(m.algo, raw);
-      const length = raw.length;
-      let written = false;
-      if (sum === m.checksum && length === m.size) {
+      const written = raw.length === m.size && digest(m.algo, raw) === m.checksum;
+      if (written) {
         phase = "write";
         let t = targets.get(m.path);
         if (t === undefined) {
@@ -162,10 +160,9 @@ parentPort.on("message", (m) => {
           targets.set(m.path, t);
         }
         writeBlock(t, raw, m.offset);
-        written = true;
       }
       free(raw);
-      parentPort.postMessage({ id: m.id, sum, length, written, buf: m.own ? undefined : m.buf }, back);
+      parentPort.postMessage({ id: m.id, written, buf: m.own ? undefined : m.buf }, back);
     } else if (m.op === "retire") {
       for (const t of targets.values()) {
         try {
@@ -427,10 +424,13 @@ export class TargetWriteError extends Error {
   override name = "TargetWriteError";
 }
 
-/** The buffer to send a block file in: its own, when handed over and whole; else a pooled copy. */
-function packedBuffer(packed: Uint8Array, consume?: boolean): { buf: ArrayBuffer; own: boolean } {
-  const own = consume === true && packed.buffer instanceof ArrayBuffer &&
-    packed.byteOffset === 0 && packed.byteLength === packed.buffer.byteLength &&
+/**
+ * The buffer to send a block file in: its own when `packed` spans a whole ArrayBuffer (handed
+ * over: detached here, freed by the worker at once), else a pooled copy.
+ */
+function packedBuffer(packed: Uint8Array): { buf: ArrayBuffer; own: boolean } {
+  const own = packed.buffer instanceof ArrayBuffer && packed.byteOffset === 0 &&
+    packed.byteLength === packed.buffer.byteLength &&
     packed.byteLength > 0;
   if (own) return { buf: packed.buffer as ArrayBuffer, own };
   const buf = spare(packed.length);
@@ -439,23 +439,22 @@ function packedBuffer(packed: Uint8Array, consume?: boolean): { buf: ArrayBuffer
 }
 
 /**
- * Decompresses and hashes a block file on a worker and, when the result is `expect.size` bytes
- * with checksum `expect.checksum`, writes it into the file or device `target.path` at
- * `target.offset` from that worker (synchronously: the worker is busy, the event loop is not).
- * Resolves to the checksum and length found and whether it was written. Rejects with
- * TargetWriteError when the write fails, with an Error when the block cannot be decoded.
- * Call closeTarget() once the last block of a target is done.
+ * Decompresses and hashes a block file (handed over, see packedBuffer) on a worker and, when the
+ * result is `expect.size` bytes with checksum `expect.checksum`, writes it into the file or
+ * device `target.path` at `target.offset` from that worker (synchronously: the worker is busy,
+ * the event loop is not). Resolves to whether it was written: false means the block is not what
+ * its checksum says. Rejects with TargetWriteError when the write fails, with an Error when the
+ * block cannot be decoded. Call closeTarget() once the last block of a target is done.
  */
 export async function unpackBlockTo(
   packed: Uint8Array,
   opts: {
     algo: ChecksumAlgorithm;
-    consume?: boolean;
     expect: { checksum: string; size: number };
     target: { path: string; offset: number };
   },
-): Promise<{ written: boolean; length: number; checksum: string }> {
-  const { buf, own } = packedBuffer(packed, opts.consume);
+): Promise<boolean> {
+  const { buf, own } = packedBuffer(packed);
   const l = lane();
   targetLanes.add(l);
   const r = await l.call({
@@ -474,7 +473,7 @@ export async function unpackBlockTo(
     throw r.stage === "write" ? new TargetWriteError(r.error) : new Error(r.error);
   }
   recycle(r.buf);
-  return { written: r.written === true, length: r.length!, checksum: r.sum! };
+  return r.written === true;
 }
 
 /** Lanes that may hold a restore target open. */
@@ -493,14 +492,13 @@ export async function closeTarget(path: string): Promise<void> {
 /**
  * Decompresses a block file on a worker into `into` (which must own its whole ArrayBuffer; it
  * is transferred and returned as `data`). Resolves to the data, its full length and checksum.
- * With `consume`, a `packed` that spans its whole ArrayBuffer is handed over (detached, then
- * freed at once); otherwise it is copied into a pooled buffer and stays intact.
+ * `packed` is handed over (see packedBuffer).
  */
 export async function unpackBlock(
   packed: Uint8Array,
-  opts: { algo: ChecksumAlgorithm; into: Uint8Array; consume?: boolean },
+  opts: { algo: ChecksumAlgorithm; into: Uint8Array },
 ): Promise<{ data: Uint8Array; length: number; checksum: string }> {
-  const { buf, own } = packedBuffer(packed, opts.consume);
+  const { buf, own } = packedBuffer(packed);
   const into = opts.into.buffer as ArrayBuffer;
   const r = await lane().call(
     { op: "unpack", buf, len: packed.length, into, algo: ALGO[opts.algo], own },

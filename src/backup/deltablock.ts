@@ -409,8 +409,7 @@ async function fetchBlock(
   try {
     ({ data, checksum: sum, length } = await unpackBlock(raw, {
       algo: opts.algo,
-      into: opts.into,
-      consume: true, // a store's read() result is ours
+      into: opts.into, // `raw` is handed over: a store's read() result is ours
     }));
   } catch (err) {
     throw corrupt(opts, errorMessage(err), err);
@@ -429,12 +428,11 @@ async function restoreBlock(
   const raw = await readBlockFile(store, opts);
   let written: boolean;
   try {
-    ({ written } = await unpackBlockTo(raw, {
+    written = await unpackBlockTo(raw, {
       algo: opts.algo,
-      consume: true,
       expect: { checksum: opts.block.BlockChecksum, size: BLOCK_SIZE },
       target: { path: opts.target, offset: opts.block.Offset },
-    }));
+    });
   } catch (err) {
     if (err instanceof TargetWriteError) {
       throw new BackendError(

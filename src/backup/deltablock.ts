@@ -19,6 +19,7 @@ import type { DeltaBlockOperations, Mapping, Progress } from "../api/driver.ts";
 import type { DeltaBackupOptions, VerifyReport } from "../api/plugin.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
+import { BackgroundSync } from "../util/background_sync.ts";
 import { generateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
@@ -50,10 +51,7 @@ import type { BackupRecord, BlockMapping, VolumeRecord } from "./records.ts";
 /** Blocks in flight at once: bounds memory to about this many × 2 × 2 MiB. */
 export const DEFAULT_CONCURRENCY = 8;
 
-/**
- * A restore starts a background datasync after this many bytes written (one at a time), so the
- * disk writes while blocks are still being decoded and the final fsync waits only for the tail.
- */
+/** A restore datasyncs in the background every this many bytes written (BackgroundSync). */
 const RESTORE_SYNC_EVERY = 64 * 1024 * 1024;
 
 /** Our additions to volume.cfg (Convoy ignores unknown fields). */
@@ -470,9 +468,7 @@ export async function restoreDeltaBackup(
   const algo = checksumOf(backup);
   const st = await stat(opts.target);
   const fh = await open(opts.target, "r+");
-  let unsynced = 0;
-  let syncing: Promise<void> | undefined;
-  let syncError: unknown;
+  const background = new BackgroundSync(RESTORE_SYNC_EVERY, () => fh.datasync());
   let done = false;
   try {
     if (st.isFile()) await fh.truncate(size);
@@ -495,20 +491,13 @@ export async function restoreDeltaBackup(
         action: "restore",
         target: opts.target,
       });
-      unsynced += BLOCK_SIZE;
-      if (unsynced >= RESTORE_SYNC_EVERY && !syncing) {
-        unsynced = 0;
-        syncing = fh.datasync().catch((err) => void (syncError ??= err)).finally(() =>
-          syncing = undefined
-        );
-      }
+      background.wrote(BLOCK_SIZE);
       progress.done++;
       progress.bytes += BLOCK_SIZE;
       opts.progress?.({ ...progress });
     });
     const tWritten = performance.now();
-    await syncing;
-    if (syncError !== undefined) throw syncError;
+    await background.drain();
     await fh.sync();
     opts.log.info("Restored delta-block backup", {
       volume: opts.volume,
@@ -519,7 +508,7 @@ export async function restoreDeltaBackup(
     });
     done = true;
   } finally {
-    await syncing; // never close the handle under a running datasync
+    await background.drain().catch(() => {}); // never close the handle under a running datasync
     const closed = closeTarget(opts.target).finally(() => fh.close());
     // A failed close matters after a good restore; after a failure, the first error does.
     await (done ? closed : closed.catch(() => {}));

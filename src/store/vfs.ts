@@ -12,15 +12,13 @@ import {
   InvalidArgumentError,
   NotFoundError,
 } from "../api/errors.ts";
+import { BackgroundSync } from "../util/background_sync.ts";
 import { fsyncDir } from "../util/fs.ts";
 import { parseVfsURL } from "./dest_url.ts";
 import { checkKey, type ObjectStore, type StoreFactory, type WriteOptions } from "./types.ts";
 
 const CHUNK = 1 << 20;
-/**
- * Deferred syncs start in the background once this many bytes wait for one, so the disk writes
- * while the caller goes on and flush() waits only for the tail.
- */
+/** Deferred syncs start in the background every this many bytes written (BackgroundSync). */
 const SYNC_BATCH_BYTES = 32 * 1024 * 1024;
 /** fsync calls in flight at once, in the background or in flush(). */
 const SYNC_CONCURRENCY = 8;
@@ -127,10 +125,8 @@ export class VfsStore implements ObjectStore {
 
   /** Files written with deferSync and their folders, not yet being synced. */
   #unsynced = new Set<string>();
-  #unsyncedBytes = 0;
-  /** The background sync of an earlier batch; the first failure is kept for flush(). */
-  #syncing: Promise<void> | undefined;
-  #syncError: ConvoyError | undefined;
+  /** Syncs the files written so far every SYNC_BATCH_BYTES, while writes go on. */
+  #background = new BackgroundSync(SYNC_BATCH_BYTES, () => this.#takeUnsynced());
 
   async write(
     key: string,
@@ -183,14 +179,7 @@ export class VfsStore implements ObjectStore {
     if (opts.deferSync) {
       this.#unsynced.add(path);
       this.#unsynced.add(dir);
-      this.#unsyncedBytes += written;
-      // One background batch at a time: fsyncs never pile up behind a slow disk.
-      if (this.#unsyncedBytes >= SYNC_BATCH_BYTES && !this.#syncing) {
-        const p = this.#takeUnsynced()
-          .catch((err) => void (this.#syncError ??= err))
-          .finally(() => (this.#syncing = undefined));
-        this.#syncing = p;
-      }
+      this.#background.wrote(written);
     } else {
       await fsyncDir(dir);
     }
@@ -200,7 +189,6 @@ export class VfsStore implements ObjectStore {
   #takeUnsynced(): Promise<void> {
     const paths = [...this.#unsynced];
     this.#unsynced.clear();
-    this.#unsyncedBytes = 0;
     return this.#syncPaths(paths);
   }
 
@@ -226,10 +214,8 @@ export class VfsStore implements ObjectStore {
 
   async flush(): Promise<void> {
     const rest = this.#takeUnsynced();
-    await Promise.all([this.#syncing, rest.catch((err) => void (this.#syncError ??= err))]);
-    const err = this.#syncError;
-    this.#syncError = undefined;
-    if (err) throw err;
+    const results = await Promise.allSettled([this.#background.drain(), rest]);
+    for (const r of results) if (r.status === "rejected") throw r.reason;
   }
 
   async list(prefix: string): Promise<string[]> {

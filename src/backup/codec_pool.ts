@@ -214,7 +214,6 @@ let laneIdleMs = 10_000;
 class Lane {
   #worker: Worker;
   #waiting = new Map<number, (r: Reply) => void>();
-  #busy = 0;
   #holds = 0;
   #idle: ReturnType<typeof setTimeout> | undefined;
   constructor() {
@@ -247,19 +246,23 @@ class Lane {
   }
   dead = false;
   get load(): number {
-    return this.#busy;
+    return this.#waiting.size;
   }
   /** Counts blocks the worker holds between hash and pack/drop: a holding worker never retires. */
   hold(delta: number): void {
     this.#holds += delta;
     this.#whenIdle();
   }
+  /** No call running, no block held, not retired. */
+  get #idleNow(): boolean {
+    return this.#waiting.size === 0 && this.#holds === 0 && !this.dead;
+  }
   #whenIdle(): void {
     clearTimeout(this.#idle);
     this.#idle = undefined;
-    if (this.#busy > 0 || this.#holds > 0 || this.dead) return;
+    if (!this.#idleNow) return;
     this.#idle = setTimeout(() => {
-      if (this.#busy > 0 || this.#holds > 0 || this.dead) return;
+      if (!this.#idleNow) return;
       this.dead = true; // lane() starts a new worker for the next call
       this.#worker.postMessage({ op: "retire" }); // closes its targets, then exits
     }, laneIdleMs);
@@ -269,13 +272,9 @@ class Lane {
     const id = nextId++;
     if (this.dead) return Promise.resolve({ id, error: "codec worker stopped" });
     clearTimeout(this.#idle);
-    this.#busy++;
     this.#worker.ref();
     return new Promise<Reply>((resolve) => {
-      this.#waiting.set(id, (r) => {
-        this.#busy--;
-        resolve(r);
-      });
+      this.#waiting.set(id, resolve);
       this.#worker.postMessage({ ...msg, id }, transfer);
     });
   }

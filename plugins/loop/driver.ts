@@ -147,13 +147,6 @@ async function readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): P
   return off;
 }
 
-function isZero(buf: Uint8Array): boolean {
-  const words = new BigUint64Array(buf.buffer, buf.byteOffset, buf.length >> 3);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  for (let i = words.length << 3; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
-}
-
 class LoopDriver {
   #api: PluginApi;
   #cfg: LoopConfig;
@@ -1055,7 +1048,7 @@ class LoopDriver {
           if (hasB) bytesRead += await readFull(fb, { buf: bufB, pos });
           const same = hasA && hasB
             ? Buffer.from(bufA.buffer).equals(Buffer.from(bufB.buffer))
-            : isZero(hasA ? bufA : bufB);
+            : this.#api.util.isZero(hasA ? bufA : bufB);
           if (!same) changed.push(block);
         }
       } finally {

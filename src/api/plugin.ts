@@ -154,6 +154,8 @@ export interface PluginUtil {
   parseOptions<S extends z.ZodType>(schema: S, raw: StringMap, what: string): z.output<S>;
   /** Zod schemas of option strings, built with `api.deps.z`. */
   schemas: OptionSchemas;
+  /** True when every byte of `data` is zero. */
+  isZero(data: Uint8Array): boolean;
   /** Creates `path` and its missing parents with mode 0755, whatever the umask. */
   ensureDir(path: string): Promise<void>;
   /** A new per-key async mutex. */

@@ -26,6 +26,7 @@ import {
   requestedMountPoint,
 } from "./driver_util.ts";
 import { createFilesystems } from "./filesystems.ts";
+import { isZero } from "../backup/codec.ts";
 
 /** Builds the `api` object passed to each plugin's setup function. */
 export function createPluginApi(opts: {
@@ -49,6 +50,7 @@ export function createPluginApi(opts: {
       readJSON: readJSONFile,
       parseOptions,
       schemas: optionSchemas,
+      isZero,
       ensureDir,
       createLock: () => new KeyedMutex(),
       createUseCounter: () => new UseCounter(),

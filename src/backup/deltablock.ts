@@ -9,7 +9,6 @@
 import { open, stat } from "node:fs/promises";
 import {
   BackendError,
-  CancelledError,
   errorMessage,
   InvalidArgumentError,
   isErrorCode,
@@ -20,6 +19,7 @@ import type { DeltaBackupOptions, VerifyReport } from "../api/plugin.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { BackgroundSync } from "../util/background_sync.ts";
+import { pool } from "../util/pool.ts";
 import { generateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
@@ -69,30 +69,6 @@ interface BackupExtra {
 
 function checksumOf(v: VolumeRecord | BackupRecord): ChecksumAlgorithm {
   return (v as VolumeExtra).ChecksumAlgorithm === "sha256" ? "sha256" : "sha512";
-}
-
-/** Runs `fn` over `items` with at most `n` at a time; stops at the first failure and rethrows it. */
-async function pool<T>(
-  items: T[],
-  opts: { concurrency: number; signal?: AbortSignal },
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async () => {
-    while (failed === undefined && next < items.length) {
-      if (opts.signal?.aborted) throw new CancelledError("Operation cancelled");
-      const item = items[next++];
-      try {
-        await fn(item);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(opts.concurrency, items.length) }, worker));
-  if (failed !== undefined) throw failed;
-  if (opts.signal?.aborted) throw new CancelledError("Operation cancelled");
 }
 
 /** 2 MiB block offsets covering `mappings`, sorted and unique. */

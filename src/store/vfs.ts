@@ -14,6 +14,7 @@ import {
 } from "../api/errors.ts";
 import { BackgroundSync } from "../util/background_sync.ts";
 import { fsyncDir } from "../util/fs.ts";
+import { pool } from "../util/pool.ts";
 import { parseVfsURL } from "./dest_url.ts";
 import { checkKey, type ObjectStore, type StoreFactory, type WriteOptions } from "./types.ts";
 
@@ -193,23 +194,18 @@ export class VfsStore implements ObjectStore {
   }
 
   async #syncPaths(paths: string[]): Promise<void> {
-    let next = 0;
-    const worker = async () => {
-      while (next < paths.length) {
-        const p = paths[next++];
+    await pool(paths, { concurrency: SYNC_CONCURRENCY }, async (p) => {
+      try {
+        const fh = await open(p, "r");
         try {
-          const fh = await open(p, "r");
-          try {
-            await fh.sync();
-          } finally {
-            await fh.close();
-          }
-        } catch (err) {
-          if (code(err) !== "ENOENT") throw this.#fail("flush", p, err);
+          await fh.sync();
+        } finally {
+          await fh.close();
         }
+      } catch (err) {
+        if (code(err) !== "ENOENT") throw this.#fail("flush", p, err);
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, paths.length) }, worker));
+    });
   }
 
   async flush(): Promise<void> {

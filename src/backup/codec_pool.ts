@@ -64,6 +64,10 @@ function writeAll(fd, buf, from, length, position) {
 function writeBlock(t, raw, position) {
   if (t.at === undefined) return writeAll(t.fd, raw, 0, raw.length, position);
   staging ??= new Uint8Array(${BLOCK_SIZE} + STAGE_SLACK);
+  if (t.at >= 0 && raw.buffer === staging.buffer && raw.byteOffset === t.at) {
+    return writeAll(t.fd, staging, t.at, raw.length, position); // decoded in place
+  }
+  if (raw.buffer === staging.buffer) raw = raw.slice(); // moved below while probing
   const tryAt = (k) => {
     staging.set(raw, k);
     writeAll(t.fd, staging, k, raw.length, position);
@@ -79,6 +83,41 @@ function writeBlock(t, raw, position) {
     }
   }
   throw new Error("no buffer alignment accepted for direct I/O");
+}
+// A zstd block decoded straight into the staging buffer, at the offset its target writes from:
+// no 2 MiB result to allocate, fault in, copy and free per block. This uses zlib's stream handle
+// (Node's and Deno's alike), so it is checked once on a known frame; where it is missing or
+// wrong, unpack() serves. Returns the decoded bytes (at most max + 1), or undefined.
+let zstdHandle;
+function zstdInto(src, out, at, max) {
+  if (zstdHandle === undefined) {
+    zstdHandle = null;
+    try {
+      const d = zlib.createZstdDecompress();
+      const probe = new Uint8Array(64);
+      const ok = (h) => {
+        const frame = zlib.zstdCompressSync(Buffer.from("convoy"));
+        h._handle.reset();
+        h._handle.writeSync(zlib.constants.ZSTD_e_end, frame, 0, frame.length, probe, 3, 60);
+        return 60 - h._writeState[0] === 6 && Buffer.from(probe.subarray(3, 9)).toString() === "convoy";
+      };
+      if (typeof d._handle?.writeSync === "function" && d._writeState && ok(d)) zstdHandle = d;
+    } catch {
+      // no zstd stream handle here
+    }
+  }
+  if (zstdHandle === null || !(src[0] === 0x28 && src[1] === 0xb5 && src[2] === 0x2f && src[3] === 0xfd)) {
+    return undefined;
+  }
+  const room = Math.min(max + 1, out.length - at);
+  try {
+    zstdHandle._handle.reset();
+    zstdHandle._handle.writeSync(zlib.constants.ZSTD_e_end, src, 0, src.length, out, at, room);
+  } catch (err) {
+    zstdHandle = undefined; // a fresh handle for the next block
+    throw err;
+  }
+  return out.subarray(at, at + room - zstdHandle._writeState[0]);
 }
 const level = zlib.constants.ZSTD_c_compressionLevel;
 const ZSTD_LEVEL = ${ZSTD_LEVEL};
@@ -149,7 +188,11 @@ parentPort.on("message", (m) => {
     } else if (m.op === "unpackTo") {
       // Decoded, verified and written here: the block never travels back to the main thread.
       if (!m.own) back.push(m.buf);
-      const raw = unpack(new Uint8Array(m.buf, 0, m.len));
+      const src = new Uint8Array(m.buf, 0, m.len);
+      staging ??= new Uint8Array(${BLOCK_SIZE} + STAGE_SLACK);
+      const at = targets.get(m.path)?.at;
+      const inPlace = zstdInto(src, staging, at > 0 ? at : 0, m.size);
+      const raw = inPlace ?? unpack(src);
       if (m.own) free(new Uint8Array(m.buf));
       const written = raw.length === m.size && digest(m.algo, raw) === m.checksum;
       if (written) {
@@ -161,8 +204,9 @@ parentPort.on("message", (m) => {
         }
         writeBlock(t, raw, m.offset);
       }
-      free(raw);
-      parentPort.postMessage({ id: m.id, written, buf: m.own ? undefined : m.buf }, back);
+      if (!inPlace) free(raw);
+      const direct = written && targets.get(m.path).at !== undefined;
+      parentPort.postMessage({ id: m.id, written, direct, buf: m.own ? undefined : m.buf }, back);
     } else if (m.op === "retire") {
       for (const t of targets.values()) {
         try {
@@ -201,6 +245,8 @@ interface Reply {
   bufs?: ArrayBuffer[];
   length?: number;
   written?: boolean;
+  /** The block went to the target with direct I/O: none of it waits in the page cache. */
+  direct?: boolean;
   error?: string;
   /** Where a failed call failed: "decode" (the block's bytes), "write" or "close" (the target). */
   stage?: string;
@@ -441,8 +487,9 @@ function packedBuffer(packed: Uint8Array): { buf: ArrayBuffer; own: boolean } {
  * Decompresses and hashes a block file (handed over, see packedBuffer) on a worker and, when the
  * result is `expect.size` bytes with checksum `expect.checksum`, writes it into the file or
  * device `target.path` at `target.offset` from that worker (synchronously: the worker is busy,
- * the event loop is not). Resolves to whether it was written: false means the block is not what
- * its checksum says. Rejects with TargetWriteError when the write fails, with an Error when the
+ * the event loop is not). Resolves to "direct" when it was written past the page cache (nothing
+ * of it waits for writeback), "buffered" when written through it, or false when the block is not
+ * what its checksum says. Rejects with TargetWriteError when the write fails, with an Error when the
  * block cannot be decoded. Call closeTarget() once the last block of a target is done.
  */
 export async function unpackBlockTo(
@@ -452,7 +499,7 @@ export async function unpackBlockTo(
     expect: { checksum: string; size: number };
     target: { path: string; offset: number };
   },
-): Promise<boolean> {
+): Promise<"direct" | "buffered" | false> {
   const { buf, own } = packedBuffer(packed);
   const l = lane();
   targetLanes.add(l);
@@ -472,7 +519,7 @@ export async function unpackBlockTo(
     throw r.stage === "write" ? new TargetWriteError(r.error) : new Error(r.error);
   }
   recycle(r.buf);
-  return r.written === true;
+  return r.written === true && (r.direct ? "direct" : "buffered");
 }
 
 /** Lanes that may hold a restore target open. */

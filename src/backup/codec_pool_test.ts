@@ -1,7 +1,18 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import zlib, { gzipSync } from "node:zlib";
 import { BLOCK_SIZE } from "./codec.ts";
-import { codecWorkers, hashBlock, setCodecIdleMs } from "./codec_pool.ts";
+import {
+  closeTarget,
+  codecWorkers,
+  hashBlock,
+  setCodecIdleMs,
+  unpackBlockTo,
+} from "./codec_pool.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -24,6 +35,54 @@ describe("codec worker pool", () => {
       await again.drop();
     } finally {
       setCodecIdleMs(old);
+    }
+  });
+
+  it("unpackBlockTo() writes only a block of the expected size and checksum, whatever its frame", async () => {
+    const zstd = (zlib as { zstdCompressSync?: (b: Uint8Array) => Uint8Array }).zstdCompressSync;
+    const dir = await mkdtemp(join(tmpdir(), "convoy-unpack-"));
+    const target = join(dir, "img");
+    try {
+      await writeFile(target, new Uint8Array(5 * BLOCK_SIZE));
+      const block = new Uint8Array(BLOCK_SIZE).map((_, i) => (i * 7 + (i >> 12)) % 251);
+      const sum = createHash("sha256").update(block).digest("hex");
+      const expect = { checksum: sum, size: BLOCK_SIZE };
+      const put = (packed: Uint8Array, b: number) =>
+        unpackBlockTo(packed, {
+          algo: "sha256",
+          expect,
+          target: { path: target, offset: b * BLOCK_SIZE },
+        }).then(String, () => "rejected");
+      const good = /^(direct|buffered)$/;
+      const refused = /^(false|rejected)$/;
+      // zstd first: the first block of a target also finds the direct-I/O buffer alignment.
+      const want = [4];
+      if (zstd) {
+        for (let b = 0; b < 3; b++) assert.match(await put(zstd(block), b), good);
+        want.push(0, 1, 2);
+        const long = new Uint8Array(BLOCK_SIZE + 1);
+        long.set(block);
+        const frame = zstd(block);
+        const bad = frame.slice();
+        bad[bad.length >> 1] ^= 0x55;
+        bad[(bad.length >> 1) + 1] ^= 0x55;
+        // Too long, truncated, damaged: none reaches the target, and good blocks still do after.
+        assert.equal(await put(zstd(long), 3), "false");
+        assert.match(await put(frame.slice(0, frame.length - 100), 3), refused);
+        assert.match(await put(bad, 3), refused);
+        assert.match(await put(zstd(block), 2), good);
+      }
+      assert.match(await put(gzipSync(block), 4), good); // Convoy's gzip blocks
+      await closeTarget(target);
+      const got = await readFile(target);
+      for (const b of want) {
+        const at = got.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE);
+        assert.ok(Buffer.from(block).equals(at), `block ${b} was written byte for byte`);
+      }
+      const at3 = got.subarray(3 * BLOCK_SIZE, 4 * BLOCK_SIZE);
+      assert.ok(at3.every((v) => v === 0), "no bad block was written");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -114,8 +114,17 @@ async function main() {
   await must("umount", ["-l", join(WORK, "xfs")]).catch(() => {});
   await rm(WORK, { recursive: true, force: true });
   await mkdir(join(WORK, "xfs"), { recursive: true });
-  // Allocated up front, like a disk: writes into a sparse backing file would pay for its growth.
-  await must("fallocate", ["-l", "20G", join(WORK, "xfs.img")]);
+  // Written once up front, like a disk: a sparse or merely fallocated backing file would charge
+  // the first write into each region for its growth or for converting unwritten extents (a
+  // restore into fresh space measured 17 s against 3 s into space written before).
+  await must("dd", [
+    "if=/dev/zero",
+    `of=${join(WORK, "xfs.img")}`,
+    "bs=16M",
+    "count=1280",
+    "oflag=direct",
+    "status=none",
+  ]);
   await must("mkfs.xfs", ["-q", "-m", "reflink=1", join(WORK, "xfs.img")]);
   const disk =
     (await must("losetup", ["--direct-io=on", "--find", "--show", join(WORK, "xfs.img")]))

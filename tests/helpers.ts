@@ -45,7 +45,15 @@ export function run(
 
 /** Runs the convoy CLI (`deno run -A src/bin.ts ...`). */
 /** How to start `convoy`: deno run of src/bin.ts, unless a build (binary, node) is named. */
-export const DENO_CONVOY = [DENO, "run", "-A", "--quiet", BIN];
+/** The young generation is capped as in `deno task daemon` (see README, Performance). */
+export const DENO_CONVOY = [
+  DENO,
+  "run",
+  "-A",
+  "--quiet",
+  "--v8-flags=--max-semi-space-size=2",
+  BIN,
+];
 
 export function convoy(
   args: string[],

@@ -301,7 +301,7 @@ class VfsDriver {
       { volume: name },
     );
     if (stale.MountPoint && stale.MountPoint !== this.#volumeDir(name)) {
-      await this.#unbind(stale.MountPoint).catch((err) =>
+      await this.#unbind(stale.MountPoint, name).catch((err) =>
         this.#log.warn(
           `Cannot unmount "${stale.MountPoint}": ${this.#api.errors.errorMessage(err)}`,
           { volume: name },
@@ -339,14 +339,10 @@ class VfsDriver {
     await this.#api.exec("mount", ["--bind", this.#volumeDir(name), mountPoint]);
   }
 
-  async #unbind(mountPoint: string): Promise<void> {
+  /** Unmounts a bind mount; one not mounted is fine, a busy one is a ConflictError. */
+  async #unbind(mountPoint: string, volume: string): Promise<void> {
     if (!(await this.#api.util.mounts.isMountPoint(mountPoint))) return;
-    try {
-      await this.#api.exec("umount", [mountPoint]);
-    } catch (err) {
-      if (/not mounted/i.test(this.#api.errors.errorMessage(err))) return;
-      throw err;
-    }
+    await this.#api.util.filesystems.umount(mountPoint, { volume });
   }
 
   async #mustDir(name: string, what: string): Promise<string> {
@@ -635,7 +631,7 @@ class VfsDriver {
       try {
         await this.#writeState(name, { ...state, MountPoint: wanted });
       } catch (err) {
-        await this.#unbind(wanted).catch(() => {});
+        await this.#unbind(wanted, name).catch(() => {});
         throw this.#api.errors.wrapError(err, `Cannot mount volume "${name}" at "${wanted}"`);
       }
       this.#log.info(`Mounted volume "${name}" at "${wanted}"`, {
@@ -662,7 +658,7 @@ class VfsDriver {
       if (!mountPoint) return;
       if (mountPoint !== this.#volumeDir(name)) {
         try {
-          await this.#unbind(mountPoint);
+          await this.#unbind(mountPoint, name);
         } catch (err) {
           throw this.#api.errors.wrapError(
             err,

@@ -14,6 +14,7 @@ import {
   symlink,
   writeFile,
 } from "node:fs/promises";
+import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { BackupStoreApi, ConvoyDriver, Exec, InitFunc, Logger } from "../../mod.ts";
@@ -410,6 +411,35 @@ describe("vfs driver: volumes", () => {
       await exec("umount", [mp]);
       await vols.umountVolume("vol1");
       assert.equal(await vols.mountPoint("vol1"), "");
+    });
+  });
+
+  test("umountVolume() of a busy bind mount is a Conflict and leaves it mounted and recorded", async () => {
+    await withEnv(async ({ dir, init }) => {
+      const vols = await (await init()).volumeOps();
+      await vols.createVolume("vol1", {});
+      const mp = join(dir, "mnt", "vol1");
+      await vols.mountVolume("vol1", { MountPoint: mp });
+      const holder = spawn("sleep", ["30"], { cwd: mp, stdio: "ignore" }); // keeps it busy
+      try {
+        await new Promise((r) => holder.once("spawn", r));
+        await assert.rejects(async () => await vols.umountVolume("vol1"), (err: unknown) => {
+          const e = err as Error & { code?: string };
+          assert.equal(e.code, "Conflict");
+          assert.match(
+            e.message,
+            /Cannot unmount volume "vol1" from ".*": the mount point is busy/,
+          );
+          return true;
+        });
+        assert.equal(await isMountPoint(mp), true);
+        assert.equal(await vols.mountPoint("vol1"), mp);
+      } finally {
+        holder.kill("SIGKILL");
+        await new Promise((r) => holder.once("exit", r));
+      }
+      await vols.umountVolume("vol1");
+      assert.equal(await isMountPoint(mp), false);
     });
   });
 

@@ -45,6 +45,7 @@ const held = new Map();
 const targets = new Map();
 const STAGE_SLACK = 8192;
 let staging;
+const stagingBuffer = () => (staging ??= new Uint8Array(${BLOCK_SIZE} + STAGE_SLACK));
 function openTarget(path) {
   const direct = fs.constants.O_DIRECT;
   if (direct) {
@@ -63,14 +64,14 @@ function writeAll(fd, buf, from, length, position) {
 }
 function writeBlock(t, raw, position) {
   if (t.at === undefined) return writeAll(t.fd, raw, 0, raw.length, position);
-  staging ??= new Uint8Array(${BLOCK_SIZE} + STAGE_SLACK);
-  if (t.at >= 0 && raw.buffer === staging.buffer && raw.byteOffset === t.at) {
-    return writeAll(t.fd, staging, t.at, raw.length, position); // decoded in place
+  const stage = stagingBuffer();
+  if (t.at >= 0 && raw.buffer === stage.buffer && raw.byteOffset === t.at) {
+    return writeAll(t.fd, stage, t.at, raw.length, position); // decoded in place
   }
-  if (raw.buffer === staging.buffer) raw = raw.slice(); // moved below while probing
+  if (raw.buffer === stage.buffer) raw = raw.slice(); // moved below while probing
   const tryAt = (k) => {
-    staging.set(raw, k);
-    writeAll(t.fd, staging, k, raw.length, position);
+    stage.set(raw, k);
+    writeAll(t.fd, stage, k, raw.length, position);
   };
   if (t.at >= 0) return tryAt(t.at);
   for (let k = 0; k < STAGE_SLACK; k += 16) {
@@ -88,27 +89,24 @@ function writeBlock(t, raw, position) {
 // no 2 MiB result to allocate, fault in, copy and free per block. This uses zlib's stream handle
 // (Node's and Deno's alike), so it is checked once on a known frame; where it is missing or
 // wrong, unpack() serves. Returns the decoded bytes (at most max + 1), or undefined.
-let zstdHandle;
+const isZstd = (buf) => buf[0] === 0x28 && buf[1] === 0xb5 && buf[2] === 0x2f && buf[3] === 0xfd;
+let zstdHandle; // undefined: not checked yet; null: not usable here
+function zstdStreamHandle() {
+  try {
+    const d = zlib.createZstdDecompress();
+    const frame = zlib.zstdCompressSync(Buffer.from("convoy"));
+    const probe = new Uint8Array(64);
+    d._handle.reset();
+    d._handle.writeSync(zlib.constants.ZSTD_e_end, frame, 0, frame.length, probe, 3, 60);
+    const ok = 60 - d._writeState[0] === 6 && Buffer.from(probe.subarray(3, 9)).toString() === "convoy";
+    return ok ? d : null;
+  } catch {
+    return null; // no zstd stream handle here
+  }
+}
 function zstdInto(src, out, at, max) {
-  if (zstdHandle === undefined) {
-    zstdHandle = null;
-    try {
-      const d = zlib.createZstdDecompress();
-      const probe = new Uint8Array(64);
-      const ok = (h) => {
-        const frame = zlib.zstdCompressSync(Buffer.from("convoy"));
-        h._handle.reset();
-        h._handle.writeSync(zlib.constants.ZSTD_e_end, frame, 0, frame.length, probe, 3, 60);
-        return 60 - h._writeState[0] === 6 && Buffer.from(probe.subarray(3, 9)).toString() === "convoy";
-      };
-      if (typeof d._handle?.writeSync === "function" && d._writeState && ok(d)) zstdHandle = d;
-    } catch {
-      // no zstd stream handle here
-    }
-  }
-  if (zstdHandle === null || !(src[0] === 0x28 && src[1] === 0xb5 && src[2] === 0x2f && src[3] === 0xfd)) {
-    return undefined;
-  }
+  if (zstdHandle === undefined) zstdHandle = zstdStreamHandle();
+  if (zstdHandle === null || !isZstd(src)) return undefined;
   const room = Math.min(max + 1, out.length - at);
   try {
     zstdHandle._handle.reset();
@@ -137,7 +135,7 @@ const free = (u8) => {
 };
 function unpack(buf) {
   if (buf[0] === 0x1f && buf[1] === 0x8b) return zlib.gunzipSync(buf, { chunkSize });
-  if (buf[0] === 0x28 && buf[1] === 0xb5 && buf[2] === 0x2f && buf[3] === 0xfd) {
+  if (isZstd(buf)) {
     if (!zlib.zstdDecompressSync) throw new Error("this runtime has no zstd");
     return zlib.zstdDecompressSync(buf, { chunkSize });
   }
@@ -189,12 +187,12 @@ parentPort.on("message", (m) => {
       // Decoded, verified and written here: the block never travels back to the main thread.
       if (!m.own) back.push(m.buf);
       const src = new Uint8Array(m.buf, 0, m.len);
-      staging ??= new Uint8Array(${BLOCK_SIZE} + STAGE_SLACK);
       const at = targets.get(m.path)?.at;
-      const inPlace = zstdInto(src, staging, at > 0 ? at : 0, m.size);
+      const inPlace = zstdInto(src, stagingBuffer(), at > 0 ? at : 0, m.size);
       const raw = inPlace ?? unpack(src);
       if (m.own) free(new Uint8Array(m.buf));
       const written = raw.length === m.size && digest(m.algo, raw) === m.checksum;
+      let direct = false;
       if (written) {
         phase = "write";
         let t = targets.get(m.path);
@@ -203,9 +201,9 @@ parentPort.on("message", (m) => {
           targets.set(m.path, t);
         }
         writeBlock(t, raw, m.offset);
+        direct = t.at !== undefined;
       }
       if (!inPlace) free(raw);
-      const direct = written && targets.get(m.path).at !== undefined;
       parentPort.postMessage({ id: m.id, written, direct, buf: m.own ? undefined : m.buf }, back);
     } else if (m.op === "retire") {
       for (const t of targets.values()) {

@@ -43,9 +43,10 @@ export function run(
   });
 }
 
-/** Runs the convoy CLI (`deno run -A src/bin.ts ...`). */
-/** How to start `convoy`: deno run of src/bin.ts, unless a build (binary, node) is named. */
-/** The young generation is capped as in `deno task daemon` (see README, Performance). */
+/**
+ * How to start `convoy`: deno run of src/bin.ts, unless a build (binary, node) is named; V8's
+ * young generation capped as in `deno task daemon` (see README, Performance).
+ */
 export const DENO_CONVOY = [
   DENO,
   "run",
@@ -55,6 +56,7 @@ export const DENO_CONVOY = [
   BIN,
 ];
 
+/** Runs the convoy CLI (`deno run -A src/bin.ts ...`). */
 export function convoy(
   args: string[],
   opts: { socket?: string; env?: Record<string, string>; command?: string[] } = {},

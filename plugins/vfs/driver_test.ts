@@ -17,7 +17,14 @@ import {
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import type { BackupStoreApi, ConvoyDriver, Exec, InitFunc, Logger } from "../../mod.ts";
+import type {
+  BackupStoreApi,
+  ConvoyDriver,
+  Exec,
+  InitFunc,
+  Logger,
+  VolumeOperations,
+} from "../../mod.ts";
 import {
   AlreadyExistsError,
   BackendError,
@@ -101,6 +108,15 @@ async function withEnv(fn: (env: Env) => Promise<void>): Promise<void> {
   } finally {
     await cleanup(dir);
   }
+}
+
+/** A new volume "vol1" bind-mounted at `<dir>/mnt/vol1`. */
+async function bindMounted(env: Env): Promise<{ vols: VolumeOperations; mp: string }> {
+  const vols = await (await env.init()).volumeOps();
+  await vols.createVolume("vol1", {});
+  const mp = join(env.dir, "mnt", "vol1");
+  await vols.mountVolume("vol1", { MountPoint: mp });
+  return { vols, mp };
 }
 
 async function mode(path: string): Promise<number> {
@@ -403,11 +419,8 @@ describe("vfs driver: volumes", () => {
   });
 
   test("umountVolume() succeeds when the bind mount is already gone", async () => {
-    await withEnv(async ({ dir, init }) => {
-      const vols = await (await init()).volumeOps();
-      await vols.createVolume("vol1", {});
-      const mp = join(dir, "mnt", "vol1");
-      await vols.mountVolume("vol1", { MountPoint: mp });
+    await withEnv(async (env) => {
+      const { vols, mp } = await bindMounted(env);
       await exec("umount", [mp]);
       await vols.umountVolume("vol1");
       assert.equal(await vols.mountPoint("vol1"), "");
@@ -415,11 +428,8 @@ describe("vfs driver: volumes", () => {
   });
 
   test("umountVolume() of a busy bind mount is a Conflict and leaves it mounted and recorded", async () => {
-    await withEnv(async ({ dir, init }) => {
-      const vols = await (await init()).volumeOps();
-      await vols.createVolume("vol1", {});
-      const mp = join(dir, "mnt", "vol1");
-      await vols.mountVolume("vol1", { MountPoint: mp });
+    await withEnv(async (env) => {
+      const { vols, mp } = await bindMounted(env);
       const holder = spawn("sleep", ["30"], { cwd: mp, stdio: "ignore" }); // keeps it busy
       try {
         await new Promise((r) => holder.once("spawn", r));

@@ -3,7 +3,16 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile, symlink } from "node:fs/promises";
 import { join } from "node:path";
-import { backupRoundTrip, DENO, ok, REPO, run, startDaemon, tempDir } from "./helpers.ts";
+import {
+  backupRoundTrip,
+  canConnect,
+  DENO,
+  ok,
+  REPO,
+  run,
+  startDaemon,
+  tempDir,
+} from "./helpers.ts";
 import { writeDemoPlugins } from "./plugin_fixtures.ts";
 
 describe("npm package on Node", () => {
@@ -65,5 +74,35 @@ describe("npm package on Node", () => {
     } finally {
       await d.stop();
     }
+  });
+
+  it("runs the daemon with V8's young generation capped, and stops it with its launcher", async () => {
+    const root = join(dir, "root-cap");
+    const cmdline = async (pid: number) =>
+      (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
+    const daemonOf = async (launcher: number) => {
+      const kids = (await readFile(`/proc/${launcher}/task/${launcher}/children`, "utf8")).trim();
+      assert.match(kids, /^\d+$/, "the launcher runs one child: the daemon");
+      return Number(kids);
+    };
+    const alive = (pid: number) => readFile(`/proc/${pid}/cmdline`).then(() => true, () => false);
+
+    const d = await startDaemon({ root, command: node, args: ["--drivers", "vfs"] });
+    const child = await daemonOf(d.proc.pid!);
+    assert.ok((await cmdline(child)).includes("--max-semi-space-size=2"));
+    assert.equal(await ok(["create", "c1"], { socket: d.socket, command: node }), "c1");
+    assert.equal(await d.stop(), 0, "SIGTERM reaches the daemon, which exits cleanly");
+    assert.equal(await alive(child), false);
+
+    // A launcher killed outright: the daemon notices and shuts down as on SIGTERM.
+    const d2 = await startDaemon({ root, command: node });
+    const child2 = await daemonOf(d2.proc.pid!);
+    await d2.kill9();
+    const deadline = Date.now() + 15_000;
+    while ((await alive(child2)) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(await alive(child2), false, "the daemon outlived its launcher");
+    assert.equal(await canConnect(d2.socket), false);
   });
 });

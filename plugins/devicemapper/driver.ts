@@ -414,6 +414,7 @@ class DmDriver {
       LastDevID: 0,
       Filesystem: o.filesystem,
       Kept: {},
+      PendingDevIDs: [],
     };
   }
 

@@ -13,6 +13,8 @@ import {
   TimeoutError,
 } from "../../mod.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
+import { createPluginApi } from "../../src/plugins/host_api.ts";
+import { noBackupStore } from "../../src/plugins/testing.ts";
 import { parseMountInfo } from "../../src/util/mountinfo.ts";
 import {
   BLOCK,
@@ -36,6 +38,7 @@ import {
   withPool,
   writeAt,
 } from "../../tests/dm/helpers.ts";
+import { loadOrCreateConfig, saveConfig } from "./config.ts";
 import type { CompareStats, DmConvoyDriver } from "./driver.ts";
 import {
   comparePoolTable,
@@ -51,6 +54,7 @@ import {
   snapshotDeviceName,
   volumeDeviceName,
 } from "./dm.ts";
+import { createSchemas } from "./options.ts";
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -356,6 +360,58 @@ describe("devicemapper driver: options", () => {
   });
 });
 
+describe("devicemapper driver: saved configuration", () => {
+  it("loadOrCreateConfig() loads a devicemapper.cfg without PendingDevIDs as nothing pending; saveConfig() writes it", async () => {
+    await withTempDir(async (dir) => {
+      const api = createPluginApi({
+        register: () => {},
+        log: recordingLogger(),
+        exec,
+        backup: noBackupStore,
+      });
+      const file = join(dir, "devicemapper.cfg");
+      // Convoy v0.5.2's fields only: no Kept, no PendingDevIDs.
+      const convoy = {
+        Root: dir,
+        DataDevice: "/dev/loop0",
+        MetadataDevice: "/dev/loop1",
+        ThinpoolDevice: "/dev/mapper/convoy-pool",
+        ThinpoolSize: 4 * GiB,
+        ThinpoolBlockSize: 4096,
+        DefaultVolumeSize: 100 * GiB,
+        LastDevID: 7,
+        Filesystem: "ext4",
+      };
+      await writeFile(file, JSON.stringify(convoy) + "\n");
+      const load = () =>
+        loadOrCreateConfig(api, createSchemas(api), {
+          root: dir,
+          config: {},
+          log: recordingLogger(),
+          create: () => Promise.reject(new Error("not a first start")),
+        });
+      const { cfg, created } = await load();
+      assert.equal(created, false);
+      assert.deepEqual(cfg.PendingDevIDs, []);
+      assert.deepEqual(cfg.Kept, {});
+      assert.equal(cfg.LastDevID, 7);
+      cfg.PendingDevIDs = [8, 3];
+      await saveConfig(api, cfg);
+      const saved = JSON.parse(await readFile(file, "utf8"));
+      assert.deepEqual(Object.keys(saved), [...Object.keys(convoy), "Kept", "PendingDevIDs"]);
+      assert.deepEqual(saved.PendingDevIDs, [8, 3]);
+      assert.deepEqual((await load()).cfg.PendingDevIDs, [8, 3]);
+      for (const bad of [[-1], ["3"], [2 ** 24], 5]) {
+        await writeFile(file, JSON.stringify({ ...convoy, PendingDevIDs: bad }));
+        await rejectsWith(load, {
+          type: InvalidArgumentError,
+          message: new RegExp(`^Cannot load devicemapper configuration "${file}": "PendingDevIDs`),
+        });
+      }
+    });
+  });
+});
+
 // ---- a real thin pool ------------------------------------------------------------------------
 
 describe(`devicemapper driver: pool${skipNote}`, needsPool, () => {
@@ -395,6 +451,7 @@ describe(`devicemapper driver: pool${skipNote}`, needsPool, () => {
           "LastDevID",
           "Filesystem",
           "Kept",
+          "PendingDevIDs",
         ]);
         assert.equal(cfg.ThinpoolBlockSize, 128);
         assert.equal(cfg.LastDevID, 0);

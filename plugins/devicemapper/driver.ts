@@ -671,6 +671,14 @@ class DmDriver {
       try {
         const rec = await this.#upgradeRecord(record);
         const dev = await this.#ensureActive(rec);
+        if (await this.#dm.suspended(this.#deviceName(rec))) {
+          // A snapshot create killed between suspend and resume: its I/O would wait forever.
+          await this.#dm.resume(this.#deviceName(rec));
+          this.#log.warn(
+            `Resumed volume "${name}", left suspended by an interrupted snapshot create`,
+            { volume: name },
+          );
+        }
         if (!rec.MountPoint) continue;
         const entry = await this.#api.util.mounts.mountAt(rec.MountPoint);
         if (await this.#isMountOf(entry, dev.number)) continue;

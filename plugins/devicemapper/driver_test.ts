@@ -1338,6 +1338,9 @@ describe(`devicemapper driver: interrupted operations${skipNote}`, needsPool, ()
           "vol1",
         );
         assert.equal(await die3.died, `dmsetup message ${env.pool} 0 create_snap 6 1`);
+        const state = async () =>
+          /State:\s+(\S+)/.exec((await exec("dmsetup", ["info", env.device("vol1")])).stdout)?.[1];
+        assert.equal(await state(), "SUSPENDED");
         assert.deepEqual(deleted(log3), [
           [`Removed device "${env.device("vol3")}" of the orphaned thin id 5`, 5],
           ["Deleted thin id 5, orphaned by an interrupted operation", 5],
@@ -1353,6 +1356,12 @@ describe(`devicemapper driver: interrupted operations${skipNote}`, needsPool, ()
         assert.deepEqual(deleted(log4), [
           ["Deleted thin id 6, orphaned by an interrupted operation", 6],
         ]);
+        // The origin the killed snapshot create had suspended is resumed.
+        assert.equal(await state(), "ACTIVE");
+        assert.deepEqual(log4.lines.filter((l) => l.level === "warn").map((l) => l.msg), [
+          'Resumed volume "vol1", left suspended by an interrupted snapshot create',
+        ]);
+        await writeAt(`/dev/mapper/${env.device("vol1")}`, { offset: 0, data: pattern(4, 4096) });
         assert.deepEqual(await pendingIDs(env), []);
         assert.deepEqual(await thinIDs(env), [1, 2, 3, 1000]);
         assert.deepEqual(Object.keys(await d4.vols.listVolume({})), ["vol1"]);

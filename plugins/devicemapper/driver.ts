@@ -30,7 +30,9 @@
  * and cleared once a record references it or the pool no longer has it. A daemon killed in
  * between leaves the id journaled; the next start deletes each journaled id that no record and
  * no Kept entry references (after removing any device mapping it). Ids that were never
- * journaled (made by another tool) are never deleted.
+ * journaled (made by another tool) are never deleted. The one window left: killed after the
+ * journal write but before the pool message, an id the pool never made stays journaled, and
+ * were another tool to take that very id before the next start, that start would delete it.
  *
  * ReferenceOnly delete never destroys data: the volume's device is deactivated and its record
  * moves to `Kept` in devicemapper.cfg, with its thin device and snapshots left in the pool;

@@ -27,7 +27,7 @@ export const CONFIG_FILE = "devicemapper.cfg";
 /** The directory of pool devices. */
 export const MAPPER_DIR = "/dev/mapper";
 
-/** The saved configuration (Convoy's fields, in Convoy's order, plus Kept). */
+/** The saved configuration (Convoy's fields, in Convoy's order, plus Kept and PendingDevIDs). */
 export interface DmConfig {
   /** The driver root, `<daemon root>/devicemapper`. */
   Root: string;
@@ -49,6 +49,13 @@ export interface DmConfig {
    * (never destroyed); creating a volume of the same name adopts them again.
    */
   Kept: Record<string, VolumeRecord>;
+  /**
+   * The journal of thin ids in flight: an id is added in the same write that hands it out
+   * (LastDevID) or before a delete removes the record that references it, and cleared once a
+   * record references it or the pool no longer has it. At start-up, the ids no record (nor Kept)
+   * references are deleted from the pool; no other id is ever deleted.
+   */
+  PendingDevIDs: number[];
 }
 
 /** The validated `--driver-opts` of a first start. */
@@ -192,6 +199,7 @@ export async function loadOrCreateConfig(
           LastDevID: d.LastDevID,
           Filesystem: filesystem,
           Kept: d.Kept,
+          PendingDevIDs: d.PendingDevIDs,
         };
         // Saved by the caller after the pool has started (`dirty`).
         return { config: cfg, save: false };
@@ -259,5 +267,6 @@ export async function saveConfig(api: PluginApi, cfg: DmConfig): Promise<void> {
     LastDevID: cfg.LastDevID,
     Filesystem: cfg.Filesystem,
     Kept: cfg.Kept,
+    PendingDevIDs: cfg.PendingDevIDs,
   });
 }

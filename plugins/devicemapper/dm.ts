@@ -366,6 +366,12 @@ export class DmSetup {
     await this.run(["resume", name]);
   }
 
+  /** True when `name` is suspended (its I/O is held until a resume). */
+  async suspended(name: string): Promise<boolean> {
+    const attr = await this.run(["info", "-c", "--noheadings", "-o", "attr", name]);
+    return attr.trim()[2] === "s";
+  }
+
   /** The names of every device-mapper device. */
   async list(): Promise<string[]> {
     const out = await this.run(["ls"]);

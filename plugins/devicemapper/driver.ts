@@ -10,7 +10,7 @@
  * ```
  * <root>/devicemapper.cfg                   {"Root","DataDevice","MetadataDevice","ThinpoolDevice",
  *                                           "ThinpoolSize","ThinpoolBlockSize","DefaultVolumeSize",
- *                                           "LastDevID","Filesystem","Kept"}
+ *                                           "LastDevID","Filesystem","Kept","PendingDevIDs"}
  * <root>/devicemapper_volume_<name>.json    {"Name","DevID","Size","Base","MountPoint","CreatedTime",
  *                                           "Snapshots":{"<snap>":{"Name","CreatedTime","DevID","Activated"}},
  *                                           "Filesystem","UUID","DeviceName"}
@@ -25,12 +25,21 @@
  * every volume (also when the pool was already active) and re-mount every recorded mount at its
  * recorded mount point. A pool that cannot be activated gives an error with recovery advice.
  *
+ * Thin ids are journaled (`PendingDevIDs`): an id is added in the same atomic write of
+ * devicemapper.cfg that hands it out, or before a delete removes the record that references it,
+ * and cleared once a record references it or the pool no longer has it. A daemon killed in
+ * between leaves the id journaled; the next start deletes each journaled id that no record and
+ * no Kept entry references (after removing any device mapping it). Ids that were never
+ * journaled (made by another tool) are never deleted. The one window left: killed after the
+ * journal write but before the pool message, an id the pool never made stays journaled, and
+ * were another tool to take that very id before the next start, that start would delete it.
+ *
  * ReferenceOnly delete never destroys data: the volume's device is deactivated and its record
  * moves to `Kept` in devicemapper.cfg, with its thin device and snapshots left in the pool;
  * creating a volume of the same name adopts them again (and a normal delete then frees them).
  * @module
  */
-import { open, readFile, rmdir, stat } from "node:fs/promises";
+import { open, readdir, readFile, rmdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import type {
@@ -97,6 +106,8 @@ export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
 const MOUNTINFO = "/proc/self/mountinfo";
 /** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
+/** A volume record's file is `<root>/<RECORD_PREFIX><name>.json`. */
+const RECORD_PREFIX = "devicemapper_volume_";
 const CFG_LOCK = "\u0000config";
 const METADATA_SNAP_LOCK = "\u0000metadata-snap";
 /** Attempts at a free thin id when the pool already has the next one (an id lost by a crash). */
@@ -186,7 +197,7 @@ class DmDriver {
     this.#log = opts.log;
     this.#records = api.util.createRecordStore({
       dir: opts.root,
-      prefix: "devicemapper_volume_",
+      prefix: RECORD_PREFIX,
       schema: opts.schemas.volumeRecord,
       nameField: "Name",
       kind: "volume",
@@ -260,6 +271,7 @@ class DmDriver {
     await this.#api.util.ensureDir(this.#mountsDir);
     await this.#cleanLeftovers();
     await this.#checkKept();
+    await this.#cleanPendingIDs();
     await this.#restoreVolumes();
   }
 
@@ -414,6 +426,7 @@ class DmDriver {
       LastDevID: 0,
       Filesystem: o.filesystem,
       Kept: {},
+      PendingDevIDs: [],
     };
   }
 
@@ -561,12 +574,113 @@ class DmDriver {
     }
   }
 
+  /**
+   * Every thin id the records and Kept reference. Throws when a record file cannot be read: the
+   * ids it holds are unknown then.
+   */
+  async #referencedIDs(): Promise<Set<number>> {
+    const ids = new Set<number>();
+    const add = (rec: VolumeRecord) => {
+      ids.add(rec.DevID);
+      for (const s of Object.values(rec.Snapshots)) ids.add(s.DevID);
+    };
+    for (const rec of Object.values(this.#cfg.Kept)) add(rec);
+    for (const entry of await readdir(this.#root)) {
+      if (entry.startsWith(".") || !entry.startsWith(RECORD_PREFIX) || !entry.endsWith(".json")) {
+        continue;
+      }
+      const name = entry.slice(RECORD_PREFIX.length, -".json".length);
+      const rec = await this.#records.read(name);
+      if (rec) add(rec);
+    }
+    return ids;
+  }
+
+  /** The active thin devices of the pool, by thin id. */
+  async #thinDevices(): Promise<Map<number, string[]>> {
+    const pool = await this.#mapperNumber(this.#pool);
+    const out = new Map<number, string[]>();
+    for (const name of await this.#dm.list()) {
+      const t = parseTable((await this.#dm.table(name)) ?? "");
+      if (t?.type !== "thin" || t.args[0] !== pool || !/^\d+$/.test(t.args[1] ?? "")) continue;
+      const id = Number(t.args[1]);
+      out.set(id, [...out.get(id) ?? [], name]);
+    }
+    return out;
+  }
+
+  /**
+   * Finishes what a killed create or delete left in the journal (PendingDevIDs): an id that a
+   * record or Kept references is only cleared; any other is deleted from the pool (the devices
+   * mapping it removed first; an id the pool does not have is fine), then cleared. Never throws:
+   * an id that cannot be deleted is logged and stays journaled for the next start. When a record
+   * cannot be read, nothing is deleted (the ids it references are unknown).
+   */
+  async #cleanPendingIDs(): Promise<void> {
+    const pending = [...this.#cfg.PendingDevIDs];
+    if (!pending.length) return;
+    const pool = this.#pool;
+    const why = (err: unknown) =>
+      `${this.#api.errors.errorMessage(err)}; the next start tries again`;
+    let referenced: Set<number>;
+    let devices: Map<number, string[]>;
+    try {
+      referenced = await this.#referencedIDs();
+      devices = await this.#thinDevices();
+    } catch (err) {
+      this.#log.warn(
+        `Not deleting the thin ids ${pending.join(", ")} left by interrupted operations: ${
+          why(err)
+        }`,
+        { pool, devIDs: pending },
+      );
+      return;
+    }
+    const done: number[] = [];
+    for (const id of pending) {
+      if (referenced.has(id)) {
+        done.push(id);
+        continue;
+      }
+      try {
+        for (const name of devices.get(id) ?? []) {
+          await this.#dm.remove(name, 10);
+          this.#log.info(`Removed device "${name}" of the orphaned thin id ${id}`, {
+            pool,
+            devID: id,
+            device: name,
+          });
+        }
+        await this.#deleteThinID(id);
+        this.#log.info(`Deleted thin id ${id}, orphaned by an interrupted operation`, {
+          pool,
+          devID: id,
+        });
+        done.push(id);
+      } catch (err) {
+        this.#log.warn(`Cannot delete the orphaned thin id ${id}: ${why(err)}`, {
+          pool,
+          devID: id,
+        });
+      }
+    }
+    await this.#settle(done);
+  }
+
   /** Re-activates every volume and re-mounts recorded mounts; failures are logged. */
   async #restoreVolumes(): Promise<void> {
     for (const { name, record } of await this.#records.list()) {
       try {
         const rec = await this.#upgradeRecord(record);
         const dev = await this.#ensureActive(rec);
+        if (await this.#dm.suspended(this.#deviceName(rec))) {
+          // A snapshot create killed between suspend and resume: its I/O would wait forever.
+          await this.#dm.resume(this.#deviceName(rec));
+          this.#log.warn(
+            `Resumed volume "${name}", left suspended by an interrupted snapshot create`,
+            { volume: name },
+          );
+        }
         if (!rec.MountPoint) continue;
         const entry = await this.#api.util.mounts.mountAt(rec.MountPoint);
         if (await this.#isMountOf(entry, dev.number)) continue;
@@ -651,7 +765,7 @@ class DmDriver {
     });
   }
 
-  /** A new thin device id, persisted before use (Convoy's ++LastDevID). */
+  /** A new thin device id, saved (LastDevID) and journaled (PendingDevIDs) in one write before use. */
   async #allocateDevID(): Promise<number> {
     return await this.#updateConfig((cfg) => {
       const id = cfg.LastDevID + 1;
@@ -661,13 +775,17 @@ class DmDriver {
         );
       }
       cfg.LastDevID = id;
+      cfg.PendingDevIDs = [...cfg.PendingDevIDs, id];
       return id;
     });
   }
 
   /**
-   * Sends `msg(id)` with a fresh id; when the pool already has that id (lost by a crash before
-   * LastDevID was saved, or made by another tool), tries the next one.
+   * Sends `msg(id)` with a fresh journaled id; the caller clears it (#settle) once a record
+   * references it, or deletes it (#deleteIDs). When the pool already has that id (made by
+   * another tool, or lost by a crash of a version without the journal), it is not ours: it
+   * leaves the journal, is never deleted, and the next id is tried. On any other failure the id
+   * is deleted in case the pool made it (a failed metadata commit, a timeout).
    */
   async #withNewDevID(msg: (id: number) => string): Promise<number> {
     for (let attempt = 1;; attempt++) {
@@ -676,10 +794,76 @@ class DmDriver {
         await this.#dm.message(this.#pool, msg(id));
         return id;
       } catch (err) {
-        if (!failedWith(err, EXISTS) || attempt >= ID_ATTEMPTS) throw err;
+        if (!failedWith(err, EXISTS)) {
+          await this.#deleteIDs([id], `"${msg(id)}" failed`);
+          throw err;
+        }
+        await this.#settle([id]);
+        if (attempt >= ID_ATTEMPTS) throw err;
         this.#log.warn(`Thin id ${id} is taken in pool "${this.#pool}"; trying the next one`);
       }
     }
+  }
+
+  /** Adds `ids` to the journal, saved before the record that references them is removed. */
+  async #journal(ids: number[]): Promise<void> {
+    await this.#updateConfig((cfg) => {
+      cfg.PendingDevIDs = [...new Set([...cfg.PendingDevIDs, ...ids])];
+    });
+  }
+
+  /**
+   * Clears `ids` from the journal: a record references them, the pool no longer has them, or
+   * they are not ours. Never throws, and never reverted: when the save fails, the next save
+   * drops them from the file.
+   */
+  async #settle(ids: number[]): Promise<void> {
+    if (!ids.length) return;
+    await this.#locks.run(CFG_LOCK, async () => {
+      this.#cfg.PendingDevIDs = this.#cfg.PendingDevIDs.filter((id) => !ids.includes(id));
+      try {
+        await saveConfig(this.#api, this.#cfg);
+      } catch (err) {
+        this.#log.warn(
+          `Cannot clear thin ids ${ids.join(", ")} from the journal in "${this.#configFile}": ${
+            this.#api.errors.errorMessage(err)
+          }`,
+          { devIDs: ids },
+        );
+      }
+    });
+  }
+
+  /** `delete <id>`; an id the pool does not have is fine. */
+  async #deleteThinID(id: number): Promise<void> {
+    try {
+      await this.#dm.message(this.#pool, `delete ${id}`);
+    } catch (err) {
+      if (!failedWith(err, NO_DATA)) throw err;
+    }
+  }
+
+  /**
+   * Deletes journaled ids that nothing references any more and clears them from the journal.
+   * Never throws: an id the pool cannot delete is logged (`why` says what was being done) and
+   * stays journaled; the next start deletes it.
+   */
+  async #deleteIDs(ids: number[], why: string): Promise<void> {
+    const deleted: number[] = [];
+    for (const id of ids) {
+      try {
+        await this.#deleteThinID(id);
+        deleted.push(id);
+      } catch (err) {
+        this.#log.warn(
+          `Cannot delete thin id ${id} (${why}): ${
+            this.#api.errors.errorMessage(err)
+          }; the next start deletes it`,
+          { pool: this.#pool, devID: id },
+        );
+      }
+    }
+    if (deleted.length) await this.#settle(deleted);
   }
 
   // ---- helpers -----------------------------------------------------------------------------
@@ -763,16 +947,22 @@ class DmDriver {
     return { path: join(MAPPER_DIR, name), number: await this.#mapperNumber(name) };
   }
 
-  /** Deactivates a thin device and deletes its id (and its snapshots' ids); missing ones are fine. */
-  async #destroyThin(device: string | undefined, ids: number[]): Promise<void> {
-    if (device) await this.#dm.remove(device);
-    for (const id of ids) {
-      try {
-        await this.#dm.message(this.#pool, `delete ${id}`);
-      } catch (err) {
-        if (!failedWith(err, NO_DATA)) throw err;
-      }
+  /**
+   * Undoes #newThin once its record is removed: deactivates the device and deletes the id. Never
+   * throws: what cannot be undone is logged, and the id stays journaled for the next start.
+   */
+  async #rollBackThin(name: string, thin: { devID: number; device: string }): Promise<void> {
+    try {
+      await this.#dm.remove(thin.device);
+    } catch (err) {
+      this.#log.warn(
+        `Cannot roll back volume "${name}": ${this.#api.errors.errorMessage(err)}; ` +
+          `the next start deletes thin id ${thin.devID}`,
+        { volume: name, devID: thin.devID },
+      );
+      return;
     }
+    await this.#deleteIDs([thin.devID], `rolling back volume "${name}"`);
   }
 
   /** Creates a thin device of `size` bytes, activated; rolled back on failure. */
@@ -796,9 +986,7 @@ class DmDriver {
         thinTable({ sectors: size / 512, pool: this.#cfg.ThinpoolDevice, devID }),
       );
     } catch (err) {
-      await this.#destroyThin(undefined, [devID]).catch((e) =>
-        this.#log.warn(`Cannot delete thin id ${devID}: ${this.#api.errors.errorMessage(e)}`)
-      );
+      await this.#deleteIDs([devID], `activating "${device}" failed`);
       throw err;
     }
     return { devID, device, path: join(MAPPER_DIR, device) };
@@ -858,14 +1046,11 @@ class DmDriver {
     } catch (err) {
       if (thin) {
         await this.#records.remove(name).catch(() => {});
-        await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
-          this.#log.warn(`Cannot roll back volume "${name}": ${this.#api.errors.errorMessage(e)}`, {
-            volume: name,
-          })
-        );
+        await this.#rollBackThin(name, thin);
       }
       throw this.#wrap(err, what);
     }
+    await this.#settle([thin.devID]);
     this.#log.info(`Created volume "${name}"`, {
       volume: name,
       device: thin.path,
@@ -974,14 +1159,11 @@ class DmDriver {
     } catch (err) {
       if (thin) {
         await this.#records.remove(name).catch(() => {});
-        await this.#destroyThin(thin.device, [thin.devID]).catch((e) =>
-          this.#log.warn(`Cannot roll back volume "${name}": ${this.#api.errors.errorMessage(e)}`, {
-            volume: name,
-          })
-        );
+        await this.#rollBackThin(name, thin);
       }
       throw this.#wrap(err, what);
     }
+    await this.#settle([thin.devID]);
     if (!fs) {
       this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
         volume: name,
@@ -1045,11 +1227,18 @@ class DmDriver {
               )
             );
           }
-          await this.#destroyThin(device, [
-            ...Object.values(rec.Snapshots).map((s) => s.DevID),
-            rec.DevID,
-          ]);
-          await this.#records.remove(name);
+          await this.#dm.remove(device);
+          // Journal, record, ids: killed before the record is removed, the volume is as it was;
+          // after, the next start deletes the ids (so does it when the pool refuses now).
+          const ids = [...Object.values(rec.Snapshots).map((s) => s.DevID), rec.DevID];
+          await this.#journal(ids);
+          try {
+            await this.#records.remove(name);
+          } catch (err) {
+            await this.#settle(ids);
+            throw err;
+          }
+          await this.#deleteIDs(ids, `deleting volume "${name}"`);
         }
       } catch (err) {
         throw this.#wrap(err, what);
@@ -1206,9 +1395,10 @@ class DmDriver {
       try {
         await this.#writeRecord({ ...rec, Snapshots: { ...rec.Snapshots, [snap]: entry } });
       } catch (err) {
-        await this.#destroyThin(undefined, [devID]).catch(() => {});
+        await this.#deleteIDs([devID], `rolling back snapshot "${snap}" of volume "${name}"`);
         throw this.#wrap(err, what);
       }
+      await this.#settle([devID]);
       this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
         volume: name,
         snapshot: snap,
@@ -1242,7 +1432,9 @@ class DmDriver {
             volume: rec.Name,
           },
         );
-        if (devID !== undefined) await this.#destroyThin(undefined, [devID]).catch(() => {});
+        if (devID !== undefined) {
+          await this.#deleteIDs([devID], `rolling back a snapshot of volume "${rec.Name}"`);
+        }
         failure ??= err;
       }
     }
@@ -1264,13 +1456,20 @@ class DmDriver {
         throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
       }
       try {
-        await this.#destroyThin(undefined, [entry.DevID]);
+        // Journal, record, id (as deleteVolume).
+        await this.#journal([entry.DevID]);
         const rest = { ...rec.Snapshots };
         delete rest[snap];
-        await this.#writeRecord({ ...rec, Snapshots: rest });
+        try {
+          await this.#writeRecord({ ...rec, Snapshots: rest });
+        } catch (err) {
+          await this.#settle([entry.DevID]);
+          throw err;
+        }
       } catch (err) {
         throw this.#wrap(err, what);
       }
+      await this.#deleteIDs([entry.DevID], `deleting snapshot "${snap}" of volume "${name}"`);
       this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
         volume: name,
         snapshot: snap,

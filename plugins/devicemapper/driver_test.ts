@@ -13,13 +13,17 @@ import {
   TimeoutError,
 } from "../../mod.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
+import { createPluginApi } from "../../src/plugins/host_api.ts";
+import { noBackupStore } from "../../src/plugins/testing.ts";
 import { parseMountInfo } from "../../src/util/mountinfo.ts";
 import {
   BLOCK,
   devicesWithPrefix,
   dmInit,
+  dyingExec,
   exec,
   GiB,
+  isMessage,
   type LogLine,
   MiB,
   mountsBelow,
@@ -33,9 +37,11 @@ import {
   sha256Of,
   skipNote,
   tableOf,
+  thinIDs,
   withPool,
   writeAt,
 } from "../../tests/dm/helpers.ts";
+import { loadOrCreateConfig, saveConfig } from "./config.ts";
 import type { CompareStats, DmConvoyDriver } from "./driver.ts";
 import {
   comparePoolTable,
@@ -51,6 +57,7 @@ import {
   snapshotDeviceName,
   volumeDeviceName,
 } from "./dm.ts";
+import { createSchemas } from "./options.ts";
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -78,6 +85,11 @@ function blocksOf(mappings: Array<{ offset: number; size: number }>): number[] {
 
 async function readCfg(env: PoolEnv): Promise<Record<string, unknown>> {
   return JSON.parse(await readFile(join(env.root, "devicemapper.cfg"), "utf8"));
+}
+
+/** The journal of thin ids in devicemapper.cfg, ascending. */
+async function pendingIDs(env: PoolEnv): Promise<number[]> {
+  return [...(await readCfg(env)).PendingDevIDs as number[]].sort((a, b) => a - b);
 }
 
 /** Unmounts the volume devices of `env` and deactivates them (and the pool) behind the driver's back. */
@@ -356,6 +368,58 @@ describe("devicemapper driver: options", () => {
   });
 });
 
+describe("devicemapper driver: saved configuration", () => {
+  it("loadOrCreateConfig() loads a devicemapper.cfg without PendingDevIDs as nothing pending; saveConfig() writes it", async () => {
+    await withTempDir(async (dir) => {
+      const api = createPluginApi({
+        register: () => {},
+        log: recordingLogger(),
+        exec,
+        backup: noBackupStore,
+      });
+      const file = join(dir, "devicemapper.cfg");
+      // Convoy v0.5.2's fields only: no Kept, no PendingDevIDs.
+      const convoy = {
+        Root: dir,
+        DataDevice: "/dev/loop0",
+        MetadataDevice: "/dev/loop1",
+        ThinpoolDevice: "/dev/mapper/convoy-pool",
+        ThinpoolSize: 4 * GiB,
+        ThinpoolBlockSize: 4096,
+        DefaultVolumeSize: 100 * GiB,
+        LastDevID: 7,
+        Filesystem: "ext4",
+      };
+      await writeFile(file, JSON.stringify(convoy) + "\n");
+      const load = () =>
+        loadOrCreateConfig(api, createSchemas(api), {
+          root: dir,
+          config: {},
+          log: recordingLogger(),
+          create: () => Promise.reject(new Error("not a first start")),
+        });
+      const { cfg, created } = await load();
+      assert.equal(created, false);
+      assert.deepEqual(cfg.PendingDevIDs, []);
+      assert.deepEqual(cfg.Kept, {});
+      assert.equal(cfg.LastDevID, 7);
+      cfg.PendingDevIDs = [8, 3];
+      await saveConfig(api, cfg);
+      const saved = JSON.parse(await readFile(file, "utf8"));
+      assert.deepEqual(Object.keys(saved), [...Object.keys(convoy), "Kept", "PendingDevIDs"]);
+      assert.deepEqual(saved.PendingDevIDs, [8, 3]);
+      assert.deepEqual((await load()).cfg.PendingDevIDs, [8, 3]);
+      for (const bad of [[-1], ["3"], [2 ** 24], 5]) {
+        await writeFile(file, JSON.stringify({ ...convoy, PendingDevIDs: bad }));
+        await rejectsWith(load, {
+          type: InvalidArgumentError,
+          message: new RegExp(`^Cannot load devicemapper configuration "${file}": "PendingDevIDs`),
+        });
+      }
+    });
+  });
+});
+
 // ---- a real thin pool ------------------------------------------------------------------------
 
 describe(`devicemapper driver: pool${skipNote}`, needsPool, () => {
@@ -395,6 +459,7 @@ describe(`devicemapper driver: pool${skipNote}`, needsPool, () => {
           "LastDevID",
           "Filesystem",
           "Kept",
+          "PendingDevIDs",
         ]);
         assert.equal(cfg.ThinpoolBlockSize, 128);
         assert.equal(cfg.LastDevID, 0);
@@ -695,6 +760,7 @@ describe(`devicemapper driver: volumes${skipNote}`, needsPool, () => {
             /No data available/,
           );
         }
+        assert.deepEqual(await pendingIDs(env), []);
         await rejectsWith(() => vols.deleteVolume("db1", {}), {
           type: NotFoundError,
           message: 'Cannot delete volume "db1": volume does not exist',
@@ -768,8 +834,11 @@ describe(`devicemapper driver: volumes${skipNote}`, needsPool, () => {
       }
       assert.equal(ids.size, 12);
       assert.equal((await readCfg(env)).LastDevID, 12);
+      assert.deepEqual(await pendingIDs(env), []);
       await Promise.all(names.map((n) => vols.deleteVolume(n, {})));
       assert.deepEqual(await vols.listVolume({}), {});
+      assert.deepEqual(await pendingIDs(env), []);
+      assert.deepEqual(await thinIDs(env), []);
       assert.equal((await poolUsage(env.pool)).used, before.used);
       assert.deepEqual(await devicesWithPrefix(`convoy-${env.pool}-`), []);
     });
@@ -834,6 +903,10 @@ describe(`devicemapper driver: snapshots${skipNote}`, needsPool, () => {
         assert.doesNotMatch(state, /SUSPENDED/);
         await writeFile(join(mp, "b.txt"), "writable after a failed snapshot");
         assert.deepEqual(Object.keys(await snaps.listSnapshot({})), ["s1"]);
+        // The id of the failed create_snap was rolled back: not journaled, not in the pool.
+        assert.equal((await readCfg(env)).LastDevID, 3);
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1, 2]);
         failSnap = false;
 
         await snaps.deleteSnapshot("s1", "vol1");
@@ -1135,6 +1208,7 @@ describe(`devicemapper driver: backups${skipNote}`, needsPool, () => {
           message: `Cannot create volume "res1" from backup "${url}": connection reset by peer`,
         });
         assert.deepEqual(await leftovers(), before);
+        assert.deepEqual(await pendingIDs(env), []);
         failRestore = false;
 
         const archive = join(env.dir, "archive.tar.gz");
@@ -1210,6 +1284,248 @@ describe(`devicemapper driver: restart${skipNote}`, needsPool, () => {
         await check();
         await v3.umountVolume("vol1");
         await v3.umountVolume("vol2");
+      });
+    },
+  );
+});
+
+describe(`devicemapper driver: interrupted operations${skipNote}`, needsPool, () => {
+  it(
+    "init() deletes a thin id orphaned by a create that died before its record; referenced ids and other tools' ids stay",
+    async () => {
+      await withPool({}, async (env) => {
+        const { vols, snaps } = await ops(await env.init());
+        await vols.createVolume("vol1", {}); // id 1
+        await snaps.createSnapshot("s1", "vol1"); // id 2
+        // Another tool's thin ids in the same pool: 3 (the driver's next id) and 1000.
+        for (const id of [3, 1000]) {
+          await exec("dmsetup", ["message", env.pool, "0", `create_thin ${id}`]);
+        }
+        const before = await poolUsage(env.pool);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 1000]);
+        assert.deepEqual(await pendingIDs(env), []);
+        const deleted = (log: { lines: LogLine[] }) =>
+          log.lines.filter((l) => l.level === "info" && /thin id/.test(l.msg))
+            .map((l) => [l.msg, l.fields.devID]);
+
+        // 1. Killed right after create_thin: id 3 was taken (not ours: never journaled), 4 made.
+        const die1 = dyingExec((cmd, args) => isMessage(cmd, args, "create_thin"), { run: true });
+        void (await ops(await env.init({ exec: die1 }))).vols.createVolume("vol2", {});
+        assert.equal(await die1.died, `dmsetup message ${env.pool} 0 create_thin 4`);
+        assert.equal((await readCfg(env)).LastDevID, 4);
+        assert.deepEqual(await pendingIDs(env), [4]);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 4, 1000]);
+
+        // 2. The restart deletes 4. Then killed after the mkfs of vol3 (id 5), its device active.
+        const log2 = recordingLogger();
+        const die2 = dyingExec((cmd) => cmd === "mkfs.ext4", { run: true });
+        void (await ops(await env.init({ exec: die2, log: log2 }))).vols.createVolume("vol3", {});
+        assert.match(await die2.died, new RegExp(`^mkfs.ext4 .*/${env.device("vol3")}$`));
+        assert.deepEqual(deleted(log2), [
+          ["Deleted thin id 4, orphaned by an interrupted operation", 4],
+        ]);
+        assert.deepEqual(await pendingIDs(env), [5]);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 5, 1000]);
+        assert.match((await tableOf(env.device("vol3"))) ?? "", / 5$/);
+        assert.ok((await poolUsage(env.pool)).used > before.used);
+
+        // 3. The restart removes vol3's device and deletes 5, freeing its blocks. Then killed
+        // right after the create_snap of s2 (id 6).
+        const log3 = recordingLogger();
+        const die3 = dyingExec((cmd, args) => isMessage(cmd, args, "create_snap"), { run: true });
+        void (await ops(await env.init({ exec: die3, log: log3 }))).snaps.createSnapshot(
+          "s2",
+          "vol1",
+        );
+        assert.equal(await die3.died, `dmsetup message ${env.pool} 0 create_snap 6 1`);
+        const state = async () =>
+          /State:\s+(\S+)/.exec((await exec("dmsetup", ["info", env.device("vol1")])).stdout)?.[1];
+        assert.equal(await state(), "SUSPENDED");
+        assert.deepEqual(deleted(log3), [
+          [`Removed device "${env.device("vol3")}" of the orphaned thin id 5`, 5],
+          ["Deleted thin id 5, orphaned by an interrupted operation", 5],
+        ]);
+        assert.equal(await tableOf(env.device("vol3")), undefined);
+        assert.equal((await poolUsage(env.pool)).used, before.used);
+        assert.deepEqual(await pendingIDs(env), [6]);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 6, 1000]);
+
+        // 4. The restart deletes 6: the pool, the records and the journal are as before.
+        const log4 = recordingLogger();
+        const d4 = await ops(await env.init({ log: log4 }));
+        assert.deepEqual(deleted(log4), [
+          ["Deleted thin id 6, orphaned by an interrupted operation", 6],
+        ]);
+        // The origin the killed snapshot create had suspended is resumed.
+        assert.equal(await state(), "ACTIVE");
+        assert.deepEqual(log4.lines.filter((l) => l.level === "warn").map((l) => l.msg), [
+          'Resumed volume "vol1", left suspended by an interrupted snapshot create',
+        ]);
+        await writeAt(`/dev/mapper/${env.device("vol1")}`, { offset: 0, data: pattern(4, 4096) });
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 1000]);
+        assert.deepEqual(Object.keys(await d4.vols.listVolume({})), ["vol1"]);
+        assert.deepEqual(Object.keys(await d4.snaps.listSnapshot({})), ["s1"]);
+        // The name the orphaned device held is free again.
+        await d4.vols.createVolume("vol3", {});
+        assert.equal((await d4.vols.getVolumeInfo("vol3")).DevID, "7");
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 7, 1000]);
+      });
+    },
+  );
+
+  it(
+    "a volume or snapshot delete killed before its thin ids were deleted is finished by the next start, also after a reboot",
+    async () => {
+      await withPool({}, async (env) => {
+        const { vols, snaps } = await ops(await env.init());
+        await vols.createVolume("vol2", {}); // id 1
+        await writeAt(`/dev/mapper/${env.device("vol2")}`, { offset: 0, data: pattern(1, BLOCK) });
+        await snaps.createSnapshot("s3", "vol2"); // id 2, sharing every block of vol2
+        const vol2Only = await poolUsage(env.pool);
+        await vols.createVolume("vol1", {}); // id 3
+        await snaps.createSnapshot("s1", "vol1"); // id 4
+        await writeAt(`/dev/mapper/${env.device("vol1")}`, {
+          offset: 8 * MiB,
+          data: pattern(2, 2 * BLOCK),
+        });
+        await snaps.createSnapshot("s2", "vol1"); // id 5
+        await writeAt(`/dev/mapper/${env.device("vol1")}`, { offset: 0, data: pattern(3, BLOCK) });
+        const records = async () => (await readdir(env.root)).filter((f) => f.endsWith(".json"));
+
+        // Killed at its first thin delete: the device and the record are gone, the ids journaled.
+        const die1 = dyingExec((cmd, args) => isMessage(cmd, args, "delete"), { run: false });
+        void (await ops(await env.init({ exec: die1 }))).vols.deleteVolume("vol1", {});
+        assert.equal(await die1.died, `dmsetup message ${env.pool} 0 delete 4`);
+        assert.deepEqual(await records(), ["devicemapper_volume_vol2.json"]);
+        assert.equal(await tableOf(env.device("vol1")), undefined);
+        assert.deepEqual(await pendingIDs(env), [3, 4, 5]);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 4, 5]);
+
+        // The restart (the pool stayed active) deletes them. Then a snapshot delete is killed.
+        const die2 = dyingExec((cmd, args) => isMessage(cmd, args, "delete 2"), { run: false });
+        const d2 = await ops(await env.init({ exec: die2 }));
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1, 2]);
+        void d2.snaps.deleteSnapshot("s3", "vol2");
+        assert.equal(await die2.died, `dmsetup message ${env.pool} 0 delete 2`);
+        assert.deepEqual(await pendingIDs(env), [2]);
+        assert.deepEqual(await thinIDs(env), [1, 2]);
+
+        // A reboot: the pool is activated again, and then the snapshot's id is deleted.
+        await deactivateAll(env, { pool: true });
+        const { vols: v3, snaps: s3 } = await ops(await env.init());
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1]);
+        assert.deepEqual(await s3.listSnapshot({}), {});
+        assert.deepEqual(Object.keys(await v3.listVolume({})), ["vol2"]);
+        assert.equal((await poolUsage(env.pool)).used, vol2Only.used);
+      });
+    },
+  );
+
+  it(
+    "journaled ids that a record or Kept references are only cleared; a devicemapper.cfg without PendingDevIDs starts",
+    async () => {
+      await withPool({}, async (env) => {
+        const { vols, snaps } = await ops(await env.init());
+        await vols.createVolume("vol1", {}); // id 1
+        let mp = await vols.mountVolume("vol1", {});
+        await writeFile(join(mp, "f"), "kept safe");
+        await vols.umountVolume("vol1");
+        await snaps.createSnapshot("s1", "vol1"); // id 2
+        await vols.createVolume("kept", {}); // id 3
+        await snaps.createSnapshot("k1", "kept"); // id 4
+        await vols.deleteVolume("kept", { ReferenceOnly: "true" });
+        // What a daemon killed after writing the records, before clearing the journal, leaves.
+        const file = join(env.root, "devicemapper.cfg");
+        await writeFile(
+          file,
+          JSON.stringify({ ...await readCfg(env), PendingDevIDs: [1, 2, 3, 4] }),
+        );
+        const log = recordingLogger();
+        const { vols: v2 } = await ops(await env.init({ log }));
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 4]);
+        assert.deepEqual(log.lines.filter((l) => /thin id/.test(l.msg)), []);
+        mp = await v2.mountVolume("vol1", {});
+        assert.equal(await readFile(join(mp, "f"), "utf8"), "kept safe");
+        await v2.umountVolume("vol1");
+        await v2.createVolume("kept", {});
+        assert.equal((await v2.getVolumeInfo("kept")).DevID, "3");
+
+        // The devicemapper.cfg of an older version (or Convoy's) has no journal: nothing pending.
+        const old = await readCfg(env);
+        delete old.PendingDevIDs;
+        await writeFile(file, JSON.stringify(old) + "\n");
+        const { vols: v3 } = await ops(await env.init());
+        assert.deepEqual(await thinIDs(env), [1, 2, 3, 4]);
+        await v3.createVolume("vol2", {});
+        assert.equal((await v3.getVolumeInfo("vol2")).DevID, "5");
+        assert.deepEqual((await readCfg(env)).PendingDevIDs, []);
+      });
+    },
+  );
+
+  it(
+    "an orphaned id the pool does not delete stays journaled and the daemon starts; an unreadable record stops deletions",
+    async () => {
+      await withPool({}, async (env) => {
+        const { vols } = await ops(await env.init());
+        await vols.createVolume("vol1", {}); // id 1
+        const die = dyingExec((cmd, args) => isMessage(cmd, args, "create_thin"), { run: true });
+        void (await ops(await env.init({ exec: die }))).vols.createVolume("vol2", {});
+        assert.equal(await die.died, `dmsetup message ${env.pool} 0 create_thin 2`);
+        assert.deepEqual(await pendingIDs(env), [2]);
+
+        // The pool refuses the delete: logged with the id and kept for the next start.
+        const refuse = recordingExec((cmd, args) =>
+          isMessage(cmd, args, "delete")
+            ? new BackendError(
+              `Failed to execute "dmsetup message ${env.pool} 0 ${args[3]}": exit code 1: ` +
+                "device-mapper: message ioctl failed: Operation not permitted",
+            )
+            : undefined
+        );
+        const log1 = recordingLogger();
+        const d1 = await ops(await env.init({ exec: refuse, log: log1 }));
+        assert.deepEqual(
+          log1.lines.filter((l) => l.level === "warn" || l.level === "error")
+            .map((l) => [l.msg, l.fields.devID]),
+          [[
+            `Cannot delete the orphaned thin id 2: Failed to execute "dmsetup message ${env.pool} ` +
+            `0 delete 2": exit code 1: device-mapper: message ioctl failed: Operation not ` +
+            `permitted; the next start tries again`,
+            2,
+          ]],
+        );
+        assert.equal((await d1.vols.getVolumeInfo("vol1")).DevID, "1");
+        assert.deepEqual(await pendingIDs(env), [2]);
+        assert.deepEqual(await thinIDs(env), [1, 2]);
+
+        // A record that cannot be read may reference any id: nothing is deleted.
+        const bad = join(env.root, "devicemapper_volume_bad.json");
+        await writeFile(bad, "{not json");
+        const log2 = recordingLogger();
+        await env.init({ log: log2 });
+        assert.ok(
+          log2.lines.some((l) =>
+            l.level === "warn" &&
+            l.msg.startsWith(
+              'Not deleting the thin ids 2 left by interrupted operations: Cannot read volume "bad"',
+            )
+          ),
+          JSON.stringify(log2.lines.map((l) => l.msg)),
+        );
+        assert.deepEqual(await pendingIDs(env), [2]);
+        assert.deepEqual(await thinIDs(env), [1, 2]);
+
+        // Once the record is readable (here: gone), the next start deletes the id.
+        await rm(bad);
+        await env.init();
+        assert.deepEqual(await pendingIDs(env), []);
+        assert.deepEqual(await thinIDs(env), [1]);
       });
     },
   );

@@ -6,6 +6,7 @@
  * @module
  */
 import type { PluginApi } from "../../mod.ts";
+import { MAX_DEV_ID } from "./dm.ts";
 
 /** Driver option: the block device holding the pool's data (required). */
 export const OPT_DATA_DEVICE = "dm.datadev";
@@ -140,6 +141,8 @@ export function createSchemas(api: PluginApi) {
     LastDevID: z.number().int().nonnegative().default(0),
     Filesystem: z.string().default(""),
     Kept: z.record(z.string(), volumeRecord).nullable().default({}).transform((k) => k ?? {}),
+    // Missing in Convoy's files and in ours before the journal existed: nothing pending.
+    PendingDevIDs: z.array(z.number().int().nonnegative().max(MAX_DEV_ID)).default([]),
   });
 
   /** Request options of createVolume. */

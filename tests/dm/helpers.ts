@@ -41,7 +41,7 @@ async function probeThinPool(): Promise<string | undefined> {
     if (/command not found/i.test(probeDetail)) return "dmsetup is not installed";
     return 'no device-mapper in this kernel ("dmsetup targets" failed)';
   }
-  for (const tool of ["losetup", "thin_delta", "mkfs.ext4", "blkid"]) {
+  for (const tool of ["losetup", "thin_delta", "thin_dump", "mkfs.ext4", "blkid"]) {
     try {
       await exec("sh", ["-c", `command -v ${tool}`]);
     } catch {
@@ -113,6 +113,48 @@ export function recordingExec(
     return await exec(h?.cmd ?? cmd, h?.args ?? args, o);
   };
   return Object.assign(fn, { calls });
+}
+
+/**
+ * An Exec where the daemon "dies" at one command: the first command `at` matches (after running
+ * it when `run` is true; a command that fails then throws as usual) never returns, nor does any
+ * command after it, and `died` resolves with its command line. The driver's operation stays
+ * pending forever: nothing it would do next happens, as when the process is killed there.
+ */
+export function dyingExec(
+  at: (cmd: string, args: string[]) => boolean,
+  opts: { run: boolean },
+): Exec & { died: Promise<string> } {
+  let dead = false;
+  let report!: (line: string) => void;
+  const died = new Promise<string>((r) => report = r);
+  const forever = new Promise<never>(() => {});
+  const fn: Exec = async (cmd, args, o) => {
+    if (dead) return await forever;
+    if (!at(cmd, args)) return await exec(cmd, args, o);
+    if (opts.run) await exec(cmd, args, o);
+    dead = true;
+    report([cmd, ...args].join(" "));
+    return await forever;
+  };
+  return Object.assign(fn, { died });
+}
+
+/** True for `dmsetup message <pool> 0 "<msg>..."`. */
+export function isMessage(cmd: string, args: string[], msg: string): boolean {
+  return cmd === "dmsetup" && args[0] === "message" && (args[3] ?? "").startsWith(msg);
+}
+
+/** The thin ids in a pool, ascending (thin_dump of a metadata snapshot reserved for the call). */
+export async function thinIDs(env: { pool: string; meta: string }): Promise<number[]> {
+  await exec("dmsetup", ["message", env.pool, "0", "reserve_metadata_snap"]);
+  try {
+    const { stdout } = await exec("thin_dump", ["-m", env.meta]);
+    return [...stdout.matchAll(/<device dev_id="(\d+)"/g)].map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+  } finally {
+    await exec("dmsetup", ["message", env.pool, "0", "release_metadata_snap"]);
+  }
 }
 
 /** A temp folder on the fastest local filesystem (the guest's RAM in UML). */

@@ -210,7 +210,7 @@ export interface RecordStore<T> {
   must(name: string, what: string): Promise<T>;
   /** Writes `value` (already in its saved shape) atomically. */
   write(name: string, value: unknown): Promise<void>;
-  /** Removes the record; a missing one is fine. */
+  /** Removes the record durably (the directory is fsynced); a missing one is fine. */
   remove(name: string): Promise<void>;
   /** Every readable record, by name; files that are not valid records are logged and skipped. */
   list(): Promise<Array<{ name: string; record: T }>>;

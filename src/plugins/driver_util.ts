@@ -23,7 +23,7 @@ import { readdir, rm } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import { OPT_MOUNT_POINT } from "../api/options.ts";
 import { validateName } from "../util/names.ts";
-import { atomicWriteJSON, readJSONFile } from "../util/fs.ts";
+import { atomicWriteJSON, fsyncDir, readJSONFile } from "../util/fs.ts";
 
 /** Parses string options with `schema`; throws InvalidArgumentError naming every bad key. */
 export function parseOptions<S extends z.ZodType>(
@@ -161,7 +161,10 @@ export function createRecordStore<S extends z.ZodType>(
       return record;
     },
     write: (name, value) => atomicWriteJSON(file(name), value),
-    remove: (name) => rm(file(name), { force: true }),
+    remove: async (name) => {
+      await rm(file(name), { force: true });
+      await fsyncDir(dir); // a removal that a power loss cannot undo
+    },
     list: async () => {
       let entries: string[];
       try {

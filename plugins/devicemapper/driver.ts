@@ -30,7 +30,7 @@
  * creating a volume of the same name adopts them again (and a normal delete then frees them).
  * @module
  */
-import { open, readFile, rmdir, stat } from "node:fs/promises";
+import { open, rmdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import type {
@@ -94,7 +94,6 @@ export const DRIVER_NAME = "devicemapper";
 /** Drivers whose backups are raw block images of a filesystem, restorable into devicemapper. */
 export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
 
-const MOUNTINFO = "/proc/self/mountinfo";
 /** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
 const CFG_LOCK = "\u0000config";
@@ -718,7 +717,7 @@ class DmDriver {
 
   /** Every mount point of the device `major:minor`, whichever of its nodes it was mounted by. */
   async #mountsOf(number: string): Promise<string[]> {
-    const entries = this.#api.util.mounts.parseMountInfo(await readFile(MOUNTINFO, "utf8"));
+    const entries = await this.#api.util.mounts.list();
     return await mountsOfDevice(entries, number, (source) => this.#blockNumber(source));
   }
 

@@ -32,8 +32,8 @@ import { createFilesystems } from "./filesystems.ts";
 import { isZero } from "../backup/codec.ts";
 
 /**
- * Builds the `api` object passed to each plugin's setup function. `mountInfo` (default
- * /proc/self/mountinfo) is the mount table of the namespace volumes are mounted in.
+ * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
+ * /proc/self/mountinfo) are those of the namespace volumes are mounted in (`--mnt-ns`).
  */
 export function createPluginApi(opts: {
   register: (name: string, init: InitFunc) => void;

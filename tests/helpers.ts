@@ -4,12 +4,13 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { socketAlive } from "../src/runtime/listen.ts";
+import { type MountEntry, parseMountInfo } from "../src/util/mountinfo.ts";
 
 export const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 const BIN = join(REPO, "src", "bin.ts");
@@ -163,6 +164,55 @@ export async function mountsUnder(dir: string): Promise<string[]> {
   return points.filter((p) => p === dir || p.startsWith(dir + "/")).sort((a, b) =>
     b.length - a.length
   );
+}
+
+/** A process alone in a new mount namespace (`unshare --mount --propagation private sleep`). */
+export interface MountNamespaceProcess {
+  pid: number;
+  /** `/proc/<pid>/ns/mnt`. */
+  path: string;
+  /** The mounts of the namespace, from `/proc/<pid>/mountinfo`. */
+  mounts(): Promise<MountEntry[]>;
+  /** Kills the process: the namespace and the mounts only it had go with it. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a process in a new mount namespace with private propagation: mounts made in it are not
+ * seen in this process's namespace, nor the other way round. Resolves once it has its own.
+ */
+export async function startMountNamespace(): Promise<MountNamespaceProcess> {
+  const proc = spawn("unshare", ["--mount", "--propagation", "private", "sleep", "600"], {
+    stdio: "ignore",
+  });
+  let done = false;
+  const exited = new Promise<void>((resolve) =>
+    proc.on("exit", () => {
+      done = true;
+      resolve();
+    })
+  );
+  const pid = proc.pid!;
+  const path = `/proc/${pid}/ns/mnt`;
+  const stop = async () => {
+    if (!done) process.kill(pid, "SIGKILL");
+    await exited;
+  };
+  const own = await readlink("/proc/self/ns/mnt");
+  const deadline = Date.now() + 10_000;
+  while ((await readlink(path).catch(() => own)) === own) {
+    if (done || Date.now() > deadline) {
+      await stop();
+      throw new Error("unshare --mount did not make a new mount namespace");
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    pid,
+    path,
+    mounts: async () => parseMountInfo(await readFile(`/proc/${pid}/mountinfo`, "utf8")),
+    stop,
+  };
 }
 
 /** A fresh temporary directory; cleanup unmounts whatever a failed test left mounted in it, then removes it. */

@@ -39,7 +39,7 @@
  * creating a volume of the same name adopts them again (and a normal delete then frees them).
  * @module
  */
-import { open, readdir, readFile, rmdir, stat } from "node:fs/promises";
+import { open, readdir, rmdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import type {
@@ -103,7 +103,6 @@ export const DRIVER_NAME = "devicemapper";
 /** Drivers whose backups are raw block images of a filesystem, restorable into devicemapper. */
 export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
 
-const MOUNTINFO = "/proc/self/mountinfo";
 /** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
 /** A volume record's file is `<root>/<RECORD_PREFIX><name>.json`. */
@@ -902,7 +901,7 @@ class DmDriver {
 
   /** Every mount point of the device `major:minor`, whichever of its nodes it was mounted by. */
   async #mountsOf(number: string): Promise<string[]> {
-    const entries = this.#api.util.mounts.parseMountInfo(await readFile(MOUNTINFO, "utf8"));
+    const entries = await this.#api.util.mounts.list();
     return await mountsOfDevice(entries, number, (source) => this.#blockNumber(source));
   }
 

@@ -162,7 +162,7 @@ export interface PluginUtil {
   createLock(): KeyedLock;
   /** A new per-key count of holders (e.g. backups reading a snapshot). */
   createUseCounter(): UseCounter;
-  /** Mount lookups in this process's mount namespace, by exact path. */
+  /** Mount lookups, by exact path, in the namespace volumes are mounted in (`--mnt-ns`). */
   mounts: PluginMounts;
   /** The filesystem on a block device or image: mkfs, detect, mount, umount. */
   filesystems: BlockFilesystems;
@@ -254,8 +254,13 @@ export interface BlockFilesystems {
   umount(mountPoint: string, opts: { volume: string }): Promise<void>;
 }
 
-/** `api.util.mounts`: reads /proc/self/mountinfo on every call. */
+/**
+ * `api.util.mounts`: reads, on every call, the mount table of the namespace volumes are mounted
+ * in: /proc/self/mountinfo, or that of the daemon's `--mnt-ns`.
+ */
 export interface PluginMounts {
+  /** Every entry of the table, in mountinfo order (stacked mounts: the topmost last). */
+  list(): Promise<MountEntry[]>;
   /** The entry mounted at exactly `path` (symlinks resolved; the topmost when stacked), or undefined. */
   mountAt(path: string): Promise<MountEntry | undefined>;
   /** Every mount point of `device` (e.g. "/dev/loop3"); none for "". */
@@ -309,6 +314,11 @@ export interface PluginApi {
   register(name: string, init: InitFunc): void;
   log: Logger;
   deps: { z: typeof z };
+  /**
+   * Runs a command with the daemon's `--cmd-timeout`. With `--mnt-ns`, the mount-point commands
+   * (mount, umount, mkdir, stat, truncate, mknod, rm, fsfreeze) run in that namespace, through
+   * nsenter; every other command, and the plugin's own file calls, in the daemon's.
+   */
   exec: Exec;
   errors: typeof errors;
   util: PluginUtil;

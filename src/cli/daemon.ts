@@ -4,6 +4,16 @@ import { DEFAULT_CMD_TIMEOUT, DEFAULT_ROOT } from "../daemon/options.ts";
 import { collect, driverOptArg, durationArg } from "./parse.ts";
 import type { Session } from "./session.ts";
 
+const MNT_NS_HELP = `
+--mnt-ns PATH (saved in convoy.cfg as MountNamespaceFD) is for a daemon in a
+container. At start PATH must exist and "nsenter --mount=PATH mount" must work.
+Then mount, umount, mkdir, stat, truncate, mknod, rm and fsfreeze run as
+"nsenter --mount=PATH <cmd> ...", and mount state is read from that namespace
+(<prefix>/proc/<pid>/mountinfo for <prefix>/proc/<pid>/ns/mnt). mkfs, losetup,
+tar, cp and the daemon's own file operations (images, records, mkdir/rmdir of
+mount points) stay in the daemon's namespace: --root and the parents of mount
+points must be the same paths in both (bind-mount them at the same path).`;
+
 /** `convoy daemon`: parses the flags into DaemonFlags and runs the daemon until it stops. */
 export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void {
   program
@@ -31,10 +41,15 @@ export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void 
       `timeout of each external command, e.g. 90s, 2m (default: ${DEFAULT_CMD_TIMEOUT})`,
       durationArg,
     )
+    .option(
+      "--mnt-ns <path>",
+      "mount volumes in the mount namespace of this file, e.g. /host/proc/1/ns/mnt (see below)",
+    )
     .option("--ignore-docker-delete", "make Docker's volume remove a no-op")
     .option("--create-on-docker-mount", "create a missing volume when Docker mounts it")
     .option("--ignore-config-file", "ignore a saved convoy.cfg and save these flags instead")
     .option("--no-docker-spec", "do not write /etc/docker/plugins/convoy.spec")
+    .addHelpText("after", MNT_NS_HELP)
     .action(async (opts) => {
       const g = s.globals;
       const flags: DaemonFlags = {
@@ -45,6 +60,7 @@ export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void 
         plugins: opts.plugins,
         log: opts.log,
         debug: opts.debug === true || g.debug,
+        mntNs: opts.mntNs,
         cmdTimeout: opts.cmdTimeout,
         ignoreDockerDelete: opts.ignoreDockerDelete === true ? true : undefined,
         createOnDockerMount: opts.createOnDockerMount === true ? true : undefined,

@@ -1,4 +1,4 @@
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { z } from "zod";
 import { InvalidArgumentError } from "../api/errors.ts";
 import { atomicWriteJSON, readJSONFile } from "../util/fs.ts";
@@ -11,6 +11,7 @@ export const DaemonConfig = z.looseObject({
   Root: z.string(),
   DriverList: z.array(z.string()).min(1),
   DefaultDriver: z.string(),
+  /** `--mnt-ns`: the mount namespace file volumes are mounted in; "" for the daemon's own. */
   MountNamespaceFD: z.string().default(""),
   IgnoreDockerDelete: z.boolean().default(false),
   CreateOnDockerMount: z.boolean().default(false),
@@ -58,6 +59,7 @@ export async function resolveConfig(flags: DaemonFlags, log: Logger): Promise<Re
     Root: root,
     DriverList: flags.drivers?.length ? flags.drivers : ["vfs"],
     DefaultDriver: (flags.drivers?.length ? flags.drivers : ["vfs"])[0],
+    MountNamespaceFD: flags.mntNs ? resolve(flags.mntNs) : "",
     IgnoreDockerDelete: flags.ignoreDockerDelete ?? false,
     CreateOnDockerMount: flags.createOnDockerMount ?? false,
     CmdTimeout: flags.cmdTimeout ?? DEFAULT_CMD_TIMEOUT,
@@ -99,6 +101,11 @@ export async function resolveConfig(flags: DaemonFlags, log: Logger): Promise<Re
       if (flags[flag] !== undefined && flags[flag] !== config[key]) {
         conflicts.push(`${name}=${flags[flag]} (saved: ${config[key]})`);
       }
+    }
+    if (flags.mntNs !== undefined && fromFlags.MountNamespaceFD !== config.MountNamespaceFD) {
+      conflicts.push(
+        `--mnt-ns ${flags.mntNs || '""'} (saved: ${config.MountNamespaceFD || "none"})`,
+      );
     }
     if (flags.cmdTimeout !== undefined && flags.cmdTimeout !== config.CmdTimeout) {
       conflicts.push(`--cmd-timeout ${flags.cmdTimeout} (saved: ${config.CmdTimeout})`);

@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "../util/log.ts";
@@ -64,6 +64,47 @@ describe("config", () => {
         recordingLogger([]),
       );
       assert.deepEqual(replaced.config.DriverList, ["vfs", "loop"]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("resolveConfig() saves --mnt-ns as MountNamespaceFD; the saved one wins over the flag", async () => {
+    const root = await mkdtemp(join(tmpdir(), "convoy-cfg-"));
+    try {
+      const none = await resolveConfig({ root }, recordingLogger([]));
+      assert.equal(none.config.MountNamespaceFD, "");
+      const first = await resolveConfig(
+        { root, mntNs: "/host/proc/1/ns/mnt" },
+        recordingLogger([]),
+      );
+      assert.equal(first.config.MountNamespaceFD, "/host/proc/1/ns/mnt");
+      await saveConfig(first.config);
+      assert.equal(
+        JSON.parse(await readFile(join(root, "convoy.cfg"), "utf8")).MountNamespaceFD,
+        "/host/proc/1/ns/mnt",
+      );
+      const warnings: string[] = [];
+      const again = await resolveConfig({ root }, recordingLogger(warnings));
+      assert.equal(again.config.MountNamespaceFD, "/host/proc/1/ns/mnt");
+      assert.deepEqual(warnings, []);
+      const other = await resolveConfig(
+        { root, mntNs: "/proc/9/ns/mnt" },
+        recordingLogger(warnings),
+      );
+      assert.equal(other.config.MountNamespaceFD, "/host/proc/1/ns/mnt");
+      assert.deepEqual(warnings, [
+        `Ignoring flag --mnt-ns /proc/9/ns/mnt (saved: /host/proc/1/ns/mnt): ${
+          join(root, "convoy.cfg")
+        } is used; restart with --ignore-config-file to replace it`,
+      ]);
+      const replaced = await resolveConfig({ root, ignoreConfigFile: true }, recordingLogger([]));
+      assert.equal(replaced.config.MountNamespaceFD, "");
+      const relative = await resolveConfig(
+        { root, mntNs: "ns/mnt", ignoreConfigFile: true },
+        recordingLogger([]),
+      );
+      assert.equal(relative.config.MountNamespaceFD, join(process.cwd(), "ns/mnt"));
     } finally {
       await rm(root, { recursive: true, force: true });
     }

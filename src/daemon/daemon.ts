@@ -16,6 +16,7 @@ import {
 import { createLogger, type Logger } from "../util/log.ts";
 import { resolveConfig, saveConfig } from "./config.ts";
 import { handleDocker, isDockerPath } from "./docker.ts";
+import { checkMountNamespace, mountNamespace } from "./mount_namespace.ts";
 import { codeOf, statusOf } from "./http_errors.ts";
 import { json } from "./http.ts";
 import type { DaemonFlags } from "./options.ts";
@@ -93,13 +94,27 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
   let server: UnixServer | undefined;
   try {
     const exec = createExec({ timeoutMs: cfg.cmdTimeoutMs });
+    const ns = mountNamespace(cfg.config.MountNamespaceFD, exec);
+    if (ns.path) {
+      await checkMountNamespace(ns, exec);
+      log.info("volumes are mounted in another mount namespace", {
+        mntNs: ns.path,
+        mountinfo: typeof ns.mountInfo === "string" ? ns.mountInfo : "nsenter",
+      });
+    }
     const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }) });
     const registry = await loadPlugins({
       bundled: bundledPlugins,
       folders: [join(cfg.root, "plugins"), ...cfg.config.Plugins.map((p) => resolve(p))],
       required: cfg.config.DriverList,
       makeApi: (register) =>
-        createPluginApi({ register, log: log.child({ pkg: "plugin" }), exec, backup }),
+        createPluginApi({
+          register,
+          log: log.child({ pkg: "plugin" }),
+          exec: ns.exec,
+          mountInfo: ns.mountInfo,
+          backup,
+        }),
       log,
     });
     for (const name of cfg.config.DriverList) {

@@ -13,6 +13,11 @@ export interface DaemonFlags {
   /** Append JSON logs to this file instead of text to stderr. */
   log?: string;
   debug?: boolean;
+  /**
+   * `--mnt-ns`: the mount namespace file volumes are mounted in (e.g. /proc/1/ns/mnt); "" for
+   * the daemon's own.
+   */
+  mntNs?: string;
   /** Timeout of each external command, e.g. "1m", "90s" (default 1m). */
   cmdTimeout?: string;
   ignoreDockerDelete?: boolean;

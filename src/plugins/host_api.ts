@@ -11,8 +11,11 @@ import {
   canonicalPath,
   isMountPoint,
   mountAt,
+  MOUNTINFO,
+  type MountInfoSource,
   mountsOf,
   parseMountInfo,
+  readMounts,
 } from "../util/mountinfo.ts";
 import { validateName } from "../util/names.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
@@ -28,13 +31,18 @@ import {
 import { createFilesystems } from "./filesystems.ts";
 import { isZero } from "../backup/codec.ts";
 
-/** Builds the `api` object passed to each plugin's setup function. */
+/**
+ * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
+ * /proc/self/mountinfo) are those of the namespace volumes are mounted in (`--mnt-ns`).
+ */
 export function createPluginApi(opts: {
   register: (name: string, init: InitFunc) => void;
   log: Logger;
   exec: Exec;
+  mountInfo?: MountInfoSource;
   backup: BackupStoreApi;
 }): PluginApi {
+  const table = opts.mountInfo ?? MOUNTINFO;
   return {
     apiVersion: PLUGIN_API_VERSION,
     register: opts.register,
@@ -55,9 +63,10 @@ export function createPluginApi(opts: {
       createLock: () => new KeyedMutex(),
       createUseCounter: () => new UseCounter(),
       mounts: {
-        mountAt: (path) => mountAt(path),
-        mountsOf: (device) => mountsOf(device),
-        isMountPoint: (path) => isMountPoint(path),
+        list: () => readMounts(table),
+        mountAt: (path) => mountAt(path, table),
+        mountsOf: (device) => mountsOf(device, table),
+        isMountPoint: (path) => isMountPoint(path, table),
         canonicalPath,
         parseMountInfo,
       },

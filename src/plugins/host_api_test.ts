@@ -56,4 +56,31 @@ describe("plugin api: util", () => {
     ]);
     assert.deepEqual(await api.util.mounts.mountsOf(""), []);
   });
+
+  it("mounts reads the table it is given (another namespace's), not this process's", async () => {
+    const table = [
+      "22 1 8:1 / / rw - ext4 /dev/sda1 rw",
+      "44 22 7:3 / /srv/vol1 rw - ext4 /dev/loop3 rw",
+    ].join("\n");
+    let reads = 0;
+    const inNs = createPluginApi({
+      register() {},
+      log: silentLogger,
+      exec: createExec({ timeoutMs: 10_000 }),
+      mountInfo: () => {
+        reads++;
+        return Promise.resolve(table);
+      },
+      backup: {} as BackupStoreApi,
+    });
+    const { mounts } = inNs.util;
+    assert.deepEqual((await mounts.list()).map((e) => e.mountPoint), ["/", "/srv/vol1"]);
+    assert.equal((await mounts.mountAt("/srv/vol1"))?.source, "/dev/loop3");
+    assert.equal(await mounts.isMountPoint("/srv/vol1"), true);
+    assert.deepEqual(await mounts.mountsOf("/dev/loop3"), ["/srv/vol1"]);
+    assert.equal(reads, 4);
+    // This process's table has neither: it is not read.
+    assert.equal(await api.util.mounts.isMountPoint("/srv/vol1"), false);
+    assert.ok((await api.util.mounts.list()).some((e) => e.mountPoint === "/"));
+  });
 });

@@ -1,12 +1,18 @@
 /**
- * Mount detection from /proc/self/mountinfo, by exact path (Convoy matched a substring of
- * `mount` output, so "/mounts/vol1" also matched "/mounts/vol10").
+ * Mount detection from a mountinfo table, by exact path (Convoy matched a substring of `mount`
+ * output, so "/mounts/vol1" also matched "/mounts/vol10"). The table is this process's
+ * (/proc/self/mountinfo) unless a caller names another source, e.g. that of the `--mnt-ns`
+ * namespace (see mount_namespace.ts).
  * @module
  */
 import { readFile, realpath } from "node:fs/promises";
 import { resolve } from "node:path";
 
-const MOUNTINFO = "/proc/self/mountinfo";
+/** This process's mount table. */
+export const MOUNTINFO = "/proc/self/mountinfo";
+
+/** Where a mount table is read from: a mountinfo file, or a function resolving to its text. */
+export type MountInfoSource = string | (() => Promise<string>);
 
 /** One line of mountinfo. */
 export interface MountEntry {
@@ -43,9 +49,11 @@ export function parseMountPoints(text: string): Set<string> {
   return new Set(parseMountInfo(text).map((e) => e.mountPoint));
 }
 
-/** The mounts of this process's mount namespace. */
-export async function readMounts(mountinfo = MOUNTINFO): Promise<MountEntry[]> {
-  return parseMountInfo(await readFile(mountinfo, "utf8"));
+/** The mounts of `source` (default: this process's mount namespace), read now. */
+export async function readMounts(source: MountInfoSource = MOUNTINFO): Promise<MountEntry[]> {
+  return parseMountInfo(
+    typeof source === "string" ? await readFile(source, "utf8") : await source(),
+  );
 }
 
 /** `path` with symlinks resolved (as the kernel reports mount points), or just resolved. */
@@ -60,20 +68,26 @@ export async function canonicalPath(path: string): Promise<string> {
 /** The entry mounted at exactly `path` (the topmost one when stacked), or undefined. */
 export async function mountAt(
   path: string,
-  mountinfo = MOUNTINFO,
+  source: MountInfoSource = MOUNTINFO,
 ): Promise<MountEntry | undefined> {
   const canonical = await canonicalPath(path);
-  const entries = (await readMounts(mountinfo)).filter((e) => e.mountPoint === canonical);
+  const entries = (await readMounts(source)).filter((e) => e.mountPoint === canonical);
   return entries.at(-1);
 }
 
-/** True when `path` (symlinks resolved) is a mount point in this process's mount namespace. */
-export async function isMountPoint(path: string, mountinfo = MOUNTINFO): Promise<boolean> {
-  return (await mountAt(path, mountinfo)) !== undefined;
+/** True when `path` (symlinks resolved) is a mount point in `source`'s table. */
+export async function isMountPoint(
+  path: string,
+  source: MountInfoSource = MOUNTINFO,
+): Promise<boolean> {
+  return (await mountAt(path, source)) !== undefined;
 }
 
 /** Every mount point where `device` is mounted. */
-export async function mountsOf(device: string, mountinfo = MOUNTINFO): Promise<string[]> {
+export async function mountsOf(
+  device: string,
+  source: MountInfoSource = MOUNTINFO,
+): Promise<string[]> {
   if (!device) return [];
-  return (await readMounts(mountinfo)).filter((e) => e.source === device).map((e) => e.mountPoint);
+  return (await readMounts(source)).filter((e) => e.source === device).map((e) => e.mountPoint);
 }

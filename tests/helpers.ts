@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { socketAlive } from "../src/runtime/listen.ts";
-import { type MountEntry, parseMountInfo } from "../src/util/mountinfo.ts";
+import { type MountEntry, readMounts } from "../src/util/mountinfo.ts";
 
 export const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 const BIN = join(REPO, "src", "bin.ts");
@@ -210,7 +210,7 @@ export async function startMountNamespace(): Promise<MountNamespaceProcess> {
   return {
     pid,
     path,
-    mounts: async () => parseMountInfo(await readFile(`/proc/${pid}/mountinfo`, "utf8")),
+    mounts: () => readMounts(`/proc/${pid}/mountinfo`),
     stop,
   };
 }

@@ -106,19 +106,14 @@ export async function checkMountNamespace(ns: MountNamespace, exec: Exec): Promi
       { cause: err },
     );
   }
-  try {
-    await exec("nsenter", ["-V"]);
-  } catch (err) {
-    throw new InvalidArgumentError(`${what} cannot be entered: ${errorMessage(err)}`, {
-      cause: err,
-    });
-  }
-  try {
-    await exec("nsenter", [`--mount=${ns.path}`, "mount"]);
-  } catch (err) {
-    throw new InvalidArgumentError(`${what} cannot be entered: ${errorMessage(err)}`, {
-      cause: err,
-    });
+  for (const args of [["-V"], [`--mount=${ns.path}`, "mount"]]) {
+    try {
+      await exec("nsenter", args);
+    } catch (err) {
+      throw new InvalidArgumentError(`${what} cannot be entered: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
   }
   try {
     await readMounts(ns.mountInfo);

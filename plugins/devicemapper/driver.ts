@@ -804,11 +804,26 @@ class DmDriver {
     }
   }
 
-  /** Adds `ids` to the journal, saved before the record that references them is removed. */
-  async #journal(ids: number[]): Promise<void> {
+  /**
+   * Deletes thin ids a delete no longer needs, in the order journal, record, ids: `unrecord`
+   * removes them from the record. Killed before that, the record is as it was; after, the next
+   * start deletes the ids (as it does when the pool refuses now). Throws only when journaling or
+   * `unrecord` fails, and then the ids leave the journal again.
+   */
+  async #retireIDs(
+    ids: number[],
+    opts: { unrecord: () => Promise<unknown>; why: string },
+  ): Promise<void> {
     await this.#updateConfig((cfg) => {
       cfg.PendingDevIDs = [...new Set([...cfg.PendingDevIDs, ...ids])];
     });
+    try {
+      await opts.unrecord();
+    } catch (err) {
+      await this.#settle(ids);
+      throw err;
+    }
+    await this.#deleteIDs(ids, opts.why);
   }
 
   /**
@@ -1227,17 +1242,10 @@ class DmDriver {
             );
           }
           await this.#dm.remove(device);
-          // Journal, record, ids: killed before the record is removed, the volume is as it was;
-          // after, the next start deletes the ids (so does it when the pool refuses now).
-          const ids = [...Object.values(rec.Snapshots).map((s) => s.DevID), rec.DevID];
-          await this.#journal(ids);
-          try {
-            await this.#records.remove(name);
-          } catch (err) {
-            await this.#settle(ids);
-            throw err;
-          }
-          await this.#deleteIDs(ids, `deleting volume "${name}"`);
+          await this.#retireIDs(
+            [...Object.values(rec.Snapshots).map((s) => s.DevID), rec.DevID],
+            { unrecord: () => this.#records.remove(name), why: `deleting volume "${name}"` },
+          );
         }
       } catch (err) {
         throw this.#wrap(err, what);
@@ -1455,20 +1463,15 @@ class DmDriver {
         throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
       }
       try {
-        // Journal, record, id (as deleteVolume).
-        await this.#journal([entry.DevID]);
         const rest = { ...rec.Snapshots };
         delete rest[snap];
-        try {
-          await this.#writeRecord({ ...rec, Snapshots: rest });
-        } catch (err) {
-          await this.#settle([entry.DevID]);
-          throw err;
-        }
+        await this.#retireIDs([entry.DevID], {
+          unrecord: () => this.#writeRecord({ ...rec, Snapshots: rest }),
+          why: `deleting snapshot "${snap}" of volume "${name}"`,
+        });
       } catch (err) {
         throw this.#wrap(err, what);
       }
-      await this.#deleteIDs([entry.DevID], `deleting snapshot "${snap}" of volume "${name}"`);
       this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
         volume: name,
         snapshot: snap,

@@ -1738,6 +1738,7 @@ class DmDriver {
       readSnapshot: async (id, volumeID, start, data) => {
         await readFull((await get(id, volumeID)).fh, data, start);
       },
+      snapshotFile: async (id, volumeID) => join(MAPPER_DIR, (await get(id, volumeID)).device),
       closeSnapshot: async (id, volumeID) => {
         const p = opened.get(key(id, volumeID));
         opened.delete(key(id, volumeID));

@@ -1095,6 +1095,7 @@ class LoopDriver {
       readSnapshot: async (id, volumeID, start, data) => {
         await readFull(await handle(id, volumeID), { buf: data, pos: start });
       },
+      snapshotFile: (id, volumeID) => this.#snapshotImage(id, { volume: volumeID, what: "read" }),
       closeSnapshot: async (id, volumeID) => {
         const fh = handles.get(key(id, volumeID));
         handles.delete(key(id, volumeID));

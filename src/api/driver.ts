@@ -110,5 +110,12 @@ export interface DeltaBlockOperations {
   openSnapshot(id: string, volumeID: string): Awaitable<void>;
   /** Fills `data` with the snapshot's bytes starting at `start`. */
   readSnapshot(id: string, volumeID: string, start: number, data: Uint8Array): Awaitable<void>;
+  /**
+   * Optional, called after openSnapshot: a regular file or block device holding the open
+   * snapshot's bytes at their volume offsets (past its end reads as zeros), which the engine then
+   * reads itself, with direct I/O on its worker threads, instead of calling readSnapshot. It is
+   * closed before closeSnapshot. Undefined: readSnapshot serves.
+   */
+  snapshotFile?(id: string, volumeID: string): Awaitable<string | undefined>;
   closeSnapshot(id: string, volumeID: string): Awaitable<void>;
 }

@@ -37,25 +37,71 @@ const zlib = require("node:zlib");
 const crypto = require("node:crypto");
 const fs = require("node:fs");
 const held = new Map();
-// Restore targets this worker writes to, by path: opened on first use, closed by "closeTarget".
-// Writes bypass the page cache (O_DIRECT) where the target allows it: no copy into the cache, no
-// writeback later, no lock contention between workers. O_DIRECT needs an aligned buffer, and
-// JavaScript cannot see addresses: a block is copied into a staging buffer at the first offset
-// the kernel accepts (EINVAL otherwise), which then serves every later block of that target.
+// Restore targets this worker writes to and backup sources it reads from, by path: opened on
+// first use, closed by "close". I/O bypasses the page cache (O_DIRECT) where the file allows it:
+// no copy through the cache, no writeback later, no cache evicted for a one-off pass, no lock
+// contention between workers. O_DIRECT needs an aligned buffer, and JavaScript cannot see
+// addresses: a block goes through a staging buffer at the first offset the kernel accepts
+// (EINVAL otherwise), which then serves every later block of that file.
 const targets = new Map();
+const sources = new Map();
 const STAGE_SLACK = 8192;
 let staging;
 const stagingBuffer = () => (staging ??= new Uint8Array(${BLOCK_SIZE} + STAGE_SLACK));
-function openTarget(path) {
+function openDirect(path, flags, fallback) {
   const direct = fs.constants.O_DIRECT;
   if (direct) {
     try {
-      return { fd: fs.openSync(path, fs.constants.O_RDWR | direct), at: -1 };
+      return { fd: fs.openSync(path, flags | direct), at: -1 };
     } catch {
-      // no direct I/O here (tmpfs, some network filesystems): buffered writes
+      // no direct I/O here (tmpfs, some network filesystems): buffered I/O
     }
   }
-  return { fd: fs.openSync(path, "r+"), at: undefined };
+  return { fd: fs.openSync(path, fallback), at: undefined };
+}
+const openTarget = (path) => openDirect(path, fs.constants.O_RDWR, "r+");
+const openSource = (path) => openDirect(path, fs.constants.O_RDONLY, "r");
+// Runs io(k) at the staging offset that file t accepts, found on its first block.
+function staged(t, io) {
+  if (t.at >= 0) return io(t.at);
+  for (let k = 0; k < STAGE_SLACK; k += 16) {
+    try {
+      const r = io(k);
+      t.at = k;
+      return r;
+    } catch (err) {
+      if (err.code !== "EINVAL") throw err;
+    }
+  }
+  throw new Error("no buffer alignment accepted for direct I/O");
+}
+function readUpTo(fd, buf, from, length, position) {
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, buf, from + done, length - done, position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+// Fills data with length bytes of source t from position, then zeros (past the end of t too).
+function readBlock(t, data, length, position) {
+  let n;
+  if (t.at === undefined) {
+    n = readUpTo(t.fd, data, 0, length, position);
+  } else {
+    const stage = stagingBuffer();
+    const whole = Math.ceil(length / 4096) * 4096; // direct I/O reads whole sectors
+    n = Math.min(length, staged(t, (k) => readUpTo(t.fd, stage, k, whole, position)));
+    data.set(stage.subarray(t.at, t.at + n));
+  }
+  data.fill(0, n);
+}
+function isZero(data) {
+  const words = new BigUint64Array(data.buffer, data.byteOffset, data.byteLength >>> 3);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+  for (let i = words.length * 8; i < data.length; i++) if (data[i] !== 0) return false;
+  return true;
 }
 function writeAll(fd, buf, from, length, position) {
   for (let done = 0; done < length;) {
@@ -69,21 +115,10 @@ function writeBlock(t, raw, position) {
     return writeAll(t.fd, stage, t.at, raw.length, position); // decoded in place
   }
   if (raw.buffer === stage.buffer) raw = raw.slice(); // moved below while probing
-  const tryAt = (k) => {
+  staged(t, (k) => {
     stage.set(raw, k);
     writeAll(t.fd, stage, k, raw.length, position);
-  };
-  if (t.at >= 0) return tryAt(t.at);
-  for (let k = 0; k < STAGE_SLACK; k += 16) {
-    try {
-      tryAt(k);
-      t.at = k;
-      return;
-    } catch (err) {
-      if (err.code !== "EINVAL") throw err;
-    }
-  }
-  throw new Error("no buffer alignment accepted for direct I/O");
+  });
 }
 // A zstd block decoded straight into the staging buffer, at the offset its target writes from:
 // no 2 MiB result to allocate, fault in, copy and free per block. This uses zlib's stream handle
@@ -151,6 +186,21 @@ parentPort.on("message", (m) => {
       const data = new Uint8Array(m.buf);
       held.set(m.id, data);
       parentPort.postMessage({ id: m.id, sum: digest(m.algo, data) });
+    } else if (m.op === "readHash") {
+      back.push(m.buf);
+      let t = sources.get(m.path);
+      if (t === undefined) {
+        t = openSource(m.path);
+        sources.set(m.path, t);
+      }
+      const data = new Uint8Array(m.buf);
+      readBlock(t, data, m.length, m.offset);
+      if (isZero(data)) {
+        parentPort.postMessage({ id: m.id, zero: true, buf: m.buf }, [m.buf]);
+      } else {
+        held.set(m.id, data);
+        parentPort.postMessage({ id: m.id, sum: digest(m.algo, data) });
+      }
     } else if (m.op === "pack") {
       const data = held.get(m.hold);
       held.delete(m.hold);
@@ -206,7 +256,7 @@ parentPort.on("message", (m) => {
       if (!inPlace) free(raw);
       parentPort.postMessage({ id: m.id, written, direct, buf: m.own ? undefined : m.buf }, back);
     } else if (m.op === "retire") {
-      for (const t of targets.values()) {
+      for (const t of [...targets.values(), ...sources.values()]) {
         try {
           fs.closeSync(t.fd);
         } catch {
@@ -214,13 +264,16 @@ parentPort.on("message", (m) => {
         }
       }
       targets.clear();
+      sources.clear();
       parentPort.postMessage({ retired: true }); // the main thread terminates this worker
       return;
-    } else if (m.op === "closeTarget") {
+    } else if (m.op === "close") {
       phase = "close";
-      const t = targets.get(m.path);
-      targets.delete(m.path);
-      if (t !== undefined) fs.closeSync(t.fd);
+      for (const files of [targets, sources]) {
+        const t = files.get(m.path);
+        files.delete(m.path);
+        if (t !== undefined) fs.closeSync(t.fd);
+      }
       parentPort.postMessage({ id: m.id });
     }
   } catch (err) {
@@ -245,6 +298,8 @@ interface Reply {
   written?: boolean;
   /** The block went to the target with direct I/O: none of it waits in the page cache. */
   direct?: boolean;
+  /** The block read from a source is all zeros (not hashed, not held). */
+  zero?: boolean;
   error?: string;
   /** Where a failed call failed: "decode" (the block's bytes), "write" or "close" (the target). */
   stage?: string;
@@ -423,9 +478,41 @@ export interface HashedBlock {
 export async function hashBlock(data: Uint8Array, algo: ChecksumAlgorithm): Promise<HashedBlock> {
   const l = lane();
   const buf = data.buffer as ArrayBuffer;
-  const bound = buf.byteLength + (buf.byteLength >>> 7) + 4096; // > zstd's and gzip's bounds
   l.hold(1); // from the reply on, until pack or drop has taken the block
   const r = await l.call({ op: "hash", buf, algo: ALGO[algo] }, [buf]);
+  return heldBlock(l, r, buf.byteLength);
+}
+
+/** A block read by readSourceBlock(): all zeros (not hashed), or hashed and held by a worker. */
+export type ReadBlock = { zero: true; buffer: Uint8Array } | { zero: false; hashed: HashedBlock };
+
+/**
+ * Reads `file.length` bytes of the file or block device `file.path` at `file.offset` into `into`
+ * (zeros after them, and past the file's end) on a worker, with direct I/O where the file allows
+ * it, and hashes them unless they are all zeros. `into` must own its whole ArrayBuffer: it is
+ * transferred and comes back as `buffer`, or from pack() or drop(). Call closeFile() once the
+ * last block of a file is read.
+ */
+export async function readSourceBlock(
+  file: { path: string; offset: number; length: number },
+  opts: { algo: ChecksumAlgorithm; into: Uint8Array },
+): Promise<ReadBlock> {
+  const l = lane();
+  fileLanes.add(l);
+  const buf = opts.into.buffer as ArrayBuffer;
+  l.hold(1);
+  const r = await l.call({ op: "readHash", buf, algo: ALGO[opts.algo], ...file }, [buf]);
+  if (r.zero) {
+    l.hold(-1);
+    return { zero: true, buffer: new Uint8Array(r.buf!) };
+  }
+  if (r.error) recycle(...r.bufs ?? []);
+  return { zero: false, hashed: heldBlock(l, r, buf.byteLength) };
+}
+
+/** The HashedBlock of a hash reply from lane `l`, which holds the block (count taken by caller). */
+function heldBlock(l: Lane, r: Reply, size: number): HashedBlock {
+  const bound = size + (size >>> 7) + 4096; // > zstd's and gzip's bounds
   if (r.error) {
     l.hold(-1);
     throw new Error(r.error);
@@ -488,7 +575,7 @@ function packedBuffer(packed: Uint8Array): { buf: ArrayBuffer; own: boolean } {
  * the event loop is not). Resolves to "direct" when it was written past the page cache (nothing
  * of it waits for writeback), "buffered" when written through it, or false when the block is not
  * what its checksum says. Rejects with TargetWriteError when the write fails, with an Error when the
- * block cannot be decoded. Call closeTarget() once the last block of a target is done.
+ * block cannot be decoded. Call closeFile() once the last block of a target is done.
  */
 export async function unpackBlockTo(
   packed: Uint8Array,
@@ -500,7 +587,7 @@ export async function unpackBlockTo(
 ): Promise<"direct" | "buffered" | false> {
   const { buf, own } = packedBuffer(packed);
   const l = lane();
-  targetLanes.add(l);
+  fileLanes.add(l);
   const r = await l.call({
     op: "unpackTo",
     buf,
@@ -520,14 +607,17 @@ export async function unpackBlockTo(
   return r.written === true && (r.direct ? "direct" : "buffered");
 }
 
-/** Lanes that may hold a restore target open. */
-const targetLanes = new Set<Lane>();
+/** Lanes that may hold a restore target or backup source open. */
+const fileLanes = new Set<Lane>();
 
-/** Closes the workers' handles on `path` (after unpackBlockTo); rejects if a close fails. */
-export async function closeTarget(path: string): Promise<void> {
-  for (const l of targetLanes) if (l.dead) targetLanes.delete(l); // its thread is gone
+/**
+ * Closes the workers' handles on `path` (after unpackBlockTo or readSourceBlock); rejects if a
+ * close fails.
+ */
+export async function closeFile(path: string): Promise<void> {
+  for (const l of fileLanes) if (l.dead) fileLanes.delete(l); // its thread is gone
   const replies = await Promise.all(
-    [...targetLanes].map((l) => l.call({ op: "closeTarget", path })),
+    [...fileLanes].map((l) => l.call({ op: "close", path })),
   );
   const failed = replies.find((r) => r.error);
   if (failed) throw new TargetWriteError(failed.error);

@@ -1,15 +1,16 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import zlib, { gzipSync } from "node:zlib";
 import { BLOCK_SIZE } from "./codec.ts";
 import {
-  closeTarget,
+  closeFile,
   codecWorkers,
   hashBlock,
+  readSourceBlock,
   setCodecIdleMs,
   unpackBlockTo,
 } from "./codec_pool.ts";
@@ -73,7 +74,7 @@ describe("codec worker pool", () => {
         assert.match(await put(zstd(block), 2), good);
       }
       assert.match(await put(gzipSync(block), 4), good); // Convoy's gzip blocks
-      await closeTarget(target);
+      await closeFile(target);
       const got = await readFile(target);
       for (const b of want) {
         const at = got.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE);
@@ -82,6 +83,44 @@ describe("codec worker pool", () => {
       const at3 = got.subarray(3 * BLOCK_SIZE, 4 * BLOCK_SIZE);
       assert.ok(at3.every((v) => v === 0), "no bad block was written");
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("readSourceBlock() reads through the page cache where direct I/O is refused (tmpfs)", async (t) => {
+    const shm = await stat("/dev/shm").then((s) => s.isDirectory(), () => false);
+    if (!shm) return t.skip("no /dev/shm");
+    const dir = await mkdtemp(join("/dev/shm", "convoy-source-"));
+    const file = join(dir, "img");
+    try {
+      const data = new Uint8Array(BLOCK_SIZE + 100).map((_, i) => (i * 13 + (i >> 10)) % 253);
+      data.fill(0, 0, BLOCK_SIZE - 1); // block 0 is all zeros but its last byte
+      data[BLOCK_SIZE - 1] = 1;
+      await writeFile(file, data);
+      const read = (offset: number, length: number) =>
+        readSourceBlock({ path: file, offset, length }, {
+          algo: "sha256",
+          into: new Uint8Array(BLOCK_SIZE).fill(9),
+        });
+      const sum = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+      const first = await read(0, BLOCK_SIZE);
+      assert.ok(!first.zero);
+      assert.equal(first.hashed.checksum, sum(data.subarray(0, BLOCK_SIZE)));
+      await first.hashed.drop();
+      const tail = await read(BLOCK_SIZE, BLOCK_SIZE); // 100 bytes, then zeros past the end
+      assert.ok(!tail.zero);
+      const want = new Uint8Array(BLOCK_SIZE);
+      want.set(data.subarray(BLOCK_SIZE));
+      assert.equal(tail.hashed.checksum, sum(want));
+      await tail.hashed.drop();
+      const zero = await read(0, BLOCK_SIZE - 1);
+      assert.ok(zero.zero, "the bytes before the last are zeros, and nothing else is read");
+      assert.ok(
+        zero.buffer.every((v) => v === 0),
+        "the buffer is zero-filled after the bytes read",
+      );
+    } finally {
+      await closeFile(file);
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -37,9 +37,11 @@ import {
   isZero,
 } from "./codec.ts";
 import {
-  closeTarget,
+  closeFile,
   freeBuffers,
   hashBlock,
+  type ReadBlock,
+  readSourceBlock,
   TargetWriteError,
   unpackBlock,
   unpackBlockTo,
@@ -205,20 +207,35 @@ export async function createDeltaBackup(
     let uploaded = 0;
     const buffers: Uint8Array[] = [];
     await ops.openSnapshot(snapshot.name, vol);
+    let file: string | undefined;
     try {
+      file = await ops.snapshotFile?.(snapshot.name, vol);
+      /** The block at `offset`, hashed unless all zeros; `buf` is handed over. */
+      const read = async (offset: number, buf: Uint8Array): Promise<ReadBlock> => {
+        const length = Math.min(BLOCK_SIZE, (volume.size || Number.MAX_SAFE_INTEGER) - offset);
+        if (file) {
+          return await readSourceBlock({ path: file, offset, length }, {
+            algo: codec.checksum,
+            into: buf,
+          });
+        }
+        if (length < BLOCK_SIZE) buf.fill(0);
+        await ops.readSnapshot(snapshot.name, vol, offset, buf.subarray(0, length));
+        if (isZero(buf)) return { zero: true, buffer: buf };
+        return { zero: false, hashed: await hashBlock(buf, codec.checksum) };
+      };
       await pool(
         offsets,
         { concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, signal },
         async (offset) => {
           let buf = buffers.pop() ?? new Uint8Array(BLOCK_SIZE);
           try {
-            const len = Math.min(BLOCK_SIZE, (volume.size || Number.MAX_SAFE_INTEGER) - offset);
-            if (len < BLOCK_SIZE) buf.fill(0);
-            await ops.readSnapshot(snapshot.name, vol, offset, buf.subarray(0, len));
-            if (isZero(buf)) {
+            const block = await read(offset, buf); // owns buf until returned, packed or dropped
+            if (block.zero) {
+              buf = block.buffer;
               zeroed.push(offset);
             } else {
-              const hashed = await hashBlock(buf, codec.checksum); // owns buf until pack/drop
+              const { hashed } = block;
               const sum = hashed.checksum;
               let back: Uint8Array | undefined;
               try {
@@ -255,7 +272,11 @@ export async function createDeltaBackup(
       );
     } finally {
       freeBuffers(buffers);
-      await ops.closeSnapshot(snapshot.name, vol);
+      try {
+        if (file) await closeFile(file); // before closeSnapshot, which may remove the device
+      } finally {
+        await ops.closeSnapshot(snapshot.name, vol);
+      }
     }
     const tBlocks = performance.now();
     await store.flush?.(); // every block durable before the record that refers to them
@@ -493,7 +514,7 @@ export async function restoreDeltaBackup(
     done = true;
   } finally {
     await background.drain().catch(() => {}); // never close the handle under a running datasync
-    const closed = closeTarget(opts.target).finally(() => fh.close());
+    const closed = closeFile(opts.target).finally(() => fh.close());
     // A failed close matters after a good restore; after a failure, the first error does.
     await (done ? closed : closed.catch(() => {}));
   }

@@ -1,6 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -52,12 +53,49 @@ class FakeDisk implements DeltaBlockOperations {
     return { mappings, blockSize: BLOCK_SIZE };
   }
   openSnapshot() {}
-  closeSnapshot() {}
+  closeSnapshot(_id: string): void | Promise<void> {}
   readSnapshot(id: string, _vol: string, start: number, data: Uint8Array) {
     if (++this.reads > this.failAfter) throw new Error("disk vanished");
     data.set(this.snaps.get(id)!.subarray(start, start + data.length));
   }
 }
+
+/** FakeDisk whose snapshots are also image files, offered to the engine by snapshotFile(). */
+class FileDisk extends FakeDisk {
+  files = new Map<string, string>();
+  openAtClose: number[] | undefined;
+  constructor(size: number, readonly dir: string) {
+    super(size);
+  }
+  async snapshotTo(name: string, image: Uint8Array) {
+    const file = join(this.dir, `${name}.img`);
+    await writeFile(file, image);
+    this.files.set(name, file);
+  }
+  snapshotFile(id: string) {
+    return this.files.get(id);
+  }
+  override closeSnapshot(id: string) {
+    this.openAtClose = openFlags(this.files.get(id)!);
+  }
+}
+
+/** The open flags of this process's descriptors on `path` (the codec workers' included). */
+function openFlags(path: string): number[] {
+  const flags: number[] = [];
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) !== path) continue;
+      const info = readFileSync(`/proc/self/fdinfo/${fd}`, "utf8");
+      flags.push(parseInt(/flags:\s+([0-7]+)/.exec(info)?.[1] ?? "0", 8));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return flags;
+}
+
+const O_DIRECT = 0o40000; // x86 and arm64 Linux
 
 function fill(disk: Uint8Array, block: number, seed: number) {
   const b = disk.subarray(block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
@@ -319,6 +357,53 @@ describe("delta-block engine", () => {
       const at3 = got.subarray(3 * BLOCK_SIZE, 4 * BLOCK_SIZE);
       assert.ok(at3.every((v) => v === 0), "the corrupt block was not written");
       assert.deepEqual(new Uint8Array(got.subarray(0, BLOCK_SIZE)), img.subarray(0, BLOCK_SIZE));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("createDeltaBackup() reads a driver's snapshotFile() itself with direct I/O, and closes it before closeSnapshot()", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-source-"));
+    try {
+      // The volume ends 6000 bytes into block 7; its image file has bytes after that.
+      const size = 7 * BLOCK_SIZE + 6000;
+      const img = new Uint8Array(size);
+      fill(img, 0, 3);
+      fill(img, 4, 9);
+      img.copyWithin(6 * BLOCK_SIZE, 4 * BLOCK_SIZE, 5 * BLOCK_SIZE); // a duplicate
+      img.fill(0x5a, 7 * BLOCK_SIZE);
+      const file = new Uint8Array(size + 2192).fill(0x77);
+      file.set(img);
+      const disk = new FileDisk(size, dir);
+      disk.snapshot("s1", img);
+      await disk.snapshotTo("s1", file);
+      const flags: number[][] = [];
+      const store = new MemoryStore("source");
+      const opts = { volume: { ...volume, size }, concurrency: 1 }; // one block: buffers reused
+      const name = await backup(store, disk, "s1", {
+        ...opts,
+        progress: () => void flags.push(openFlags(disk.files.get("s1")!)),
+      });
+      assert.equal(disk.reads, 0, "readSnapshot() was not called");
+      assert.deepEqual(disk.openAtClose, [], "the workers closed the file before closeSnapshot()");
+      assert.ok(
+        flags.flat().some((f) => (f & O_DIRECT) !== 0),
+        `a worker read with O_DIRECT (flags seen: ${JSON.stringify(flags)})`,
+      );
+      assert.equal(blockKeys(store).length, 3, "blocks 0, 4 (= 6) and the tail of 7");
+
+      // The same backup through readSnapshot() has the same block map (the same checksums).
+      const viaRead = new MemoryStore("read");
+      const plain = new FakeDisk(size);
+      plain.snapshot("s1", img);
+      const other = await backup(viaRead, plain, "s1", opts);
+      const map = async (st: MemoryStore, n: string) =>
+        JSON.parse(
+          new TextDecoder().decode(
+            await st.read(st.keys().find((k) => k.endsWith(`backup_${n}.cfg`))!),
+          ),
+        ).Blocks;
+      assert.deepEqual(await map(store, name), await map(viaRead, other));
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -5,7 +5,7 @@
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { access, readFile } from "node:fs/promises";
+import { access, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   convoy,
@@ -101,6 +101,42 @@ describe("convoy daemon --mnt-ns", () => {
       await cli("delete", "v1");
       assert.deepEqual(JSON.parse(await cli("list")), {});
       assert.deepEqual(await loopsUnder(dir), []);
+    } finally {
+      await d.stop();
+      await ns.stop();
+      for (const dev of await loopsUnder(dir)) await run("losetup", ["--detach", dev]);
+      await cleanup();
+    }
+  });
+
+  it("snapshots a volume mounted in the namespace with its filesystem frozen there; the backup restores it", async () => {
+    const { dir, cleanup } = await tempDir("convoy-mntns-");
+    const ns = await startMountNamespace();
+    const d = await startDaemon({
+      root: join(dir, "root"),
+      args: ["--drivers", "loop", "--mnt-ns", ns.path],
+    });
+    const cli = (...args: string[]) => ok(args, { socket: d.socket });
+    try {
+      await cli("create", "v1", "--size", "64M");
+      const mp = await cli("mount", "v1");
+      // Written in the namespace and not synced: only the freeze there puts it into the image.
+      const sum = await inNamespace(
+        ns.path,
+        `head -c 3000000 /dev/urandom > '${mp}/data' && sha256sum < '${mp}/data'`,
+      );
+      await cli("snapshot", "create", "v1", "--name", "s1");
+      await inNamespace(ns.path, `echo thawed > '${mp}/after'`); // not left frozen
+      await mkdir(join(dir, "store"));
+      const url = await cli("backup", "create", "s1", "--dest", `vfs://${join(dir, "store")}`);
+      await cli("create", "v2", "--backup", url);
+      const mp2 = await cli("mount", "v2");
+      assert.equal(await inNamespace(ns.path, `sha256sum < '${mp2}/data'`), sum);
+      assert.equal(await inNamespace(ns.path, `ls '${mp2}'`), "data\nlost+found\n");
+      assert.deepEqual(await mountsUnder(dir), [], "nothing mounted in the daemon's namespace");
+      for (const v of ["v1", "v2"]) await cli("umount", v);
+      await cli("snapshot", "delete", "s1");
+      for (const v of ["v1", "v2"]) await cli("delete", v);
     } finally {
       await d.stop();
       await ns.stop();

@@ -506,7 +506,10 @@ export async function readSourceBlock(
     l.hold(-1);
     return { zero: true, buffer: new Uint8Array(r.buf!) };
   }
-  if (r.error) recycle(...r.bufs ?? []);
+  if (r.error) {
+    l.hold(-1);
+    throw new Error(`cannot read "${file.path}" at offset ${file.offset}: ${r.error}`);
+  }
   return { zero: false, hashed: heldBlock(l, r, buf.byteLength) };
 }
 

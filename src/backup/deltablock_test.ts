@@ -404,6 +404,16 @@ describe("delta-block engine", () => {
           ),
         ).Blocks;
       assert.deepEqual(await map(store, name), await map(viaRead, other));
+
+      // A file that cannot be read fails the backup, named, and leaves no backup listed.
+      disk.files.set("s2", join(dir, "missing.img"));
+      disk.snapshot("s2", img);
+      const failed = new MemoryStore("failed");
+      await assert.rejects(
+        backup(failed, disk, "s2", opts),
+        new RegExp(`cannot read "${join(dir, "missing.img")}" at offset 0: ENOENT`),
+      );
+      assert.deepEqual(failed.keys().filter((k) => k.includes("backup_")), []);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

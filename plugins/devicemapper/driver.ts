@@ -1514,16 +1514,7 @@ class DmDriver {
   }
 
   async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
-    const volumeName = opts?.VolumeName;
-    const volumes = volumeName
-      ? [{
-        name: volumeName,
-        record: await this.#records.must(
-          this.#validVolumeName(volumeName),
-          "list the snapshots of volume",
-        ),
-      }]
-      : await this.#records.list();
+    const volumes = await this.#records.select(opts?.VolumeName, "list the snapshots of volume");
     const out: Record<string, StringMap> = {};
     for (const { record } of volumes) {
       for (const s of Object.values(record.Snapshots)) out[s.Name] = this.#snapshotInfo(record, s);

@@ -823,15 +823,7 @@ class VfsDriver {
 
   async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
     const volumeName = opts?.VolumeName;
-    const volumes = volumeName
-      ? [{
-        name: volumeName,
-        record: await this.#records.must(
-          this.#validVolumeName(volumeName),
-          "list the snapshots of volume",
-        ),
-      }]
-      : await this.#records.list();
+    const volumes = await this.#records.select(volumeName, "list the snapshots of volume");
     const out: Record<string, StringMap> = {};
     for (const { name, record } of volumes) {
       let state: VolumeState;

@@ -214,6 +214,11 @@ export interface RecordStore<T> {
   remove(name: string): Promise<void>;
   /** Every readable record, by name; files that are not valid records are logged and skipped. */
   list(): Promise<Array<{ name: string; record: T }>>;
+  /**
+   * `list()` when `name` is empty or undefined, else only `name`'s record: the name validated
+   * (InvalidArgumentError) and the record required as by `must(name, what)`.
+   */
+  select(name: string | undefined, what: string): Promise<Array<{ name: string; record: T }>>;
 }
 
 /** A driver's operations as methods of one object, for `api.util.convoyDriver`. */

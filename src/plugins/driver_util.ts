@@ -150,49 +150,56 @@ export function createRecordStore<S extends z.ZodType>(
     }
     return r.data;
   };
+  const must = async (name: string, what: string): Promise<T> => {
+    const record = await read(name);
+    if (record === undefined) {
+      throw new errors.NotFoundError(`Cannot ${what} "${name}": ${kind} does not exist`);
+    }
+    return record;
+  };
+  const list = async (): Promise<Array<{ name: string; record: T }>> => {
+    let entries: string[];
+    try {
+      entries = await readdir(dir);
+    } catch (err) {
+      throw new errors.BackendError(
+        `Cannot list ${kind}s: cannot read "${dir}": ${errors.errorMessage(err)}`,
+        { cause: err },
+      );
+    }
+    const out: Array<{ name: string; record: T }> = [];
+    for (const entry of entries.sort()) {
+      // Temp files of atomic writes start with "."; so does no valid name.
+      if (entry.startsWith(".") || !entry.startsWith(prefix) || !entry.endsWith(".json")) {
+        continue;
+      }
+      const name = entry.slice(prefix.length, -".json".length);
+      try {
+        validateName(name, kind);
+        const record = await read(name);
+        if (record !== undefined) out.push({ name, record });
+      } catch (err) {
+        spec.log.warn(`Skipping "${join(dir, entry)}": ${errors.errorMessage(err)}`, {
+          [kind]: name,
+        });
+      }
+    }
+    return out;
+  };
   return {
     file,
     read,
-    must: async (name, what) => {
-      const record = await read(name);
-      if (record === undefined) {
-        throw new errors.NotFoundError(`Cannot ${what} "${name}": ${kind} does not exist`);
-      }
-      return record;
-    },
+    must,
     write: (name, value) => atomicWriteJSON(file(name), value),
     remove: async (name) => {
       await rm(file(name), { force: true });
       await fsyncDir(dir); // a removal that a power loss cannot undo
     },
-    list: async () => {
-      let entries: string[];
-      try {
-        entries = await readdir(dir);
-      } catch (err) {
-        throw new errors.BackendError(
-          `Cannot list ${kind}s: cannot read "${dir}": ${errors.errorMessage(err)}`,
-          { cause: err },
-        );
-      }
-      const out: Array<{ name: string; record: T }> = [];
-      for (const entry of entries.sort()) {
-        // Temp files of atomic writes start with "."; so does no valid name.
-        if (entry.startsWith(".") || !entry.startsWith(prefix) || !entry.endsWith(".json")) {
-          continue;
-        }
-        const name = entry.slice(prefix.length, -".json".length);
-        try {
-          validateName(name, kind);
-          const record = await read(name);
-          if (record !== undefined) out.push({ name, record });
-        } catch (err) {
-          spec.log.warn(`Skipping "${join(dir, entry)}": ${errors.errorMessage(err)}`, {
-            [kind]: name,
-          });
-        }
-      }
-      return out;
+    list,
+    select: async (name, what) => {
+      if (!name) return await list();
+      const valid = validateName(name, kind);
+      return [{ name: valid, record: await must(valid, what) }];
     },
   };
 }

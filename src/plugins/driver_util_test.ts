@@ -214,7 +214,7 @@ describe("plugin api: convoyDriver", () => {
 describe("plugin api: createRecordStore", () => {
   const schema = z.object({ Name: z.string(), Size: z.number() });
 
-  it("createRecordStore() writes, reads, lists and removes records; must() names a missing one", async () => {
+  it("createRecordStore() writes, reads, lists, selects and removes records; must() names a missing one", async () => {
     await withDir(async (dir) => {
       const log = recordingLogger();
       const records = createRecordStore({
@@ -233,6 +233,15 @@ describe("plugin api: createRecordStore", () => {
       await writeFile(join(dir, "other.json"), "{}"); // not a record of this store
       assert.deepEqual(await records.read("db2"), { Name: "db2", Size: 2 });
       assert.deepEqual((await records.list()).map((r) => r.name), ["db1", "db2"]);
+      assert.deepEqual((await records.select("", "list")).map((r) => r.name), ["db1", "db2"]);
+      assert.deepEqual(await records.select("db2", "list the snapshots of volume"), [
+        { name: "db2", record: { Name: "db2", Size: 2 } },
+      ]);
+      await assert.rejects(records.select("db9", "list the snapshots of volume"), {
+        name: "NotFoundError",
+        message: 'Cannot list the snapshots of volume "db9": volume does not exist',
+      });
+      await assert.rejects(records.select("../db2", "list"), { name: "InvalidArgumentError" });
       await records.remove("db1");
       await records.remove("db1"); // already gone: fine
       await assert.rejects(records.must("db1", "mount volume"), {

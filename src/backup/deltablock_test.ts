@@ -462,6 +462,20 @@ describe("delta-block engine", () => {
       createHash("sha512").update(raw).digest("hex").slice(0, 64),
       key.split("/").at(-1)!.slice(0, 64),
     );
+    // The same through a snapshot file read by the workers (direct I/O): the same block.
+    const files = await mkdtemp(join(tmpdir(), "convoy-source-"));
+    try {
+      const fileDisk = new FileDisk(volume.size, files);
+      fileDisk.snapshot("s1", img);
+      await fileDisk.snapshotTo("s1", img);
+      const gz2 = new MemoryStore("gzip2");
+      await backup(gz2, fileDisk, "s1", { compression: "gzip" });
+      assert.equal(fileDisk.reads, 0);
+      assert.deepEqual(blockKeys(gz2), [key]);
+      assert.deepEqual(gunzipSync(await gz2.read(key)), raw);
+    } finally {
+      await rm(files, { recursive: true, force: true });
+    }
   });
 
   it("blockOffsets() and mergeBlocks() align ranges to 2 MiB blocks and let new blocks win", () => {

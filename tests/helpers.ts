@@ -4,13 +4,14 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, readlink, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { socketAlive } from "../src/runtime/listen.ts";
 import { type MountEntry, readMounts } from "../src/util/mountinfo.ts";
+import { writeDemoPlugins } from "./plugin_fixtures.ts";
 
 export const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 const BIN = join(REPO, "src", "bin.ts");
@@ -265,6 +266,60 @@ export function rawRequest(
       resolve({ status, body: text });
     });
   });
+}
+
+/**
+ * What every distribution of convoy must do (the npm build on Node, the single binary): a daemon
+ * run by `command` serves the bundled vfs and loop drivers and the demo .ts and .js plugins
+ * loaded from disk, and vfs and loop volumes back up and restore through a vfs:// store (`text`
+ * goes into the files). Works in `dir`.
+ */
+export async function servesBundledAndPluginDrivers(
+  command: string[],
+  opts: { dir: string; text: string },
+): Promise<void> {
+  const { dir, text } = opts;
+  const plugins = await writeDemoPlugins(join(dir, "plugins"));
+  const d = await startDaemon({
+    root: join(dir, "root"),
+    command,
+    args: [
+      "--plugins",
+      plugins,
+      "--drivers",
+      "vfs",
+      "--drivers",
+      "tsdemo",
+      "--drivers",
+      "jsdemo",
+      "--drivers",
+      "loop",
+    ],
+  });
+  const cli = (...args: string[]) => ok(args, { socket: d.socket, command });
+  try {
+    assert.equal(await cli("create", "t1", "--driver", "tsdemo"), "t1");
+    assert.equal(await cli("create", "j1", "--driver", "jsdemo"), "j1");
+    const store = join(dir, "store");
+    await mkdir(store);
+    await backupRoundTrip(cli, { name: "v", store, text });
+    // A block volume: the delta-block engine and its worker threads, with their direct I/O.
+    await backupRoundTrip(cli, {
+      name: "b",
+      store,
+      text: `blocks, ${text}`,
+      create: ["--driver", "loop", "--size", "64M"],
+    });
+    await cli("umount", "b1");
+    await cli("umount", "b2");
+    await cli("delete", "b1", "b2");
+    const list = JSON.parse(await cli("list"));
+    assert.deepEqual(Object.keys(list).sort(), ["j1", "t1", "v1", "v2"]);
+    assert.equal(list.t1.Driver, "tsdemo");
+    assert.equal(list.j1.Driver, "jsdemo");
+  } finally {
+    await d.stop();
+  }
 }
 
 /**

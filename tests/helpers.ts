@@ -280,21 +280,11 @@ export async function servesBundledAndPluginDrivers(
 ): Promise<void> {
   const { dir, text } = opts;
   const plugins = await writeDemoPlugins(join(dir, "plugins"));
+  const drivers = ["vfs", "tsdemo", "jsdemo", "loop"];
   const d = await startDaemon({
     root: join(dir, "root"),
     command,
-    args: [
-      "--plugins",
-      plugins,
-      "--drivers",
-      "vfs",
-      "--drivers",
-      "tsdemo",
-      "--drivers",
-      "jsdemo",
-      "--drivers",
-      "loop",
-    ],
+    args: ["--plugins", plugins, ...drivers.flatMap((name) => ["--drivers", name])],
   });
   const cli = (...args: string[]) => ok(args, { socket: d.socket, command });
   try {

@@ -32,10 +32,25 @@ async function inNamespace(nsPath: string, script: string): Promise<string> {
   return r.stdout;
 }
 
+/**
+ * A temporary folder and a process in a second mount namespace. `release(daemon)` stops the
+ * daemon, then the namespace, detaches loop devices left on images under the folder, removes it.
+ */
+async function namespaceFixture() {
+  const { dir, cleanup } = await tempDir("convoy-mntns-");
+  const ns = await startMountNamespace();
+  const release = async (daemon?: { stop(): Promise<unknown> }) => {
+    await daemon?.stop();
+    await ns.stop();
+    for (const dev of await loopsUnder(dir)) await run("losetup", ["--detach", dev]);
+    await cleanup();
+  };
+  return { dir, ns, release };
+}
+
 describe("convoy daemon --mnt-ns", () => {
   it("mounts a loop volume in the target namespace only, and reads mount state from there", async () => {
-    const { dir, cleanup } = await tempDir("convoy-mntns-");
-    const ns = await startMountNamespace();
+    const { dir, ns, release } = await namespaceFixture();
     const root = join(dir, "root");
     let d = await startDaemon({ root, args: ["--drivers", "loop", "--mnt-ns", ns.path] });
     const cli = (...args: string[]) => ok(args, { socket: d.socket });
@@ -102,16 +117,12 @@ describe("convoy daemon --mnt-ns", () => {
       assert.deepEqual(JSON.parse(await cli("list")), {});
       assert.deepEqual(await loopsUnder(dir), []);
     } finally {
-      await d.stop();
-      await ns.stop();
-      for (const dev of await loopsUnder(dir)) await run("losetup", ["--detach", dev]);
-      await cleanup();
+      await release(d);
     }
   });
 
   it("snapshots a volume mounted in the namespace with its filesystem frozen there; the backup restores it", async () => {
-    const { dir, cleanup } = await tempDir("convoy-mntns-");
-    const ns = await startMountNamespace();
+    const { dir, ns, release } = await namespaceFixture();
     const d = await startDaemon({
       root: join(dir, "root"),
       args: ["--drivers", "loop", "--mnt-ns", ns.path],
@@ -138,17 +149,13 @@ describe("convoy daemon --mnt-ns", () => {
       await cli("snapshot", "delete", "s1");
       for (const v of ["v1", "v2"]) await cli("delete", v);
     } finally {
-      await d.stop();
-      await ns.stop();
-      for (const dev of await loopsUnder(dir)) await run("losetup", ["--detach", dev]);
-      await cleanup();
+      await release(d);
     }
   });
 
   it("refuses a missing namespace, saves the flag and honours the saved one on restart", async () => {
-    const { dir, cleanup } = await tempDir("convoy-mntns-");
+    const { dir, ns, release } = await namespaceFixture();
     const root = join(dir, "root");
-    const ns = await startMountNamespace();
     let d: Awaited<ReturnType<typeof startDaemon>> | undefined;
     try {
       const missing = join(dir, "no-such-ns");
@@ -206,9 +213,7 @@ describe("convoy daemon --mnt-ns", () => {
         "",
       );
     } finally {
-      await d?.stop();
-      await ns.stop();
-      await cleanup();
+      await release(d);
     }
   });
 });

@@ -15,6 +15,8 @@ import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/pr
 import { join } from "node:path";
 import { spawn } from "node:child_process";
 import { ok, REPO, run, startDaemon } from "../helpers.ts";
+import { backupConfigPath, blockPath } from "../../src/backup/layout.ts";
+import { decodeBackupURL } from "../../src/backup/url.ts";
 
 const GB = 1e9;
 const WORK = process.env.CONVOY_BENCH_DIR ?? "/var/tmp/convoy-bench";
@@ -271,9 +273,9 @@ async function main() {
       run: (i) => cli("create", `restored-${i}`, "--driver", "loop", "--backup", incr),
       bytes: data,
     });
-    // The floor of a durable restore on this disk: the bytes the restore wrote (its image's
-    // allocated size), written sequentially with O_DIRECT and fsynced by dd; no reading, no
-    // decoding, no verifying.
+    // The I/O floor of a durable restore on this disk: the backup's block files read cold (cat,
+    // 4 at a time) while dd writes as many bytes as the restore wrote (its image's allocated
+    // size) with O_DIRECT and fsyncs them; no decoding, no verifying.
     const restoredImage = Object.values(
       JSON.parse(await cli("inspect", `restored-${RUNS - 1}`)).DriverInfo as Record<string, string>,
     ).find((v) => v.endsWith(".img"));
@@ -282,29 +284,41 @@ async function main() {
         (await must("stat", ["-c", "%b %B", restoredImage])).split(" ")
           .reduce((a, b) => a * Number(b), 1),
       );
+      const ref = decodeBackupURL(incr);
+      const record = JSON.parse(
+        await readFile(join(vfsStore(0), backupConfigPath(ref.volume, ref.backup)), "utf8"),
+      ) as { Blocks: { BlockChecksum: string }[] };
+      const blockFiles = [...new Set(record.Blocks.map((b) => b.BlockChecksum))]
+        .map((c) => join(vfsStore(0), blockPath(ref.volume, c)));
+      const listFile = join(WORK, "floor-blocks.txt");
+      await writeFile(listFile, blockFiles.join("\0"));
       const floorFile = join(WORK, "xfs", "floor.img");
       const mib2 = Math.ceil(written / (2 << 20));
       const f = await repeated(
         () =>
-          must("dd", [
-            "if=/dev/zero",
-            `of=${floorFile}`,
-            "bs=2M",
-            `count=${mib2}`,
-            "oflag=direct",
-            "conv=fsync",
-            "status=none",
+          must("sh", [
+            "-c",
+            'xargs -0 -P4 -n64 cat < "$1" > /dev/null & ' +
+            'dd if=/dev/zero of="$2" bs=2M count="$3" oflag=direct conv=fsync status=none; ' +
+            "wait",
+            "floor",
+            listFile,
+            floorFile,
+            String(mib2),
           ]),
         () => rm(floorFile, { force: true }),
       );
       await rm(floorFile, { force: true });
-      results.restoreDiskFloor = {
-        what: "dd of the restored bytes, O_DIRECT then fsync",
-        MB: +((mib2 * (2 << 20)) / 1e6).toFixed(0),
+      results.restoreIoFloor = {
+        what:
+          "cat of the backup's block files, meanwhile dd of the restored bytes, O_DIRECT then fsync",
+        readMB: +((await Promise.all(blockFiles.map((b) => stat(b))))
+          .reduce((a, st) => a + st.size, 0) / 1e6).toFixed(0),
+        writtenMB: +((mib2 * (2 << 20)) / 1e6).toFixed(0),
         seconds: +f.seconds.toFixed(2),
         runs: f.runs,
       };
-      log(`restoreDiskFloor: ${JSON.stringify(results.restoreDiskFloor)}`);
+      log(`restoreIoFloor: ${JSON.stringify(results.restoreIoFloor)}`);
     }
     await cli("delete", `restored-${RUNS - 1}`);
 
@@ -357,10 +371,13 @@ async function main() {
         resticBackupOverOurs: +(b.seconds / full.seconds).toFixed(2),
         resticRestoreOverOurs: +(r.seconds / rest.seconds).toFixed(2),
         resticRestoreAndSyncOverOurs: +(rs.seconds / rest.seconds).toFixed(2),
-        ...(results.restoreDiskFloor
+        // Under 2, no durable restore on this disk can be 2x faster than restic's.
+        ...(results.restoreIoFloor
           ? {
-            resticRestoreOverDiskFloor: +(r.seconds /
-              (results.restoreDiskFloor as { seconds: number }).seconds).toFixed(2),
+            resticRestoreOverIoFloor: +(r.seconds /
+              (results.restoreIoFloor as { seconds: number }).seconds).toFixed(2),
+            oursOverIoFloor: +(rest.seconds /
+              (results.restoreIoFloor as { seconds: number }).seconds).toFixed(2),
           }
           : {}),
       };

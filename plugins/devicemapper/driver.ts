@@ -1001,7 +1001,7 @@ class DmDriver {
   async createVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.createOptions,
+      this.#api.util.schemas.createVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -1181,7 +1181,7 @@ class DmDriver {
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.deleteOptions,
+      this.#api.util.schemas.deleteVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );

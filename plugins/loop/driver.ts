@@ -377,7 +377,7 @@ class LoopDriver {
   async createVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.createOptions,
+      this.#api.util.schemas.createVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -546,7 +546,7 @@ class LoopDriver {
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.deleteOptions,
+      this.#api.util.schemas.deleteVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );

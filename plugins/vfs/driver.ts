@@ -538,7 +538,7 @@ class VfsDriver {
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.deleteOptions,
+      this.#api.util.schemas.deleteVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -843,7 +843,7 @@ class VfsDriver {
     const snap = this.#api.util.validateName(snapshotID, "snapshot");
     const name = this.#validVolumeName(volumeID);
     const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
+      this.#api.util.schemas.backup,
       opts ?? {},
       "backup options",
     );

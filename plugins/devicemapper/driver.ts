@@ -1023,13 +1023,20 @@ class DmDriver {
     });
   }
 
-  async #createEmpty(name: string, requested: number): Promise<void> {
-    const what = `Cannot create volume "${name}"`;
-    const size = roundUp(requested || this.#cfg.DefaultVolumeSize, this.#alignment());
+  /**
+   * A new thin volume of `size` bytes: `opts.fill` writes its data and resolves to its
+   * filesystem, then the record is written and the id settled. On failure nothing is left.
+   */
+  async #createThinVolume(
+    name: string,
+    opts: { size: number; what: string; fill: (path: string) => Promise<string> },
+  ): Promise<{ devID: number; path: string; fs: string }> {
+    const { size, what } = opts;
     let thin: { devID: number; device: string; path: string } | undefined;
+    let fs: string;
     try {
       thin = await this.#newThin(name, { size, what });
-      await this.#fs.mkfs(thin.path, this.#cfg.Filesystem, { discard: false });
+      fs = await opts.fill(thin.path);
       await this.#writeRecord({
         Name: name,
         DevID: thin.devID,
@@ -1038,7 +1045,7 @@ class DmDriver {
         MountPoint: "",
         CreatedTime: this.#api.util.now(),
         Snapshots: {},
-        Filesystem: this.#cfg.Filesystem,
+        Filesystem: fs,
         UUID: crypto.randomUUID(),
         DeviceName: thin.device,
       });
@@ -1050,6 +1057,20 @@ class DmDriver {
       throw this.#wrap(err, what);
     }
     await this.#settle([thin.devID]);
+    return { devID: thin.devID, path: thin.path, fs };
+  }
+
+  async #createEmpty(name: string, requested: number): Promise<void> {
+    const what = `Cannot create volume "${name}"`;
+    const size = roundUp(requested || this.#cfg.DefaultVolumeSize, this.#alignment());
+    const thin = await this.#createThinVolume(name, {
+      size,
+      what,
+      fill: async (path) => {
+        await this.#fs.mkfs(path, this.#cfg.Filesystem, { discard: false });
+        return this.#cfg.Filesystem;
+      },
+    });
     this.#log.info(`Created volume "${name}"`, {
       volume: name,
       device: thin.path,
@@ -1137,32 +1158,15 @@ class DmDriver {
       );
     }
     const size = roundUp(backupSize, this.#alignment());
-    let thin: { devID: number; device: string; path: string } | undefined;
-    let fs: string;
-    try {
-      thin = await this.#newThin(name, { size, what });
-      await this.#api.backup.restoreDeltaBackup(url, thin.path, { endpoint });
-      fs = await this.#fs.detect(thin.path);
-      await this.#writeRecord({
-        Name: name,
-        DevID: thin.devID,
-        Size: size,
-        Base: "",
-        MountPoint: "",
-        CreatedTime: this.#api.util.now(),
-        Snapshots: {},
-        Filesystem: fs,
-        UUID: crypto.randomUUID(),
-        DeviceName: thin.device,
-      });
-    } catch (err) {
-      if (thin) {
-        await this.#records.remove(name).catch(() => {});
-        await this.#rollBackThin(name, thin);
-      }
-      throw this.#wrap(err, what);
-    }
-    await this.#settle([thin.devID]);
+    const thin = await this.#createThinVolume(name, {
+      size,
+      what,
+      fill: async (path) => {
+        await this.#api.backup.restoreDeltaBackup(url, path, { endpoint });
+        return await this.#fs.detect(path);
+      },
+    });
+    const fs = thin.fs;
     if (!fs) {
       this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
         volume: name,

@@ -187,7 +187,7 @@ export interface PluginUtil {
   errno(err: unknown): string | undefined;
   /** 12 random hex digits, for the names of temporary files. */
   randomId(): string;
-  /** Fills `at.buf` from byte `at.pos` of `fh`, zeros past the end of the file; resolves to the bytes read. */
+  /** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
   readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): Promise<number>;
   /**
    * The record of volume `of.volume` and its snapshot `snap` (a key of the record's Snapshots):

@@ -1392,34 +1392,26 @@ class DmDriver {
     return devID!;
   }
 
+  /** What the snapshot helpers of `api.util` use of this driver. */
+  get #snapshotHelperSpec() {
+    return {
+      records: this.#records,
+      locks: this.#locks,
+      inUse: this.#inUse,
+      wrap: (err: unknown, prefix: string) => this.#wrap(err, prefix),
+      log: this.#log,
+    };
+  }
+
   async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.read(name);
-      const entry = rec?.Snapshots[snap];
-      if (!rec || !entry) {
-        throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
-      }
-      if (this.#inUse.inUse(name, snap)) {
-        throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
-      }
-      try {
-        const rest = { ...rec.Snapshots };
-        delete rest[snap];
-        await this.#retireIDs([entry.DevID], {
-          unrecord: () => this.#writeRecord({ ...rec, Snapshots: rest }),
-          why: `deleting snapshot "${snap}" of volume "${name}"`,
-        });
-      } catch (err) {
-        throw this.#wrap(err, what);
-      }
-      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-        devID: entry.DevID,
-      });
+    await this.#api.util.deleteSnapshot({ id, volumeID }, {
+      ...this.#snapshotHelperSpec,
+      remove: ({ volume, snap, snapshot, unrecorded }) =>
+        this.#retireIDs([snapshot.DevID], {
+          unrecord: () => this.#writeRecord(unrecorded),
+          why: `deleting snapshot "${snap}" of volume "${volume}"`,
+        }),
+      logFields: (snapshot) => ({ devID: snapshot.DevID }),
     });
   }
 
@@ -1698,15 +1690,7 @@ class DmDriver {
   ): Promise<string> {
     return await this.#api.util.backUpSnapshot(
       { snapshotID, volumeID, destURL, opts, ctx },
-      {
-        driver: DRIVER_NAME,
-        records: this.#records,
-        locks: this.#locks,
-        inUse: this.#inUse,
-        session: () => this.#deltaSession(),
-        wrap: (err, prefix) => this.#wrap(err, prefix),
-        log: this.#log,
-      },
+      { ...this.#snapshotHelperSpec, driver: DRIVER_NAME, session: () => this.#deltaSession() },
     );
   }
 

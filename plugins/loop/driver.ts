@@ -759,31 +759,18 @@ class LoopDriver {
     }
   }
 
+  /** What the snapshot helpers of `api.util` use of this driver. */
+  get #snapshotHelperSpec() {
+    return { records: this.#records, locks: this.#locks, inUse: this.#inUse, log: this.#log };
+  }
+
   async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.read(name);
-      const entry = rec?.Snapshots[snap];
-      if (!rec || !entry) {
-        throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
-      }
-      if (this.#inUse.inUse(name, snap)) {
-        throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
-      }
-      const rest = { ...rec.Snapshots };
-      delete rest[snap];
-      try {
-        await this.#writeRecord({ ...rec, Snapshots: rest });
-        await rm(entry.FilePath, { force: true });
-      } catch (err) {
-        throw this.#api.errors.wrapError(err, what);
-      }
-      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-      });
+    await this.#api.util.deleteSnapshot({ id, volumeID }, {
+      ...this.#snapshotHelperSpec,
+      remove: async ({ snapshot, unrecorded }) => {
+        await this.#writeRecord(unrecorded);
+        await rm(snapshot.FilePath, { force: true });
+      },
     });
   }
 
@@ -1027,12 +1014,9 @@ class LoopDriver {
     return await this.#api.util.backUpSnapshot(
       { snapshotID, volumeID, destURL, opts, ctx },
       {
+        ...this.#snapshotHelperSpec,
         driver: DRIVER_NAME,
-        records: this.#records,
-        locks: this.#locks,
-        inUse: this.#inUse,
         session: (ctx) => this.#deltaSession(ctx),
-        log: this.#log,
       },
     );
   }

@@ -223,6 +223,50 @@ export interface PluginUtil {
     req: SnapshotBackupRequest,
     spec: SnapshotBackupSpec<T>,
   ): Promise<string>;
+  /**
+   * A deleteSnapshot of a driver whose records hold their snapshots: validates the names, then
+   * under the volume's lock throws NotFoundError when the snapshot is not recorded and
+   * ConflictError while `spec.inUse` holds it, runs `spec.remove` (a failure wrapped with
+   * `Cannot delete snapshot ...`), and logs the delete.
+   */
+  deleteSnapshot<T extends SnapshotRecords>(
+    req: { id: string; volumeID: string },
+    spec: SnapshotDeleteSpec<T>,
+  ): Promise<void>;
+}
+
+/** A volume record that holds its snapshots by name. */
+export interface SnapshotRecords {
+  Snapshots: Record<string, unknown>;
+}
+
+/** The parts of a driver that the snapshot helpers of `api.util` use. */
+export interface SnapshotHelperSpec<T extends SnapshotRecords> {
+  records: RecordStore<T>;
+  /** The driver's per-volume lock. */
+  locks: KeyedLock;
+  /** Snapshots being read, by (volume, snapshot); a held one is not deleted. */
+  inUse: UseCounter;
+  /** Adds context to an error; default `api.errors.wrapError`. */
+  wrap?(err: unknown, prefix: string): unknown;
+  log: Logger;
+}
+
+/** What `api.util.deleteSnapshot` needs. */
+export interface SnapshotDeleteSpec<T extends SnapshotRecords> extends SnapshotHelperSpec<T> {
+  /**
+   * Deletes the snapshot's data and writes `unrecorded` (the record without the snapshot), in
+   * the driver's order; runs under the volume's lock.
+   */
+  remove(found: {
+    volume: string;
+    snap: string;
+    record: T;
+    snapshot: T["Snapshots"][string];
+    unrecorded: T;
+  }): Promise<void>;
+  /** More fields of the "Deleted snapshot" log line. */
+  logFields?(snapshot: T["Snapshots"][string]): LogFields;
 }
 
 /** A volume's block device, as `BlockMountSpec.activate` returns it. */
@@ -284,7 +328,7 @@ export interface SnapshotBackupRequest {
 }
 
 /** What `api.util.backUpSnapshot` reads of a volume record. */
-export interface BackedUpRecord {
+export interface BackedUpRecord extends SnapshotRecords {
   Size: number;
   CreatedTime: string;
   UUID?: string;
@@ -292,19 +336,11 @@ export interface BackedUpRecord {
 }
 
 /** A block driver's parts that `api.util.backUpSnapshot` uses. */
-export interface SnapshotBackupSpec<T extends BackedUpRecord> {
+export interface SnapshotBackupSpec<T extends BackedUpRecord> extends SnapshotHelperSpec<T> {
   /** The driver's name, recorded in the backup store. */
   driver: string;
-  records: RecordStore<T>;
-  /** The driver's per-volume lock. */
-  locks: KeyedLock;
-  /** Snapshots being read, by (volume, snapshot); a pinned one is not deleted. */
-  inUse: UseCounter;
   /** The DeltaBlockOperations of one backup. */
   session(ctx?: OperationContext): DeltaSession;
-  /** Adds context to an error; default `api.errors.wrapError`. */
-  wrap?(err: unknown, prefix: string): unknown;
-  log: Logger;
 }
 
 /** What `api.util.createRecordStore` needs. */

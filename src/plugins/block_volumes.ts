@@ -18,6 +18,8 @@ import type {
   RecordStore,
   SnapshotBackupRequest,
   SnapshotBackupSpec,
+  SnapshotDeleteSpec,
+  SnapshotRecords,
 } from "../api/plugin.ts";
 import { validateName } from "../util/names.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
@@ -67,6 +69,37 @@ export async function mustSnapshot<T extends { Snapshots: Record<string, unknown
     );
   }
   return { record, snapshot: snapshot as T["Snapshots"][string] };
+}
+
+/** `api.util.deleteSnapshot`: see PluginUtil.deleteSnapshot. */
+export async function deleteSnapshot<T extends SnapshotRecords>(
+  req: { id: string; volumeID: string },
+  spec: SnapshotDeleteSpec<T>,
+): Promise<void> {
+  const snap = validateName(req.id, "snapshot");
+  const name = validateName(req.volumeID, "volume");
+  const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
+  await spec.locks.run(name, async () => {
+    const record = await spec.records.read(name);
+    const snapshot = record?.Snapshots[snap] as T["Snapshots"][string] | undefined;
+    if (!record || !snapshot) throw new errors.NotFoundError(`${what}: snapshot does not exist`);
+    if (spec.inUse.inUse(name, snap)) {
+      throw new errors.ConflictError(`${what}: snapshot is being backed up`);
+    }
+    const rest = { ...record.Snapshots };
+    delete rest[snap];
+    try {
+      const unrecorded = { ...record, Snapshots: rest };
+      await spec.remove({ volume: name, snap, record, snapshot, unrecorded });
+    } catch (err) {
+      throw (spec.wrap ?? errors.wrapError)(err, what);
+    }
+    spec.log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
+      volume: name,
+      snapshot: snap,
+      ...spec.logFields?.(snapshot),
+    });
+  });
 }
 
 /** The block-volume helpers of `api.util`, over the host's mount table, filesystems and store. */

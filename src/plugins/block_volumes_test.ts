@@ -19,6 +19,7 @@ import { KeyedMutex } from "../util/keyed_mutex.ts";
 import { UseCounter } from "../util/use_counter.ts";
 import {
   createBlockVolumeHelpers,
+  deleteSnapshot,
   errno,
   mustSnapshot,
   randomId,
@@ -309,11 +310,11 @@ describe("plugin api: block volume helpers", () => {
       });
       const events: string[] = [];
       const inUse = new UseCounter();
-      let fail: Error | undefined;
+      const store: { fail?: Error } = {};
       const backup = {
         createDeltaBackup(_ops: DeltaBlockOperations, opts: DeltaBackupOptions) {
           events.push(`backup ${JSON.stringify(opts)} pinned=${inUse.inUse("v1", "s1")}`);
-          return fail ? Promise.reject(fail) : Promise.resolve("vfs:///b?backup=1");
+          return store.fail ? Promise.reject(store.fail) : Promise.resolve("vfs:///b?backup=1");
         },
       } as unknown as BackupStoreApi;
       const { backUpSnapshot } = createBlockVolumeHelpers({ ...fakeHost(), backup });
@@ -353,7 +354,7 @@ describe("plugin api: block volume helpers", () => {
         backup_url: "vfs:///b?backup=1",
       }]);
 
-      fail = new Error("store unreachable");
+      store.fail = new Error("store unreachable");
       await assert.rejects(
         backUpSnapshot(req, spec),
         (e) =>
@@ -365,6 +366,72 @@ describe("plugin api: block volume helpers", () => {
       await assert.rejects(
         backUpSnapshot({ ...req, snapshotID: "s9" }, spec),
         { message: 'Cannot back up snapshot "s9" of volume "v1": snapshot does not exist' },
+      );
+    });
+  });
+
+  it("deleteSnapshot() refuses a missing or pinned snapshot, removes it under the lock and logs it", async () => {
+    await withDir(async (dir) => {
+      const records = createRecordStore({
+        dir,
+        prefix: "",
+        schema: z.object({
+          Name: z.string(),
+          Snapshots: z.record(z.string(), z.object({ DevID: z.number() })),
+        }),
+        nameField: "Name",
+        kind: "volume",
+        log: recordingLogger(),
+      });
+      await records.write("v1", { Name: "v1", Snapshots: { s1: { DevID: 3 }, s2: { DevID: 4 } } });
+      const inUse = new UseCounter();
+      const log = recordingLogger();
+      const removed: unknown[] = [];
+      const spec = {
+        records,
+        locks: new KeyedMutex(),
+        inUse,
+        log,
+        remove: async (found: { volume: string; snap: string; unrecorded: unknown }) => {
+          removed.push([found.volume, found.snap]);
+          await records.write("v1", found.unrecorded);
+        },
+        logFields: (s: { DevID: number }) => ({ devID: s.DevID }),
+      };
+      await assert.rejects(
+        deleteSnapshot({ id: "s9", volumeID: "v1" }, spec),
+        (e) =>
+          e instanceof NotFoundError &&
+          e.message === 'Cannot delete snapshot "s9" of volume "v1": snapshot does not exist',
+      );
+      await assert.rejects(
+        deleteSnapshot({ id: "s1", volumeID: "v2" }, spec),
+        { message: 'Cannot delete snapshot "s1" of volume "v2": snapshot does not exist' },
+      );
+      const release = inUse.use("v1", "s1");
+      await assert.rejects(
+        deleteSnapshot({ id: "s1", volumeID: "v1" }, spec),
+        (e) =>
+          e instanceof ConflictError &&
+          e.message === 'Cannot delete snapshot "s1" of volume "v1": snapshot is being backed up',
+      );
+      release();
+      await deleteSnapshot({ id: "s1", volumeID: "v1" }, spec);
+      assert.deepEqual(removed, [["v1", "s1"]]);
+      assert.deepEqual((await records.read("v1"))?.Snapshots, { s2: { DevID: 4 } });
+      assert.deepEqual(log.lines.at(-1), ["info", 'Deleted snapshot "s1" of volume "v1"', {
+        volume: "v1",
+        snapshot: "s1",
+        devID: 3,
+      }]);
+      await assert.rejects(
+        deleteSnapshot({ id: "s2", volumeID: "v1" }, {
+          ...spec,
+          remove: () => Promise.reject(new Error("pool busy")),
+        }),
+        (e) =>
+          e instanceof BackendError &&
+          e.message === 'Cannot delete snapshot "s2" of volume "v1": pool busy',
       );
     });
   });

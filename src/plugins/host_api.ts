@@ -36,6 +36,7 @@ import {
 import { createFilesystems } from "./filesystems.ts";
 import {
   createBlockVolumeHelpers,
+  deleteSnapshot,
   errno,
   mustSnapshot,
   randomId,
@@ -93,6 +94,7 @@ export function createPluginApi(opts: {
       randomId,
       readFull,
       mustSnapshot,
+      deleteSnapshot,
       ...createBlockVolumeHelpers({ mounts, filesystems, backup: opts.backup }),
     },
     backup: opts.backup,

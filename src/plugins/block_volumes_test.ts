@@ -1,7 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, open, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, open, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { BackendError, ConflictError, NotFoundError, TimeoutError } from "../api/errors.ts";
@@ -9,8 +8,6 @@ import type {
   BackupStoreApi,
   BlockFilesystems,
   DeltaBackupOptions,
-  LogFields,
-  Logger,
   MountEntry,
   PluginMounts,
 } from "../api/plugin.ts";
@@ -26,28 +23,7 @@ import {
   readFull,
 } from "./block_volumes.ts";
 import { createRecordStore } from "./driver_util.ts";
-
-function recordingLogger(): Logger & { lines: Array<[string, string, LogFields?]> } {
-  const lines: Array<[string, string, LogFields?]> = [];
-  const logger = {
-    lines,
-    debug() {},
-    info: (m: string, f?: LogFields) => void lines.push(["info", m, f]),
-    warn: (m: string, f?: LogFields) => void lines.push(["warn", m, f]),
-    error: (m: string, f?: LogFields) => void lines.push(["error", m, f]),
-    child: () => logger,
-  };
-  return logger;
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), "convoy-block-volumes-"));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+import { recordingLogger, withTempDir } from "./testing.ts";
 
 /** A mount table in memory, and filesystems that mount into it; `calls` lists what ran. */
 function fakeHost(entries: MountEntry[] = []) {
@@ -81,6 +57,18 @@ function fakeHost(entries: MountEntry[] = []) {
 
 const noBackup = {} as BackupStoreApi;
 
+/** Volume records in `dir`: a Name and `fields`. */
+function volumeRecords<F extends z.ZodRawShape>(dir: string, fields: F) {
+  return createRecordStore({
+    dir,
+    prefix: "",
+    schema: z.object({ Name: z.string(), ...fields }),
+    nameField: "Name",
+    kind: "volume",
+    log: recordingLogger(),
+  });
+}
+
 describe("plugin api: block volume helpers", () => {
   it("errno(), randomId() and readFull() (zeros past the end of the file)", async () => {
     assert.equal(errno(Object.assign(new Error("x"), { code: "ENOENT" })), "ENOENT");
@@ -88,7 +76,7 @@ describe("plugin api: block volume helpers", () => {
     assert.equal(errno(null), undefined);
     assert.match(randomId(), /^[0-9a-f]{12}$/);
     assert.notEqual(randomId(), randomId());
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       await writeFile(join(dir, "f"), "abcdef");
       const fh = await open(join(dir, "f"), "r");
       try {
@@ -104,17 +92,9 @@ describe("plugin api: block volume helpers", () => {
   });
 
   it("mustSnapshot() gives the record and its snapshot; NotFoundError names what is missing", async () => {
-    await withDir(async (dir) => {
-      const records = createRecordStore({
-        dir,
-        prefix: "",
-        schema: z.object({
-          Name: z.string(),
-          Snapshots: z.record(z.string(), z.object({ Name: z.string() })),
-        }),
-        nameField: "Name",
-        kind: "volume",
-        log: recordingLogger(),
+    await withTempDir(async (dir) => {
+      const records = volumeRecords(dir, {
+        Snapshots: z.record(z.string(), z.object({ Name: z.string() })),
       });
       await records.write("v1", { Name: "v1", Snapshots: { s1: { Name: "s1" } } });
       const found = await mustSnapshot(records, "s1", { volume: "v1", what: "inspect" });
@@ -136,7 +116,7 @@ describe("plugin api: block volume helpers", () => {
   });
 
   it("mountBlockVolume() mounts at the default mount point, records it, and undoes the mount when recording fails", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const host = fakeHost();
       const { mountBlockVolume } = createBlockVolumeHelpers({ ...host, backup: noBackup });
       const log = recordingLogger();
@@ -204,7 +184,7 @@ describe("plugin api: block volume helpers", () => {
   });
 
   it("mountBlockVolume() asks the device which mounts are its own, and uses the driver's wrap", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const mp = join(dir, "v1");
       const host = fakeHost([{ mountPoint: mp, source: "/dev/dm-3", fstype: "xfs" }]);
       const { mountBlockVolume } = createBlockVolumeHelpers({ ...host, backup: noBackup });
@@ -242,7 +222,7 @@ describe("plugin api: block volume helpers", () => {
   });
 
   it("umountBlockVolume() unmounts only the volume's own mount, removes the default folder and records it", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const mp = join(dir, "v1");
       const host = fakeHost([{ mountPoint: mp, source: "/dev/loop9", fstype: "ext4" }]);
       const { umountBlockVolume } = createBlockVolumeHelpers({ ...host, backup: noBackup });
@@ -286,20 +266,12 @@ describe("plugin api: block volume helpers", () => {
   });
 
   it("backUpSnapshot() pins the snapshot, closes the session before releasing it, and wraps a failure", async () => {
-    await withDir(async (dir) => {
-      const records = createRecordStore({
-        dir,
-        prefix: "",
-        schema: z.object({
-          Name: z.string(),
-          Size: z.number(),
-          CreatedTime: z.string(),
-          UUID: z.string().optional(),
-          Snapshots: z.record(z.string(), z.object({ CreatedTime: z.string() })),
-        }),
-        nameField: "Name",
-        kind: "volume",
-        log: recordingLogger(),
+    await withTempDir(async (dir) => {
+      const records = volumeRecords(dir, {
+        Size: z.number(),
+        CreatedTime: z.string(),
+        UUID: z.string().optional(),
+        Snapshots: z.record(z.string(), z.object({ CreatedTime: z.string() })),
       });
       await records.write("v1", {
         Name: "v1",
@@ -371,17 +343,9 @@ describe("plugin api: block volume helpers", () => {
   });
 
   it("deleteSnapshot() refuses a missing or pinned snapshot, removes it under the lock and logs it", async () => {
-    await withDir(async (dir) => {
-      const records = createRecordStore({
-        dir,
-        prefix: "",
-        schema: z.object({
-          Name: z.string(),
-          Snapshots: z.record(z.string(), z.object({ DevID: z.number() })),
-        }),
-        nameField: "Name",
-        kind: "volume",
-        log: recordingLogger(),
+    await withTempDir(async (dir) => {
+      const records = volumeRecords(dir, {
+        Snapshots: z.record(z.string(), z.object({ DevID: z.number() })),
       });
       await records.write("v1", { Name: "v1", Snapshots: { s1: { DevID: 3 }, s2: { DevID: 4 } } });
       const inUse = new UseCounter();

@@ -194,7 +194,7 @@ export interface PluginUtil {
    * NotFoundError `Cannot <what> snapshot "<snap>" of volume "<volume>": ...` when either is
    * missing.
    */
-  mustSnapshot<T extends { Snapshots: Record<string, unknown> }>(
+  mustSnapshot<T extends SnapshotRecords>(
     records: RecordStore<T>,
     snap: string,
     of: { volume: string; what: string },

@@ -55,7 +55,7 @@ export async function readFull(
 }
 
 /** `api.util.mustSnapshot`: see PluginUtil.mustSnapshot. */
-export async function mustSnapshot<T extends { Snapshots: Record<string, unknown> }>(
+export async function mustSnapshot<T extends SnapshotRecords>(
   records: RecordStore<T>,
   snap: string,
   of: { volume: string; what: string },

@@ -39,7 +39,7 @@
  * creating a volume of the same name adopts them again (and a normal delete then frees them).
  * @module
  */
-import { open, readdir, rmdir, stat } from "node:fs/promises";
+import { open, readdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import type {
@@ -147,21 +147,6 @@ export async function createDevicemapperDriver(
   const driver = new DmDriver(api, { root: driverRoot, schemas: createSchemas(api), log });
   await driver.init(config ?? {});
   return driver.convoyDriver();
-}
-
-function errno(err: unknown): string | undefined {
-  return (err as { code?: string } | null)?.code;
-}
-
-/** Fills `buf` from `pos`; a short read at the end is zero-filled. */
-async function readFull(fh: FileHandle, buf: Uint8Array, pos: number): Promise<void> {
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesRead } = await fh.read(buf, off, buf.length - off, pos + off);
-    if (bytesRead === 0) break;
-    off += bytesRead;
-  }
-  if (off < buf.length) buf.fill(0, off);
 }
 
 /** An open snapshot device of a backup session. */
@@ -282,7 +267,7 @@ class DmDriver {
     } catch (err) {
       throw new this.#api.errors.InvalidArgumentError(
         `${what} "${path}" does not exist${
-          errno(err) === "ENOENT" ? "" : `: ${this.#api.errors.errorMessage(err)}`
+          this.#api.util.errno(err) === "ENOENT" ? "" : `: ${this.#api.errors.errorMessage(err)}`
         }`,
         { cause: err },
       );
@@ -330,7 +315,7 @@ class DmDriver {
     const fh = await open(path, "r");
     try {
       const buf = new Uint8Array(4096);
-      await readFull(fh, buf, 0);
+      await this.#api.util.readFull(fh, { buf, pos: 0 });
       return new DataView(buf.buffer).getBigUint64(32, true) === THIN_SUPERBLOCK_MAGIC;
     } finally {
       await fh.close();
@@ -926,7 +911,7 @@ class DmDriver {
     try {
       return devNumber((await stat(path)).rdev);
     } catch (err) {
-      if (errno(err) !== "ENOENT") throw err;
+      if (this.#api.util.errno(err) !== "ENOENT") throw err;
       await this.#dm.run(["mknodes", name]);
       return devNumber((await stat(path)).rdev);
     }
@@ -1016,7 +1001,7 @@ class DmDriver {
   async createVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.createOptions,
+      this.#api.util.schemas.createVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -1038,13 +1023,20 @@ class DmDriver {
     });
   }
 
-  async #createEmpty(name: string, requested: number): Promise<void> {
-    const what = `Cannot create volume "${name}"`;
-    const size = roundUp(requested || this.#cfg.DefaultVolumeSize, this.#alignment());
+  /**
+   * A new thin volume of `size` bytes: `opts.fill` writes its data and resolves to its
+   * filesystem, then the record is written and the id settled. On failure nothing is left.
+   */
+  async #createThinVolume(
+    name: string,
+    opts: { size: number; what: string; fill: (path: string) => Promise<string> },
+  ): Promise<{ devID: number; path: string; fs: string }> {
+    const { size, what } = opts;
     let thin: { devID: number; device: string; path: string } | undefined;
+    let fs: string;
     try {
       thin = await this.#newThin(name, { size, what });
-      await this.#fs.mkfs(thin.path, this.#cfg.Filesystem, { discard: false });
+      fs = await opts.fill(thin.path);
       await this.#writeRecord({
         Name: name,
         DevID: thin.devID,
@@ -1053,7 +1045,7 @@ class DmDriver {
         MountPoint: "",
         CreatedTime: this.#api.util.now(),
         Snapshots: {},
-        Filesystem: this.#cfg.Filesystem,
+        Filesystem: fs,
         UUID: crypto.randomUUID(),
         DeviceName: thin.device,
       });
@@ -1065,6 +1057,20 @@ class DmDriver {
       throw this.#wrap(err, what);
     }
     await this.#settle([thin.devID]);
+    return { devID: thin.devID, path: thin.path, fs };
+  }
+
+  async #createEmpty(name: string, requested: number): Promise<void> {
+    const what = `Cannot create volume "${name}"`;
+    const size = roundUp(requested || this.#cfg.DefaultVolumeSize, this.#alignment());
+    const thin = await this.#createThinVolume(name, {
+      size,
+      what,
+      fill: async (path) => {
+        await this.#fs.mkfs(path, this.#cfg.Filesystem, { discard: false });
+        return this.#cfg.Filesystem;
+      },
+    });
     this.#log.info(`Created volume "${name}"`, {
       volume: name,
       device: thin.path,
@@ -1152,32 +1158,15 @@ class DmDriver {
       );
     }
     const size = roundUp(backupSize, this.#alignment());
-    let thin: { devID: number; device: string; path: string } | undefined;
-    let fs: string;
-    try {
-      thin = await this.#newThin(name, { size, what });
-      await this.#api.backup.restoreDeltaBackup(url, thin.path, { endpoint });
-      fs = await this.#fs.detect(thin.path);
-      await this.#writeRecord({
-        Name: name,
-        DevID: thin.devID,
-        Size: size,
-        Base: "",
-        MountPoint: "",
-        CreatedTime: this.#api.util.now(),
-        Snapshots: {},
-        Filesystem: fs,
-        UUID: crypto.randomUUID(),
-        DeviceName: thin.device,
-      });
-    } catch (err) {
-      if (thin) {
-        await this.#records.remove(name).catch(() => {});
-        await this.#rollBackThin(name, thin);
-      }
-      throw this.#wrap(err, what);
-    }
-    await this.#settle([thin.devID]);
+    const thin = await this.#createThinVolume(name, {
+      size,
+      what,
+      fill: async (path) => {
+        await this.#api.backup.restoreDeltaBackup(url, path, { endpoint });
+        return await this.#fs.detect(path);
+      },
+    });
+    const fs = thin.fs;
     if (!fs) {
       this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
         volume: name,
@@ -1196,7 +1185,7 @@ class DmDriver {
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.deleteOptions,
+      this.#api.util.schemas.deleteVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -1264,58 +1253,23 @@ class DmDriver {
     const wanted = this.#api.util.requestedMountPoint(opts, name);
     return await this.#locks.run(name, async () => {
       const rec = await this.#records.must(name, "mount volume");
-      const current = rec.MountPoint;
-      const target = current || wanted || this.#defaultMountPoint(name);
-      const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
-      if (current && wanted && wanted !== current) {
-        throw new this.#api.errors.ConflictError(
-          `${what}: volume is already mounted at "${current}"`,
-        );
-      }
-      let dev: { path: string; number: string };
-      try {
-        dev = await this.#ensureActive(rec);
-      } catch (err) {
-        throw this.#wrap(err, what);
-      }
-      await this.#api.util.ensureDir(target);
-      const canonical = await this.#api.util.mounts.canonicalPath(target);
-      const elsewhere = (await this.#mountsOf(dev.number)).filter((p) => p !== canonical);
-      if (elsewhere.length) {
-        throw new this.#api.errors.ConflictError(
-          `${what}: its device "${dev.path}" is mounted at "${elsewhere[0]}"`,
-        );
-      }
-      const entry = await this.#api.util.mounts.mountAt(target);
-      if (entry && !(await this.#isMountOf(entry, dev.number))) {
-        throw new this.#api.errors.ConflictError(`${what}: "${target}" is already a mount point`);
-      }
-      if (!entry) {
-        try {
-          await this.#fs.mount(dev.path, target, { fs: rec.Filesystem });
-        } catch (err) {
-          if (!current && target === this.#defaultMountPoint(name)) {
-            await rmdir(target).catch(() => {});
-          }
-          throw this.#wrap(err, what);
-        }
-      }
-      if (current) {
-        if (!entry) this.#log.info(`Mounted volume "${name}" at "${current}" again`);
-        return current;
-      }
-      try {
-        await this.#writeRecord({ ...rec, MountPoint: target });
-      } catch (err) {
-        await this.#fs.umount(target, { volume: name }).catch(() => {});
-        throw this.#wrap(err, what);
-      }
-      this.#log.info(`Mounted volume "${name}" at "${target}"`, {
-        volume: name,
-        device: dev.path,
-        mountpoint: target,
+      return await this.#api.util.mountBlockVolume(name, {
+        current: rec.MountPoint,
+        wanted,
+        defaultMountPoint: this.#defaultMountPoint(name),
+        fs: rec.Filesystem,
+        activate: async () => {
+          const dev = await this.#ensureActive(rec);
+          return {
+            path: dev.path,
+            mountsOf: () => this.#mountsOf(dev.number),
+            isMountOf: (entry) => this.#isMountOf(entry, dev.number),
+          };
+        },
+        save: (mountPoint) => this.#writeRecord({ ...rec, MountPoint: mountPoint }),
+        wrap: (err, prefix) => this.#wrap(err, prefix),
+        log: this.#log,
       });
-      return target;
     });
   }
 
@@ -1323,27 +1277,16 @@ class DmDriver {
     const name = this.#validVolumeName(id);
     await this.#locks.run(name, async () => {
       const rec = await this.#records.must(name, "unmount volume");
-      const mountPoint = rec.MountPoint;
-      if (!mountPoint) return;
-      try {
-        const entry = await this.#api.util.mounts.mountAt(mountPoint);
-        if (entry) {
-          const ours = (await this.#dm.table(this.#deviceName(rec))) !== undefined &&
-            await this.#isMountOf(entry, await this.#mapperNumber(this.#deviceName(rec)));
-          if (ours) await this.#fs.umount(mountPoint, { volume: name });
-          else {
-            this.#log.warn(
-              `Not unmounting "${mountPoint}": it is a mount of "${entry.source}", not of volume "${name}"`,
-              { volume: name },
-            );
-          }
-        }
-        if (mountPoint === this.#defaultMountPoint(name)) await rmdir(mountPoint).catch(() => {});
-        await this.#writeRecord({ ...rec, MountPoint: "" });
-      } catch (err) {
-        throw this.#wrap(err, `Cannot unmount volume "${name}" from "${mountPoint}"`);
-      }
-      this.#log.info(`Unmounted volume "${name}"`, { volume: name, mountpoint: mountPoint });
+      await this.#api.util.umountBlockVolume(name, {
+        mountPoint: rec.MountPoint,
+        defaultMountPoint: this.#defaultMountPoint(name),
+        isMountOf: async (entry) =>
+          (await this.#dm.table(this.#deviceName(rec))) !== undefined &&
+          await this.#isMountOf(entry, await this.#mapperNumber(this.#deviceName(rec))),
+        save: () => this.#writeRecord({ ...rec, MountPoint: "" }),
+        wrap: (err, prefix) => this.#wrap(err, prefix),
+        log: this.#log,
+      });
     });
   }
 
@@ -1449,34 +1392,26 @@ class DmDriver {
     return devID!;
   }
 
+  /** What the snapshot helpers of `api.util` use of this driver. */
+  get #snapshotHelperSpec() {
+    return {
+      records: this.#records,
+      locks: this.#locks,
+      inUse: this.#inUse,
+      wrap: (err: unknown, prefix: string) => this.#wrap(err, prefix),
+      log: this.#log,
+    };
+  }
+
   async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.read(name);
-      const entry = rec?.Snapshots[snap];
-      if (!rec || !entry) {
-        throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
-      }
-      if (this.#inUse.inUse(name, snap)) {
-        throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
-      }
-      try {
-        const rest = { ...rec.Snapshots };
-        delete rest[snap];
-        await this.#retireIDs([entry.DevID], {
-          unrecord: () => this.#writeRecord({ ...rec, Snapshots: rest }),
-          why: `deleting snapshot "${snap}" of volume "${name}"`,
-        });
-      } catch (err) {
-        throw this.#wrap(err, what);
-      }
-      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-        devID: entry.DevID,
-      });
+    await this.#api.util.deleteSnapshot({ id, volumeID }, {
+      ...this.#snapshotHelperSpec,
+      remove: ({ volume, snap, snapshot, unrecorded }) =>
+        this.#retireIDs([snapshot.DevID], {
+          unrecord: () => this.#writeRecord(unrecorded),
+          why: `deleting snapshot "${snap}" of volume "${volume}"`,
+        }),
+      logFields: (snapshot) => ({ devID: snapshot.DevID }),
     });
   }
 
@@ -1491,19 +1426,8 @@ class DmDriver {
     };
   }
 
-  async #mustSnapshot(
-    snap: string,
-    of: { volume: string; what: string },
-  ): Promise<{ record: VolumeRecord; snapshot: SnapshotRecord }> {
-    const { volume: name, what } = of;
-    const record = await this.#records.must(name, `${what} snapshot "${snap}" of volume`);
-    const snapshot = record.Snapshots[snap];
-    if (!snapshot) {
-      throw new this.#api.errors.NotFoundError(
-        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
-      );
-    }
-    return { record, snapshot };
+  async #mustSnapshot(snap: string, of: { volume: string; what: string }) {
+    return await this.#api.util.mustSnapshot(this.#records, snap, of);
   }
 
   async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
@@ -1727,7 +1651,7 @@ class DmDriver {
         await p;
       },
       readSnapshot: async (id, volumeID, start, data) => {
-        await readFull((await get(id, volumeID)).fh, data, start);
+        await this.#api.util.readFull((await get(id, volumeID)).fh, { buf: data, pos: start });
       },
       snapshotFile: async (id, volumeID) => join(MAPPER_DIR, (await get(id, volumeID)).device),
       closeSnapshot: async (id, volumeID) => {
@@ -1764,49 +1688,10 @@ class DmDriver {
     opts: StringMap,
     ctx?: OperationContext,
   ): Promise<string> {
-    const snap = this.#api.util.validateName(snapshotID, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
+    return await this.#api.util.backUpSnapshot(
+      { snapshotID, volumeID, destURL, opts, ctx },
+      { ...this.#snapshotHelperSpec, driver: DRIVER_NAME, session: () => this.#deltaSession() },
     );
-    const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
-    // The volume lock is held only to pin the snapshot, not for the whole upload.
-    const { record, snapshot, release } = await this.#locks.run(name, async () => {
-      const found = await this.#mustSnapshot(snap, { volume: name, what: "back up" });
-      return { ...found, release: this.#inUse.use(name, snap) };
-    });
-    const session = this.#deltaSession();
-    try {
-      const url = await this.#api.backup.createDeltaBackup(session.ops, {
-        volume: {
-          name,
-          driver: DRIVER_NAME,
-          size: record.Size,
-          createdTime: record.CreatedTime,
-          uuid: record.UUID,
-        },
-        snapshot: { name: snap, createdTime: snapshot.CreatedTime },
-        destURL,
-        endpoint: o.EndpointURL || undefined,
-        compression: o.Compression || undefined,
-        signal: ctx?.signal,
-        progress: ctx?.progress,
-      });
-      this.#log.info(`Backed up snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-        dest_url: destURL,
-        backup_url: url,
-      });
-      return url;
-    } catch (err) {
-      throw this.#wrap(err, what);
-    } finally {
-      await session.close();
-      release();
-    }
   }
 
   /** Deleting, inspecting and listing backups need nothing of this driver but its name. */

@@ -1,8 +1,8 @@
 /**
- * The devicemapper driver's zod schemas: its `--driver-opts` keys, the per-call request options
- * it reads, and the JSON files it keeps (devicemapper.cfg and the per-volume records, in
- * Convoy's formats). Schemas are built from the host's zod (`api.deps.z`), so the plugin needs
- * no node_modules.
+ * The devicemapper driver's zod schemas: its `--driver-opts` keys and the JSON files it keeps
+ * (devicemapper.cfg and the per-volume records, in Convoy's formats); request options are the
+ * host's `api.util.schemas`. Schemas are built from the host's zod (`api.deps.z`), so the
+ * plugin needs no node_modules.
  * @module
  */
 import type { PluginApi } from "../../mod.ts";
@@ -145,23 +145,11 @@ export function createSchemas(api: PluginApi) {
     PendingDevIDs: z.array(z.number().int().nonnegative().max(MAX_DEV_ID)).default([]),
   });
 
-  /** Request options of createVolume. */
-  const createOptions = api.util.schemas.createVolume;
-
-  /** Request options of deleteVolume. */
-  const deleteOptions = api.util.schemas.deleteVolume;
-
-  /** Request options of the backup operations. */
-  const backupOptions = api.util.schemas.backup;
-
   return {
     driverConfig,
     savedConfig,
     volumeRecord,
     snapshotRecord,
-    createOptions,
-    deleteOptions,
-    backupOptions,
   };
 }
 

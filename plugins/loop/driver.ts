@@ -28,7 +28,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { open, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { open, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type {
@@ -98,23 +98,6 @@ export async function createLoopDriver(
   return driver.convoyDriver();
 }
 
-function errno(err: unknown): string | undefined {
-  return (err as { code?: string } | null)?.code;
-}
-
-function randomId(): string {
-  return crypto.randomUUID().replaceAll("-", "").slice(0, 12);
-}
-
-async function statOrUndefined(path: string) {
-  try {
-    return await stat(path);
-  } catch (err) {
-    if (errno(err) === "ENOENT") return undefined;
-    throw err;
-  }
-}
-
 /** Creates a sparse file of `size` bytes; fails when it exists. */
 async function createSparse(path: string, size: number): Promise<void> {
   const fh = await open(path, "wx", 0o644);
@@ -132,19 +115,6 @@ async function fsyncFile(path: string): Promise<void> {
   } finally {
     await fh.close();
   }
-}
-
-/** Fills `buf` from `pos`; a short read at EOF is zero-filled. Resolves to the bytes read. */
-async function readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): Promise<number> {
-  const { buf, pos } = at;
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesRead } = await fh.read(buf, off, buf.length - off, pos + off);
-    if (bytesRead === 0) break;
-    off += bytesRead;
-  }
-  if (off < buf.length) buf.fill(0, off);
-  return off;
 }
 
 class LoopDriver {
@@ -210,7 +180,7 @@ class LoopDriver {
 
   /** True when a reflink copy from loop.path to the snapshot folder works. */
   async #probeReflink(): Promise<boolean> {
-    const id = randomId();
+    const id = this.#api.util.randomId();
     const src = join(this.#cfg.Path, `${TMP_PREFIX}reflink-probe-${id}`);
     const dst = join(this.#cfg.SnapshotPath, `${TMP_PREFIX}reflink-probe-${id}`);
     try {
@@ -251,7 +221,7 @@ class LoopDriver {
         continue;
       }
       if (!(await stat(dir)).isDirectory()) continue;
-      if (!(await statOrUndefined(this.#records.file(volume)))) {
+      if (!(await this.#statOrUndefined(this.#records.file(volume)))) {
         this.#log.info(`Removing the snapshots of volume "${volume}": volume does not exist`, {
           path: dir,
         });
@@ -268,7 +238,7 @@ class LoopDriver {
     for (const entry of await readdir(this.#cfg.Path)) {
       const m = IMAGE_FILE.exec(entry);
       if (!m || entry.startsWith(".")) continue;
-      if (await statOrUndefined(this.#records.file(m[1]))) continue;
+      if (await this.#statOrUndefined(this.#records.file(m[1]))) continue;
       this.#log.info(
         `Image "${join(this.#cfg.Path, entry)}" belongs to no volume: ` +
           `creating volume "${m[1]}" adopts it`,
@@ -326,6 +296,15 @@ class LoopDriver {
 
   // ---- helpers -----------------------------------------------------------------------------
 
+  async #statOrUndefined(path: string) {
+    try {
+      return await stat(path);
+    } catch (err) {
+      if (this.#api.util.errno(err) === "ENOENT") return undefined;
+      throw err;
+    }
+  }
+
   /** The loop devices `image` is attached to. */
   async #findDevices(image: string): Promise<string[]> {
     const { stdout } = await this.#api.exec("losetup", [
@@ -363,7 +342,7 @@ class LoopDriver {
    * a new one. The record's Device is updated when it changed.
    */
   async #ensureAttached(rec: VolumeRecord): Promise<{ record: VolumeRecord; device: string }> {
-    if (!(await statOrUndefined(rec.Path))) {
+    if (!(await this.#statOrUndefined(rec.Path))) {
       throw new this.#api.errors.BackendError(`the image "${rec.Path}" does not exist`);
     }
     const devices = await this.#findDevices(rec.Path);
@@ -398,7 +377,7 @@ class LoopDriver {
   async createVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.createOptions,
+      this.#api.util.schemas.createVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -424,7 +403,7 @@ class LoopDriver {
     const what = `Cannot create volume "${name}"`;
     const image = this.#imagePath(name);
     const size = requested ? roundSize(requested) : this.#cfg.DefaultVolumeSize;
-    const kept = await statOrUndefined(image);
+    const kept = await this.#statOrUndefined(image);
     if (kept) {
       if (!kept.isFile()) {
         throw new this.#api.errors.ConflictError(`${what}: "${image}" exists and is not a file`);
@@ -451,7 +430,7 @@ class LoopDriver {
       await this.#finishCreate(name, { size: kept.size, fs, created: false, what });
       return;
     }
-    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${randomId()}.img`);
+    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${this.#api.util.randomId()}.img`);
     try {
       await createSparse(tmp, size);
       await this.#fs.mkfs(tmp, this.#cfg.Filesystem, { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
@@ -497,17 +476,17 @@ class LoopDriver {
       throw this.#api.errors.wrapError(err, what);
     }
     const image = this.#imagePath(name);
-    if (await statOrUndefined(image)) {
+    if (await this.#statOrUndefined(image)) {
       throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
     }
-    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${randomId()}.img`);
+    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${this.#api.util.randomId()}.img`);
     let fs: string;
     try {
       await createSparse(tmp, size);
       await this.#api.backup.restoreDeltaBackup(url, tmp, { endpoint });
       await fsyncFile(tmp);
       fs = await this.#fs.detect(tmp);
-      if (await statOrUndefined(image)) {
+      if (await this.#statOrUndefined(image)) {
         throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
       }
       await rename(tmp, image);
@@ -567,7 +546,7 @@ class LoopDriver {
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.deleteOptions,
+      this.#api.util.schemas.deleteVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -621,60 +600,19 @@ class LoopDriver {
     const wanted = this.#api.util.requestedMountPoint(opts, name);
     return await this.#locks.run(name, async () => {
       let rec = await this.#records.must(name, "mount volume");
-      const current = rec.MountPoint;
-      const target = current || wanted || this.#defaultMountPoint(name);
-      const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
-      if (current && wanted && wanted !== current) {
-        throw new this.#api.errors.ConflictError(
-          `${what}: volume is already mounted at "${current}"`,
-        );
-      }
-      let device: string;
-      try {
-        ({ record: rec, device } = await this.#ensureAttached(rec));
-      } catch (err) {
-        throw this.#api.errors.wrapError(err, what);
-      }
-      await this.#api.util.ensureDir(target);
-      const canonical = await this.#api.util.mounts.canonicalPath(target);
-      const elsewhere = (await this.#api.util.mounts.mountsOf(device)).filter((p) =>
-        p !== canonical
-      );
-      if (elsewhere.length) {
-        throw new this.#api.errors.ConflictError(
-          `${what}: its device "${device}" is mounted at "${elsewhere[0]}"`,
-        );
-      }
-      const entry = await this.#api.util.mounts.mountAt(target);
-      if (entry && entry.source !== device) {
-        throw new this.#api.errors.ConflictError(`${what}: "${target}" is already a mount point`);
-      }
-      if (!entry) {
-        try {
-          await this.#fs.mount(device, target, { fs: rec.Filesystem });
-        } catch (err) {
-          if (!current && target === this.#defaultMountPoint(name)) {
-            await rmdir(target).catch(() => {});
-          }
-          throw this.#api.errors.wrapError(err, what);
-        }
-      }
-      if (current) {
-        if (!entry) this.#log.info(`Mounted volume "${name}" at "${current}" again`);
-        return current;
-      }
-      try {
-        await this.#writeRecord({ ...rec, MountPoint: target });
-      } catch (err) {
-        await this.#fs.umount(target, { volume: name }).catch(() => {});
-        throw this.#api.errors.wrapError(err, what);
-      }
-      this.#log.info(`Mounted volume "${name}" at "${target}"`, {
-        volume: name,
-        device,
-        mountpoint: target,
+      return await this.#api.util.mountBlockVolume(name, {
+        current: rec.MountPoint,
+        wanted,
+        defaultMountPoint: this.#defaultMountPoint(name),
+        fs: rec.Filesystem,
+        activate: async () => {
+          const attached = await this.#ensureAttached(rec);
+          rec = attached.record;
+          return { path: attached.device };
+        },
+        save: (mountPoint) => this.#writeRecord({ ...rec, MountPoint: mountPoint }),
+        log: this.#log,
       });
-      return target;
     });
   }
 
@@ -682,27 +620,13 @@ class LoopDriver {
     const name = this.#validVolumeName(id);
     await this.#locks.run(name, async () => {
       const rec = await this.#records.must(name, "unmount volume");
-      const mountPoint = rec.MountPoint;
-      if (!mountPoint) return;
-      try {
-        const entry = await this.#api.util.mounts.mountAt(mountPoint);
-        if (entry && (entry.source === rec.Device || !rec.Device)) {
-          await this.#fs.umount(mountPoint, { volume: name });
-        } else if (entry) {
-          this.#log.warn(
-            `Not unmounting "${mountPoint}": it is a mount of "${entry.source}", not of volume "${name}"`,
-            { volume: name },
-          );
-        }
-        if (mountPoint === this.#defaultMountPoint(name)) await rmdir(mountPoint).catch(() => {});
-        await this.#writeRecord({ ...rec, MountPoint: "" });
-      } catch (err) {
-        throw this.#api.errors.wrapError(
-          err,
-          `Cannot unmount volume "${name}" from "${mountPoint}"`,
-        );
-      }
-      this.#log.info(`Unmounted volume "${name}"`, { volume: name, mountpoint: mountPoint });
+      await this.#api.util.umountBlockVolume(name, {
+        mountPoint: rec.MountPoint,
+        defaultMountPoint: this.#defaultMountPoint(name),
+        isMountOf: (entry) => entry.source === rec.Device || !rec.Device,
+        save: () => this.#writeRecord({ ...rec, MountPoint: "" }),
+        log: this.#log,
+      });
     });
   }
 
@@ -747,7 +671,7 @@ class LoopDriver {
       }
       const dir = this.#snapshotDir(name);
       const final = this.#snapshotFile(name, snap);
-      const tmp = join(dir, `${TMP_PREFIX}${snap}-${randomId()}.img`);
+      const tmp = join(dir, `${TMP_PREFIX}${snap}-${this.#api.util.randomId()}.img`);
       const started = performance.now();
       try {
         await this.#api.util.ensureDir(dir);
@@ -835,31 +759,18 @@ class LoopDriver {
     }
   }
 
+  /** What the snapshot helpers of `api.util` use of this driver. */
+  get #snapshotHelperSpec() {
+    return { records: this.#records, locks: this.#locks, inUse: this.#inUse, log: this.#log };
+  }
+
   async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.read(name);
-      const entry = rec?.Snapshots[snap];
-      if (!rec || !entry) {
-        throw new this.#api.errors.NotFoundError(`${what}: snapshot does not exist`);
-      }
-      if (this.#inUse.inUse(name, snap)) {
-        throw new this.#api.errors.ConflictError(`${what}: snapshot is being backed up`);
-      }
-      const rest = { ...rec.Snapshots };
-      delete rest[snap];
-      try {
-        await this.#writeRecord({ ...rec, Snapshots: rest });
-        await rm(entry.FilePath, { force: true });
-      } catch (err) {
-        throw this.#api.errors.wrapError(err, what);
-      }
-      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-      });
+    await this.#api.util.deleteSnapshot({ id, volumeID }, {
+      ...this.#snapshotHelperSpec,
+      remove: async ({ snapshot, unrecorded }) => {
+        await this.#writeRecord(unrecorded);
+        await rm(snapshot.FilePath, { force: true });
+      },
     });
   }
 
@@ -873,19 +784,8 @@ class LoopDriver {
     };
   }
 
-  async #mustSnapshot(
-    snap: string,
-    of: { volume: string; what: string },
-  ): Promise<{ record: VolumeRecord; snapshot: SnapshotRecord }> {
-    const { volume: name, what } = of;
-    const record = await this.#records.must(name, `${what} snapshot "${snap}" of volume`);
-    const snapshot = record.Snapshots[snap];
-    if (!snapshot) {
-      throw new this.#api.errors.NotFoundError(
-        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
-      );
-    }
-    return { record, snapshot };
+  async #mustSnapshot(snap: string, of: { volume: string; what: string }) {
+    return await this.#api.util.mustSnapshot(this.#records, snap, of);
   }
 
   async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
@@ -910,7 +810,7 @@ class LoopDriver {
   async #snapshotImage(snap: string, of: { volume: string; what: string }): Promise<string> {
     const { volume, what } = of;
     const { snapshot } = await this.#mustSnapshot(snap, of);
-    if (!(await statOrUndefined(snapshot.FilePath))) {
+    if (!(await this.#statOrUndefined(snapshot.FilePath))) {
       throw new this.#api.errors.NotFoundError(
         `Cannot ${what} snapshot "${snap}" of volume "${volume}": its image "${snapshot.FilePath}" does not exist`,
       );
@@ -1035,8 +935,8 @@ class LoopDriver {
           const pos = block * BLOCK_SIZE;
           const hasA = !opts.mapA || opts.mapA.has(block);
           const hasB = !opts.mapB || opts.mapB.has(block);
-          if (hasA) bytesRead += await readFull(fa, { buf: bufA, pos });
-          if (hasB) bytesRead += await readFull(fb, { buf: bufB, pos });
+          if (hasA) bytesRead += await this.#api.util.readFull(fa, { buf: bufA, pos });
+          if (hasB) bytesRead += await this.#api.util.readFull(fb, { buf: bufB, pos });
           const same = hasA && hasB
             ? Buffer.from(bufA.buffer).equals(Buffer.from(bufB.buffer))
             : this.#api.util.isZero(hasA ? bufA : bufB);
@@ -1070,7 +970,7 @@ class LoopDriver {
       hasSnapshot: async (id, volumeID) => {
         const rec = await this.#records.read(this.#validVolumeName(volumeID));
         const s = rec?.Snapshots[id];
-        return !!s && (await statOrUndefined(s.FilePath))?.isFile() === true;
+        return !!s && (await this.#statOrUndefined(s.FilePath))?.isFile() === true;
       },
       compareSnapshot: async (id, compareID, volumeID) => {
         const { mappings, blockSize } = await this.compareSnapshot(id, {
@@ -1084,7 +984,7 @@ class LoopDriver {
         await handle(id, volumeID);
       },
       readSnapshot: async (id, volumeID, start, data) => {
-        await readFull(await handle(id, volumeID), { buf: data, pos: start });
+        await this.#api.util.readFull(await handle(id, volumeID), { buf: data, pos: start });
       },
       snapshotFile: (id, volumeID) => this.#snapshotImage(id, { volume: volumeID, what: "read" }),
       closeSnapshot: async (id, volumeID) => {
@@ -1111,48 +1011,14 @@ class LoopDriver {
     opts: StringMap,
     ctx?: OperationContext,
   ): Promise<string> {
-    const snap = this.#api.util.validateName(snapshotID, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
-      opts ?? {},
-      "backup options",
+    return await this.#api.util.backUpSnapshot(
+      { snapshotID, volumeID, destURL, opts, ctx },
+      {
+        ...this.#snapshotHelperSpec,
+        driver: DRIVER_NAME,
+        session: (ctx) => this.#deltaSession(ctx),
+      },
     );
-    const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
-    const { record, snapshot, release } = await this.#locks.run(name, async () => {
-      const found = await this.#mustSnapshot(snap, { volume: name, what: "back up" });
-      return { ...found, release: this.#inUse.use(name, snap) };
-    });
-    const session = this.#deltaSession(ctx);
-    try {
-      const url = await this.#api.backup.createDeltaBackup(session.ops, {
-        volume: {
-          name,
-          driver: DRIVER_NAME,
-          size: record.Size,
-          createdTime: record.CreatedTime,
-          uuid: record.UUID,
-        },
-        snapshot: { name: snap, createdTime: snapshot.CreatedTime },
-        destURL,
-        endpoint: o.EndpointURL || undefined,
-        compression: o.Compression || undefined,
-        signal: ctx?.signal,
-        progress: ctx?.progress,
-      });
-      this.#log.info(`Backed up snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-        dest_url: destURL,
-        backup_url: url,
-      });
-      return url;
-    } catch (err) {
-      throw this.#api.errors.wrapError(err, what);
-    } finally {
-      await session.close();
-      release();
-    }
   }
 
   /** DeltaBlockOperations outside a backup (tests, tools); the caller closes what it opens. */

@@ -1,7 +1,7 @@
 /**
- * The loop driver's zod schemas: its `--driver-opts` keys, the per-call request options it
- * reads, and the JSON files it keeps (loop.cfg and the per-volume records). Schemas are built
- * from the host's zod (`api.deps.z`), so the plugin needs no node_modules.
+ * The loop driver's zod schemas: its `--driver-opts` keys and the JSON files it keeps (loop.cfg
+ * and the per-volume records); request options are the host's `api.util.schemas`. Schemas are
+ * built from the host's zod (`api.deps.z`), so the plugin needs no node_modules.
  * @module
  */
 import type { PluginApi } from "../../mod.ts";
@@ -77,22 +77,10 @@ export function createSchemas(api: PluginApi) {
     Snapshots: z.record(z.string(), snapshotRecord).default({}),
   });
 
-  /** Request options of createVolume. */
-  const createOptions = api.util.schemas.createVolume;
-
-  /** Request options of deleteVolume. */
-  const deleteOptions = api.util.schemas.deleteVolume;
-
-  /** Request options of the backup operations. */
-  const backupOptions = api.util.schemas.backup;
-
   return {
     driverConfig,
     savedConfig,
     volumeRecord,
-    createOptions,
-    deleteOptions,
-    backupOptions,
   };
 }
 

@@ -86,24 +86,6 @@ export async function createVfsDriver(
   return driver.convoyDriver();
 }
 
-function errno(err: unknown): string | undefined {
-  return (err as { code?: string } | null)?.code;
-}
-
-function randomId(): string {
-  return crypto.randomUUID().replaceAll("-", "").slice(0, 12);
-}
-
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errno(err) === "EPERM";
-  }
-}
-
 class VfsDriver {
   #api: PluginApi;
   #cfg: VfsConfig;
@@ -179,7 +161,7 @@ class VfsDriver {
     const host = hostname();
     for (const entry of await readdir(this.#cfg.Path)) {
       const m = RESTORE_DIR.exec(entry);
-      if (!m || m[2] !== host || processAlive(Number(m[1]))) continue;
+      if (!m || m[2] !== host || this.#processAlive(Number(m[1]))) continue;
       this.#log.info("Removing an unfinished restore", { path: join(this.#cfg.Path, entry) });
       await rm(join(this.#cfg.Path, entry), { recursive: true, force: true });
     }
@@ -334,6 +316,16 @@ class VfsDriver {
 
   // ---- helpers -----------------------------------------------------------------------------
 
+  #processAlive(pid: number): boolean {
+    if (pid === process.pid) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      return this.#api.util.errno(err) === "EPERM";
+    }
+  }
+
   async #bind(name: string, mountPoint: string): Promise<void> {
     await this.#api.util.ensureDir(mountPoint);
     await this.#api.exec("mount", ["--bind", this.#volumeDir(name), mountPoint]);
@@ -375,7 +367,7 @@ class VfsDriver {
       }
       return;
     } catch (err) {
-      if (errno(err) !== "ENOENT") throw err;
+      if (this.#api.util.errno(err) !== "ENOENT") throw err;
     }
     const fh = await open(img, "wx", 0o644);
     try {
@@ -466,7 +458,7 @@ class VfsDriver {
     try {
       await mkdir(dir, { mode: 0o755 });
     } catch (err) {
-      if (errno(err) !== "EEXIST") {
+      if (this.#api.util.errno(err) !== "EEXIST") {
         throw this.#api.errors.wrapError(err, `Cannot create volume "${name}"`);
       }
       if (!(await stat(dir)).isDirectory()) {
@@ -490,7 +482,7 @@ class VfsDriver {
     try {
       entries = await readdir(dir);
     } catch (err) {
-      if (errno(err) === "ENOENT") return;
+      if (this.#api.util.errno(err) === "ENOENT") return;
       throw new this.#api.errors.ConflictError(
         `Cannot restore backup "${url}" into volume "${name}": "${dir}" exists and is not a directory`,
       );
@@ -516,7 +508,7 @@ class VfsDriver {
       );
     }
     await this.#checkRestoreTarget(name, url);
-    const id = randomId();
+    const id = this.#api.util.randomId();
     const archive = join(this.#tmpDir, `restore-${name}-${id}.tar.gz`);
     const work = join(this.#cfg.Path, `.tmp-restore.${id}.${process.pid}@${hostname()}`);
     try {
@@ -546,7 +538,7 @@ class VfsDriver {
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
-      this.#schemas.deleteOptions,
+      this.#api.util.schemas.deleteVolume,
       opts ?? {},
       `options of volume "${name}"`,
     );
@@ -729,7 +721,7 @@ class VfsDriver {
       const src = await this.#mustDir(name, `create snapshot "${snap}" of volume`);
       const parent = this.#snapshotRoot(name);
       const final = join(parent, snap);
-      const work = join(parent, `.tmp-${snap}-${randomId()}`);
+      const work = join(parent, `.tmp-${snap}-${this.#api.util.randomId()}`);
       await this.#api.util.ensureDir(parent);
       // A directory without a state entry is left from a crash: it was never a snapshot.
       await rm(final, { recursive: true, force: true });
@@ -851,13 +843,16 @@ class VfsDriver {
     const snap = this.#api.util.validateName(snapshotID, "snapshot");
     const name = this.#validVolumeName(volumeID);
     const o = this.#api.util.parseOptions(
-      this.#schemas.backupOptions,
+      this.#api.util.schemas.backup,
       opts ?? {},
       "backup options",
     );
     const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
     const { record, snapshot } = await this.#mustSnapshot(snap, name, "back up");
-    const archive = join(this.#tmpDir, `backup-${name}-${snap}-${randomId()}.tar.gz`);
+    const archive = join(
+      this.#tmpDir,
+      `backup-${name}-${snap}-${this.#api.util.randomId()}.tar.gz`,
+    );
     try {
       await this.#locks.run(this.#snapshotLock(name, snap), async () => {
         await this.#mustSnapshot(snap, name, "back up");

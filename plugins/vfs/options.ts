@@ -75,20 +75,12 @@ export function createSchemas(api: PluginApi) {
   /** Request options of createVolume. */
   const createOptions = api.util.schemas.createVolume.extend({ PrepareForVM: flag });
 
-  /** Request options of deleteVolume. */
-  const deleteOptions = api.util.schemas.deleteVolume;
-
-  /** Request options of the backup operations. */
-  const backupOptions = api.util.schemas.backup;
-
   return {
     driverConfig,
     savedConfig,
     volumeRecord,
     volumeState,
     createOptions,
-    deleteOptions,
-    backupOptions,
   };
 }
 

@@ -4,6 +4,7 @@
  * loads under deno run, Node and the single binaries.
  * @module
  */
+import type { FileHandle } from "node:fs/promises";
 import type { z } from "zod";
 import type {
   Awaitable,
@@ -182,6 +183,164 @@ export interface PluginUtil {
   requestedMountPoint(opts: StringMap | undefined, volume: string): string;
   /** JSON records of a driver's volumes, one file each, validated on every read. */
   createRecordStore<S extends z.ZodType>(spec: RecordStoreSpec<S>): RecordStore<z.output<S>>;
+  /** The `code` of a Node error ("ENOENT"), or undefined. */
+  errno(err: unknown): string | undefined;
+  /** 12 random hex digits, for the names of temporary files. */
+  randomId(): string;
+  /** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
+  readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): Promise<number>;
+  /**
+   * The record of volume `of.volume` and its snapshot `snap` (a key of the record's Snapshots):
+   * NotFoundError `Cannot <what> snapshot "<snap>" of volume "<volume>": ...` when either is
+   * missing.
+   */
+  mustSnapshot<T extends SnapshotRecords>(
+    records: RecordStore<T>,
+    snap: string,
+    of: { volume: string; what: string },
+  ): Promise<{ record: T; snapshot: T["Snapshots"][string] }>;
+  /**
+   * A block volume's mountVolume, after its record is read (under the volume's lock): a volume
+   * mounted elsewhere, or a mount point taken, is a ConflictError; a mounted volume resolves to
+   * its mount point (mounted again when gone); otherwise the device is mounted, `spec.save` records
+   * the mount point (the mount is undone when it fails), and it resolves to the mount point.
+   */
+  mountBlockVolume(name: string, spec: BlockMountSpec): Promise<string>;
+  /**
+   * A block volume's umountVolume, after its record is read: nothing when no mount point is
+   * recorded; else unmounts it when `spec.isMountOf` says it is the volume's (warns when not),
+   * removes the default mount point's folder, and `spec.save`s the unmounted record.
+   */
+  umountBlockVolume(name: string, spec: BlockUmountSpec): Promise<void>;
+  /**
+   * A block driver's createBackup: validates the names and the options (`schemas.backup`), pins
+   * the snapshot (found as by `mustSnapshot`, under the volume's lock, held in `spec.inUse` by
+   * (volume, snapshot) until the end), then runs `api.backup.createDeltaBackup` with
+   * `spec.session(ctx)`, logs the backup, wraps a failure with `Cannot back up snapshot ...`, and
+   * always closes the session before the pin is released.
+   */
+  backUpSnapshot<T extends BackedUpRecord>(
+    req: SnapshotBackupRequest,
+    spec: SnapshotBackupSpec<T>,
+  ): Promise<string>;
+  /**
+   * A deleteSnapshot of a driver whose records hold their snapshots: validates the names, then
+   * under the volume's lock throws NotFoundError when the snapshot is not recorded and
+   * ConflictError while `spec.inUse` holds it, runs `spec.remove` (a failure wrapped with
+   * `Cannot delete snapshot ...`), and logs the delete.
+   */
+  deleteSnapshot<T extends SnapshotRecords>(
+    req: { id: string; volumeID: string },
+    spec: SnapshotDeleteSpec<T>,
+  ): Promise<void>;
+}
+
+/** A volume record that holds its snapshots by name. */
+export interface SnapshotRecords {
+  Snapshots: Record<string, unknown>;
+}
+
+/** The parts of a driver that the snapshot helpers of `api.util` use. */
+export interface SnapshotHelperSpec<T extends SnapshotRecords> {
+  records: RecordStore<T>;
+  /** The driver's per-volume lock. */
+  locks: KeyedLock;
+  /** Snapshots being read, by (volume, snapshot); a held one is not deleted. */
+  inUse: UseCounter;
+  /** Adds context to an error; default `api.errors.wrapError`. */
+  wrap?(err: unknown, prefix: string): unknown;
+  log: Logger;
+}
+
+/** What `api.util.deleteSnapshot` needs. */
+export interface SnapshotDeleteSpec<T extends SnapshotRecords> extends SnapshotHelperSpec<T> {
+  /**
+   * Deletes the snapshot's data and writes `unrecorded` (the record without the snapshot), in
+   * the driver's order; runs under the volume's lock.
+   */
+  remove(found: {
+    volume: string;
+    snap: string;
+    record: T;
+    snapshot: T["Snapshots"][string];
+    unrecorded: T;
+  }): Promise<void>;
+  /** More fields of the "Deleted snapshot" log line. */
+  logFields?(snapshot: T["Snapshots"][string]): LogFields;
+}
+
+/** A volume's block device, as `BlockMountSpec.activate` returns it. */
+export interface BlockDevice {
+  /** The device node, mounted and shown in messages. */
+  path: string;
+  /** Every mount point of the device; default `api.util.mounts.mountsOf(path)`. */
+  mountsOf?(): Promise<string[]>;
+  /** True when `entry` mounts this device; default `entry.source === path`. */
+  isMountOf?(entry: MountEntry): Awaitable<boolean>;
+}
+
+/** What `api.util.mountBlockVolume` needs. */
+export interface BlockMountSpec {
+  /** The recorded mount point; "" when the volume is not mounted. */
+  current: string;
+  /** The mount point asked for (`requestedMountPoint`), or "". */
+  wanted: string;
+  /** The mount point when none is recorded or asked for; its folder goes when its mount fails. */
+  defaultMountPoint: string;
+  /** The filesystem type to mount ("" lets mount detect it). */
+  fs: string;
+  /** Makes the device ready (attach, activate); a failure is wrapped with the mount's context. */
+  activate(): Promise<BlockDevice>;
+  /** Records the new mount point. */
+  save(mountPoint: string): Promise<void>;
+  /** Adds context to an error; default `api.errors.wrapError`. */
+  wrap?(err: unknown, prefix: string): unknown;
+  log: Logger;
+}
+
+/** What `api.util.umountBlockVolume` needs. */
+export interface BlockUmountSpec {
+  /** The recorded mount point; "" when the volume is not mounted. */
+  mountPoint: string;
+  defaultMountPoint: string;
+  /** True when the mount at the mount point is the volume's. */
+  isMountOf(entry: MountEntry): Awaitable<boolean>;
+  /** Records the volume as unmounted. */
+  save(): Promise<void>;
+  /** Adds context to an error; default `api.errors.wrapError`. */
+  wrap?(err: unknown, prefix: string): unknown;
+  log: Logger;
+}
+
+/** The DeltaBlockOperations of one backup, and what closes the snapshots they opened. */
+export interface DeltaSession {
+  ops: DeltaBlockOperations;
+  close(): Promise<void>;
+}
+
+/** The arguments of a createBackup call, for `api.util.backUpSnapshot`. */
+export interface SnapshotBackupRequest {
+  snapshotID: string;
+  volumeID: string;
+  destURL: string;
+  opts: StringMap;
+  ctx?: OperationContext;
+}
+
+/** What `api.util.backUpSnapshot` reads of a volume record. */
+export interface BackedUpRecord extends SnapshotRecords {
+  Size: number;
+  CreatedTime: string;
+  UUID?: string;
+  Snapshots: Record<string, { CreatedTime: string }>;
+}
+
+/** A block driver's parts that `api.util.backUpSnapshot` uses. */
+export interface SnapshotBackupSpec<T extends BackedUpRecord> extends SnapshotHelperSpec<T> {
+  /** The driver's name, recorded in the backup store. */
+  driver: string;
+  /** The DeltaBlockOperations of one backup. */
+  session(ctx?: OperationContext): DeltaSession;
 }
 
 /** What `api.util.createRecordStore` needs. */

@@ -1,11 +1,10 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { InvalidArgumentError } from "../api/errors.ts";
-import type { DriverMethods, LogFields, Logger } from "../api/plugin.ts";
+import type { DriverMethods, Logger } from "../api/plugin.ts";
 import { silentLogger } from "../util/log.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
@@ -15,28 +14,7 @@ import {
   loadDriverConfig,
   requestedMountPoint,
 } from "./driver_util.ts";
-
-function recordingLogger(): Logger & { lines: Array<[string, string, LogFields?]> } {
-  const lines: Array<[string, string, LogFields?]> = [];
-  const logger = {
-    lines,
-    debug() {},
-    info: (m: string, f?: LogFields) => void lines.push(["info", m, f]),
-    warn: (m: string, f?: LogFields) => void lines.push(["warn", m, f]),
-    error: (m: string, f?: LogFields) => void lines.push(["error", m, f]),
-    child: () => logger,
-  };
-  return logger;
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), "convoy-driver-util-"));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+import { recordingLogger, withTempDir } from "./testing.ts";
 
 /** A toy driver config: `toy.size` saved as Size; a saved Size of 0 is upgraded to 1G. */
 function toySpec(file: string, options: Record<string, string>, log: Logger) {
@@ -65,7 +43,7 @@ function toySpec(file: string, options: Record<string, string>, log: Logger) {
 
 describe("plugin api: loadDriverConfig", () => {
   it("saves the first start's options, then keeps the file and warns about conflicts", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const file = join(dir, "toy.cfg");
       const log = recordingLogger();
       assert.deepEqual(await loadDriverConfig(toySpec(file, { "toy.size": "2M" }, log)), {
@@ -92,7 +70,7 @@ describe("plugin api: loadDriverConfig", () => {
   });
 
   it("writes the file back only when load asks to", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const file = join(dir, "toy.cfg");
       await writeFile(file, `{"Size":0,"Extra":1}`);
       assert.deepEqual(await loadDriverConfig(toySpec(file, {}, silentLogger)), {
@@ -106,7 +84,7 @@ describe("plugin api: loadDriverConfig", () => {
   });
 
   it("rejects bad options and a bad saved file with InvalidArgumentError", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const file = join(dir, "toy.cfg");
       await assert.rejects(
         loadDriverConfig(toySpec(file, { "toy.size": "lots" }, silentLogger)),
@@ -215,7 +193,7 @@ describe("plugin api: createRecordStore", () => {
   const schema = z.object({ Name: z.string(), Size: z.number() });
 
   it("createRecordStore() writes, reads, lists, selects and removes records; must() names a missing one", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const log = recordingLogger();
       const records = createRecordStore({
         dir,
@@ -253,7 +231,7 @@ describe("plugin api: createRecordStore", () => {
   });
 
   it("createRecordStore() rejects a bad or misnamed record naming its file; list() skips it with a warning", async () => {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       const log = recordingLogger();
       const records = createRecordStore({
         dir,

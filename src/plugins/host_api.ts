@@ -1,7 +1,12 @@
 import { z } from "zod";
 import * as errors from "../api/errors.ts";
 import type { InitFunc } from "../api/driver.ts";
-import { type BackupStoreApi, PLUGIN_API_VERSION, type PluginApi } from "../api/plugin.ts";
+import {
+  type BackupStoreApi,
+  PLUGIN_API_VERSION,
+  type PluginApi,
+  type PluginMounts,
+} from "../api/plugin.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { Logger } from "../util/log.ts";
 import { atomicWriteJSON, ensureDir, readJSONFile } from "../util/fs.ts";
@@ -29,6 +34,14 @@ import {
   requestedMountPoint,
 } from "./driver_util.ts";
 import { createFilesystems } from "./filesystems.ts";
+import {
+  createBlockVolumeHelpers,
+  deleteSnapshot,
+  errno,
+  mustSnapshot,
+  randomId,
+  readFull,
+} from "./block_volumes.ts";
 import { isZero } from "../backup/codec.ts";
 
 /**
@@ -43,6 +56,15 @@ export function createPluginApi(opts: {
   backup: BackupStoreApi;
 }): PluginApi {
   const table = opts.mountInfo ?? MOUNTINFO;
+  const mounts: PluginMounts = {
+    list: () => readMounts(table),
+    mountAt: (path) => mountAt(path, table),
+    mountsOf: (device) => mountsOf(device, table),
+    isMountPoint: (path) => isMountPoint(path, table),
+    canonicalPath,
+    parseMountInfo,
+  };
+  const filesystems = createFilesystems(opts.exec);
   return {
     apiVersion: PLUGIN_API_VERSION,
     register: opts.register,
@@ -62,19 +84,18 @@ export function createPluginApi(opts: {
       ensureDir,
       createLock: () => new KeyedMutex(),
       createUseCounter: () => new UseCounter(),
-      mounts: {
-        list: () => readMounts(table),
-        mountAt: (path) => mountAt(path, table),
-        mountsOf: (device) => mountsOf(device, table),
-        isMountPoint: (path) => isMountPoint(path, table),
-        canonicalPath,
-        parseMountInfo,
-      },
-      filesystems: createFilesystems(opts.exec),
+      mounts,
+      filesystems,
       loadDriverConfig,
       convoyDriver,
       createRecordStore,
       requestedMountPoint,
+      errno,
+      randomId,
+      readFull,
+      mustSnapshot,
+      deleteSnapshot,
+      ...createBlockVolumeHelpers({ mounts, filesystems, backup: opts.backup }),
     },
     backup: opts.backup,
   };

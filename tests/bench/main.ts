@@ -47,11 +47,29 @@ async function dropCaches(): Promise<void> {
   await writeFile("/proc/sys/vm/drop_caches", "3");
 }
 
-async function timed<T>(fn: () => Promise<T>): Promise<{ seconds: number; value: T }> {
+/** The whole machine's CPU time so far, in seconds: busy (user, nice, system, irq, softirq) and iowait. */
+async function cpuTimes(): Promise<{ busy: number; iowait: number }> {
+  const f = (await readFile("/proc/stat", "utf8")).split("\n")[0].trim().split(/\s+/).slice(1)
+    .map(Number);
+  const hz = 100; // USER_HZ, fixed on Linux for /proc/stat
+  return { busy: (f[0] + f[1] + f[2] + f[5] + f[6]) / hz, iowait: f[4] / hz };
+}
+
+interface Timed<T> {
+  seconds: number;
+  value: T;
+  /** CPU-seconds the whole machine spent busy and in iowait meanwhile (kernel I/O work too). */
+  cpu: { busy: number; iowait: number };
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<Timed<T>> {
   await dropCaches();
+  const c0 = await cpuTimes();
   const t0 = performance.now();
   const value = await fn();
-  return { seconds: (performance.now() - t0) / 1000, value };
+  const seconds = (performance.now() - t0) / 1000;
+  const c1 = await cpuTimes();
+  return { seconds, value, cpu: { busy: c1.busy - c0.busy, iowait: c1.iowait - c0.iowait } };
 }
 
 function median(xs: number[]): number {
@@ -63,16 +81,28 @@ function median(xs: number[]): number {
 async function repeated<T>(
   fn: (i: number) => Promise<T>,
   prepare?: (i: number) => Promise<void>,
-): Promise<{ seconds: number; runs: number[]; value: T }> {
+): Promise<
+  { seconds: number; runs: number[]; value: T; cpuBusySeconds: number; iowaitSeconds: number }
+> {
   const runs: number[] = [];
+  const busy: number[] = [];
+  const iowait: number[] = [];
   let value!: T;
   for (let i = 0; i < RUNS; i++) {
     await prepare?.(i);
     const r = await timed(() => fn(i));
     runs.push(+r.seconds.toFixed(2));
+    busy.push(r.cpu.busy);
+    iowait.push(r.cpu.iowait);
     if (i === 0) value = r.value;
   }
-  return { seconds: median(runs), runs, value };
+  return {
+    seconds: median(runs),
+    runs,
+    value,
+    cpuBusySeconds: +median(busy).toFixed(2),
+    iowaitSeconds: +median(iowait).toFixed(2),
+  };
 }
 
 /** Top-level folders of /usr/share and /usr/lib, largest first, until about `bytes`. */
@@ -191,7 +221,7 @@ async function main() {
     ) => {
       let peak = 0;
       let start = Infinity;
-      const { seconds, runs, value } = await repeated(async (i) => {
+      const { seconds, runs, value, cpuBusySeconds, iowaitSeconds } = await repeated(async (i) => {
         start = Math.min(start, await peakRss(pid, true));
         const v = await opts.run(i);
         peak = Math.max(peak, await peakRss(pid));
@@ -204,6 +234,8 @@ async function main() {
         peakRssMB: +(peak / 1e6).toFixed(0),
         // What the daemon held when the step began (kept from earlier steps).
         startRssMB: +(start / 1e6).toFixed(0),
+        cpuBusySeconds,
+        iowaitSeconds,
         ...(opts.store ? { storeMB: +((await opts.store()) / 1e6).toFixed(0) } : {}),
       };
       results[name] = r;
@@ -317,6 +349,8 @@ async function main() {
         writtenMB: +((mib2 * (2 << 20)) / 1e6).toFixed(0),
         seconds: +f.seconds.toFixed(2),
         runs: f.runs,
+        cpuBusySeconds: f.cpuBusySeconds,
+        iowaitSeconds: f.iowaitSeconds,
       };
       log(`restoreIoFloor: ${JSON.stringify(results.restoreIoFloor)}`);
     }
@@ -362,6 +396,7 @@ async function main() {
         backupRuns: b.runs,
         restoreSeconds: +r.seconds.toFixed(2),
         restoreRuns: r.runs,
+        restoreCpuBusySeconds: r.cpuBusySeconds,
         restoreAndSyncSeconds: +rs.seconds.toFixed(2),
         repoMB: +((await duBytes(repo(0))) / 1e6).toFixed(0),
       };
@@ -380,6 +415,17 @@ async function main() {
               (results.restoreIoFloor as { seconds: number }).seconds).toFixed(2),
           }
           : {}),
+      };
+      // A restore takes at least its bare I/O, and at least its CPU work (the daemon's and the
+      // kernel's, spread over every core); the target is half of restic's restore.
+      const cores = (await import("node:os")).cpus().length;
+      const cpuFloor = (results.restoreVfs as { cpuBusySeconds: number }).cpuBusySeconds / cores;
+      const ioFloor = (results.restoreIoFloor as { seconds: number } | undefined)?.seconds ?? 0;
+      results.restoreBounds = {
+        halfResticRestoreSeconds: +(r.seconds / 2).toFixed(2),
+        ioFloorSeconds: ioFloor,
+        cpuFloorSeconds: +cpuFloor.toFixed(2),
+        lowerBoundSeconds: +Math.max(ioFloor, cpuFloor).toFixed(2),
       };
     } else {
       results.restic = { skipped: "restic is not installed (apt-get install restic)" };

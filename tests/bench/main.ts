@@ -47,7 +47,7 @@ async function dropCaches(): Promise<void> {
   await writeFile("/proc/sys/vm/drop_caches", "3");
 }
 
-/** The whole machine's CPU time so far, in seconds: busy (user, nice, system, irq, softirq) and iowait. */
+/** The whole machine's CPU-seconds so far: busy (user, nice, system, irq, softirq) and iowait. */
 async function cpuTimes(): Promise<{ busy: number; iowait: number }> {
   const f = (await readFile("/proc/stat", "utf8")).split("\n")[0].trim().split(/\s+/).slice(1)
     .map(Number);
@@ -420,12 +420,12 @@ async function main() {
       // kernel's, spread over every core); the target is half of restic's restore.
       const cores = (await import("node:os")).cpus().length;
       const cpuFloor = (results.restoreVfs as { cpuBusySeconds: number }).cpuBusySeconds / cores;
-      const ioFloor = (results.restoreIoFloor as { seconds: number } | undefined)?.seconds ?? 0;
+      const ioFloor = (results.restoreIoFloor as { seconds: number } | undefined)?.seconds;
       results.restoreBounds = {
         halfResticRestoreSeconds: +(r.seconds / 2).toFixed(2),
-        ioFloorSeconds: ioFloor,
+        ioFloorSeconds: ioFloor ?? null, // null: no restored image to measure it against
         cpuFloorSeconds: +cpuFloor.toFixed(2),
-        lowerBoundSeconds: +Math.max(ioFloor, cpuFloor).toFixed(2),
+        lowerBoundSeconds: +Math.max(ioFloor ?? 0, cpuFloor).toFixed(2),
       };
     } else {
       results.restic = { skipped: "restic is not installed (apt-get install restic)" };

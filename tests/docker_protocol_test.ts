@@ -92,6 +92,12 @@ describe("Docker volume plugin protocol", () => {
     assert.deepEqual(await call(socket, "/VolumeDriver.Create", { Name: "proto1", Opts: null }), {
       Err: "",
     });
+    // An existing volume is success whatever the options, as in Convoy, even unknown or bad ones.
+    for (const Opts of [{ colour: "red" }, { size: "ten" }, { driver: "nope" }]) {
+      assert.deepEqual(await call(socket, "/VolumeDriver.Create", { Name: "proto1", Opts }), {
+        Err: "",
+      }, JSON.stringify(Opts));
+    }
     const unknown = await call(socket, "/VolumeDriver.Create", {
       Name: "proto2",
       Opts: { colour: "red", size: "1G", Flavour: "x" },

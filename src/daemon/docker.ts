@@ -198,10 +198,11 @@ type DockerRoute = (svc: VolumeService, req: DockerReq) => Promise<Record<string
 const dockerRoutes: Record<string, DockerRoute> = {
   "/VolumeDriver.Create": async (svc, r) => {
     const name = validateName(r.Name, "volume");
-    const { request, snapshot } = parseCreateOptions(name, r.Opts);
     await settled(svc, name);
-    // Docker calls Create only after Get found nothing; an existing volume is success.
+    // Docker calls Create only after Get found nothing; an existing volume is success, whatever
+    // the options (Convoy's behaviour): they are checked only for a volume still to be made.
     if (svc.state.volumes.get(name)?.Status === "ready") return { Err: "" };
+    const { request, snapshot } = parseCreateOptions(name, r.Opts);
     if (snapshot) await createFromSnapshot(svc, request, snapshot);
     else await svc.createVolume(request);
     return { Err: "" };

@@ -82,6 +82,13 @@ export async function resolveConfig(flags: DaemonFlags, log: Logger): Promise<Re
       );
     }
     config = { ...parsed.data, Root: root };
+    // As Convoy does, a saved timeout that cannot be used is logged and 1m used (a flag's fails).
+    if (!(durationMs(config.CmdTimeout) > 0)) {
+      log.warn(
+        `Ignoring CmdTimeout "${config.CmdTimeout}" in ${path}: not a positive duration; using ${DEFAULT_CMD_TIMEOUT}`,
+      );
+      config.CmdTimeout = DEFAULT_CMD_TIMEOUT;
+    }
     const conflicts: string[] = [];
     if (flags.drivers?.length && flags.drivers.join(",") !== config.DriverList.join(",")) {
       conflicts.push(
@@ -139,6 +146,15 @@ export async function resolveConfig(flags: DaemonFlags, log: Logger): Promise<Re
     debug: flags.debug ?? false,
     dockerSpec: flags.dockerSpec ?? true,
   };
+}
+
+/** A duration in milliseconds, or NaN when it does not parse. */
+function durationMs(text: string): number {
+  try {
+    return parseDuration(text);
+  } catch {
+    return NaN;
+  }
 }
 
 /** Saves convoy.cfg atomically. */

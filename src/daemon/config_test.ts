@@ -69,6 +69,29 @@ describe("config", () => {
     }
   });
 
+  it("resolveConfig() uses 1m for a saved CmdTimeout that does not parse, and warns", async () => {
+    const root = await mkdtemp(join(tmpdir(), "convoy-cfg-"));
+    try {
+      const first = await resolveConfig({ root }, recordingLogger([]));
+      for (const bad of ["", "soon", "0s"]) {
+        await saveConfig({ ...first.config, CmdTimeout: bad });
+        const warnings: string[] = [];
+        const r = await resolveConfig({ root }, recordingLogger(warnings));
+        assert.equal(r.cmdTimeoutMs, 60_000, bad);
+        assert.equal(r.config.CmdTimeout, "1m");
+        assert.equal(warnings.length, 1);
+        assert.match(warnings[0], new RegExp(`Ignoring CmdTimeout "${bad}" in .*convoy\\.cfg`));
+      }
+      // A flag's bad value is still refused: the user typed it.
+      await assert.rejects(
+        resolveConfig({ root, cmdTimeout: "soon", ignoreConfigFile: true }, recordingLogger([])),
+        /soon/,
+      );
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
   it("resolveConfig() saves --mnt-ns as MountNamespaceFD; the saved one wins over the flag", async () => {
     const root = await mkdtemp(join(tmpdir(), "convoy-cfg-"));
     try {

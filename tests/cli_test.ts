@@ -53,7 +53,13 @@ describe("convoy CLI against the real daemon (vfs driver)", () => {
     assert.equal(await okc(["snapshot", "create", "vol.1_1-0", "--name", "snap1"]), "snap1");
     await writeFile(join(mp, "hello.txt"), "changed after the snapshot\n");
 
+    assert.equal(await okc(["snapshot", "create", "vol.1_1-0", "--name", "asnap"]), "asnap");
     const vol = JSON.parse(await okc(["inspect", "vol.1_1-0"]));
+    // Map keys come sorted, as Go's encoding/json writes them in Convoy's output.
+    const sorted = (o: object) => assert.deepEqual(Object.keys(o), Object.keys(o).sort());
+    sorted(vol.DriverInfo);
+    assert.deepEqual(Object.keys(vol.Snapshots), ["asnap", "snap1"]);
+    sorted(vol.Snapshots.snap1.DriverInfo);
     assert.equal(vol.Name, "vol.1_1-0");
     assert.equal(vol.Driver, "vfs");
     assert.equal(vol.MountPoint, mp);
@@ -67,6 +73,8 @@ describe("convoy CLI against the real daemon (vfs driver)", () => {
     assert.equal(snap.Name, "snap1");
     assert.equal(snap.VolumeName, "vol.1_1-0");
     assert.equal(snap.VolumeCreatedAt, vol.CreatedTime);
+    sorted(snap.DriverInfo);
+    sorted(JSON.parse(await okc(["list", "--driver"]))["vol.1_1-0"]);
 
     const url = await okc(["backup", "create", "snap1", "--dest", `vfs://${store}`]);
     assert.match(url, new RegExp(`^vfs://${store}\\?backup=backup-[0-9a-f]+&volume=vol\\.1_1-0$`));

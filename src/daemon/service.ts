@@ -71,6 +71,11 @@ export interface CreateVolumeRequest {
 }
 
 /** Replaces every escaped "&" Convoy's CLI printed (`\u0026` or `u0026`). */
+/** `m` with its keys sorted, as Go's encoding/json writes maps (DriverInfo, Snapshots). */
+export function sortedMap<T>(m: Record<string, T>): Record<string, T> {
+  return Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]]));
+}
+
 export function unescapeURL(url: string): string {
   return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
 }
@@ -213,10 +218,10 @@ export class VolumeService {
       out[s.Name] = {
         Name: s.Name,
         CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] || s.CreatedTime,
-        DriverInfo: info,
+        DriverInfo: sortedMap(info),
       };
     }
-    return out;
+    return sortedMap(out);
   }
 
   /** Convoy's VolumeResponse of a ready volume. */
@@ -229,7 +234,7 @@ export class VolumeService {
       Driver: v.Driver,
       MountPoint: await vops.mountPoint(v.Name),
       CreatedTime: info[OPT_VOLUME_CREATED_TIME] || v.CreatedTime,
-      DriverInfo: info,
+      DriverInfo: sortedMap(info),
       Snapshots: await this.#snapshotResponses(v),
     };
   }
@@ -250,7 +255,7 @@ export class VolumeService {
       try {
         if (opts.driverInfo) {
           const vops = await this.volumeOps(v.Driver, `Cannot list volume "${v.Name}"`);
-          out[v.Name] = { ...await vops.getVolumeInfo(v.Name), Driver: v.Driver };
+          out[v.Name] = sortedMap({ ...await vops.getVolumeInfo(v.Name), Driver: v.Driver });
         } else {
           out[v.Name] = await this.volumeResponse(v);
         }
@@ -267,7 +272,7 @@ export class VolumeService {
         };
       }
     }));
-    return Object.fromEntries(Object.keys(out).sort().map((k) => [k, out[k]]));
+    return sortedMap(out);
   }
 
   // ---- volumes -------------------------------------------------------------------------------
@@ -549,7 +554,7 @@ export class VolumeService {
       VolumeName: v.Name,
       VolumeCreatedAt: v.CreatedTime,
       CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] || s.CreatedTime,
-      DriverInfo: info,
+      DriverInfo: sortedMap(info),
     };
   }
 

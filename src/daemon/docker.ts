@@ -198,6 +198,7 @@ type DockerRoute = (svc: VolumeService, req: DockerReq) => Promise<Record<string
 const dockerRoutes: Record<string, DockerRoute> = {
   "/VolumeDriver.Create": async (svc, r) => {
     const name = validateName(r.Name, "volume");
+    await svc.refreshIfUnknown(name);
     await settled(svc, name);
     // Docker calls Create only after Get found nothing; an existing volume is success, whatever
     // the options (Convoy's behaviour): they are checked only for a volume still to be made.
@@ -225,6 +226,7 @@ const dockerRoutes: Record<string, DockerRoute> = {
 
   "/VolumeDriver.Mount": async (svc, r) => {
     const name = validateName(r.Name, "volume");
+    await svc.refreshIfUnknown(name);
     await settled(svc, name);
     if (!svc.state.volumes.has(name)) {
       if (!svc.config.CreateOnDockerMount) {
@@ -251,12 +253,14 @@ const dockerRoutes: Record<string, DockerRoute> = {
   },
 
   "/VolumeDriver.Path": async (svc, r) => {
+    await svc.refreshIfUnknown(r.Name);
     const v = svc.volume(r.Name, `Cannot find the path of volume "${r.Name}"`);
     const mp = await (await svc.volumeOps(v.Driver, "Path")).mountPoint(r.Name);
     return mp ? { Mountpoint: mp, Err: "" } : { Err: "" };
   },
 
   "/VolumeDriver.Get": async (svc, r) => {
+    await svc.refreshIfUnknown(r.Name);
     const v = svc.volume(r.Name, `Cannot get volume "${r.Name}"`);
     const status: Record<string, unknown> = { driver: v.Driver };
     let mountPoint = "";
@@ -284,6 +288,7 @@ const dockerRoutes: Record<string, DockerRoute> = {
   },
 
   "/VolumeDriver.List": async (svc) => {
+    await svc.refreshVolumes();
     const vols = [...svc.state.volumes.values()].filter((v) => v.Status === "ready")
       .sort((a, b) => a.Name.localeCompare(b.Name));
     const list = await Promise.all(vols.map(async (v) => {

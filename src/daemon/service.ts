@@ -5,6 +5,7 @@ import {
   ConvoyError,
   errorMessage,
   InvalidArgumentError,
+  isErrorCode,
   NotFoundError,
   NotSupportedError,
 } from "../api/errors.ts";
@@ -240,6 +241,7 @@ export class VolumeService {
   }
 
   async inspectVolume(name: string): Promise<VolumeResponse> {
+    await this.refreshIfUnknown(name);
     return await this.volumeResponse(this.volume(name, `Cannot inspect volume "${name}"`));
   }
 
@@ -248,6 +250,7 @@ export class VolumeService {
    * DriverInfo; the list never stops at a failing driver. Takes no locks.
    */
   async listVolumes(opts: { driverInfo?: boolean } = {}): Promise<Record<string, unknown>> {
+    await this.refreshVolumes();
     const out: Record<string, unknown> = {};
     const vols = [...this.state.volumes.values()].filter((v) => v.Status === "ready")
       .sort((a, b) => a.Name.localeCompare(b.Name));
@@ -711,28 +714,96 @@ export class VolumeService {
           v.CreatedTime ||= listed[v.Name][OPT_VOLUME_CREATED_TIME] ?? "";
         }
       }
-      for (const [name, info] of Object.entries(listed)) {
-        if (this.state.volumes.has(name)) continue;
-        if (this.state.nameTaken(name)) {
-          this.log.warn("volume name already used; not adopting", {
-            volume: name,
-            driver: driverName,
-          });
-          continue;
-        }
-        this.state.volumes.set(
-          name,
-          {
-            ...this.state.newVolume({ Name: name, Driver: driverName, Status: "ready" }),
-            CreatedTime: info[OPT_VOLUME_CREATED_TIME] ?? "",
-          },
-        );
-        this.log.info("adopted volume", { volume: name, driver: driverName });
-      }
+      for (const [name, info] of Object.entries(listed)) this.#adopt(driverName, name, info);
       await this.#reconcileSnapshots(driverName, d);
     }
     await this.#remountInUse();
     await this.state.save();
+  }
+
+  /** Indexes a volume its driver reports, unless the name is taken; true when it did. */
+  #adopt(driverName: string, name: string, info: StringMap): boolean {
+    if (this.state.volumes.has(name)) return false;
+    if (this.state.nameTaken(name)) {
+      this.log.warn("volume name already used; not adopting", { volume: name, driver: driverName });
+      return false;
+    }
+    this.state.volumes.set(name, {
+      ...this.state.newVolume({ Name: name, Driver: driverName, Status: "ready" }),
+      CreatedTime: info[OPT_VOLUME_CREATED_TIME] ?? "",
+    });
+    this.log.info("adopted volume", { volume: name, driver: driverName });
+    return true;
+  }
+
+  #refreshing: Promise<void> | undefined;
+
+  /**
+   * Brings the index up to date with what the drivers report now, as Convoy did by reading the
+   * drivers' records on every call: a volume another host made on a shared vfs.path is adopted,
+   * and an idle volume whose driver no longer has it (deleted by another host) is forgotten. Only
+   * ready volumes that no operation holds, mounts or backs up are forgotten, each under its lock
+   * and once its driver says it does not exist. A driver that cannot list changes nothing.
+   * Concurrent calls share one run.
+   */
+  refreshVolumes(): Promise<void> {
+    this.#refreshing ??= this.#refresh().finally(() => (this.#refreshing = undefined));
+    return this.#refreshing;
+  }
+
+  /** refreshVolumes() when `name` is not indexed: it may be another host's new volume. */
+  async refreshIfUnknown(name: string): Promise<void> {
+    if (!this.state.volumes.has(name)) await this.refreshVolumes();
+  }
+
+  async #refresh(): Promise<void> {
+    let changed = false;
+    for (const [driverName, d] of this.drivers) {
+      let vops: VolumeOperations;
+      let listed: Record<string, StringMap>;
+      try {
+        vops = await d.volumeOps();
+        listed = await vops.listVolume({});
+      } catch (err) {
+        this.log.warn("cannot list volumes of driver", {
+          driver: driverName,
+          error: errorMessage(err),
+        });
+        continue;
+      }
+      for (const [name, info] of Object.entries(listed)) {
+        if (this.locks.busy(name)) continue; // an operation on that name decides
+        changed = this.#adopt(driverName, name, info) || changed;
+      }
+      const gone = [...this.state.volumes.values()].filter((v) =>
+        v.Driver === driverName && v.Status === "ready" && !listed[v.Name] && !this.#inUse(v)
+      );
+      for (const { Name: name } of gone) {
+        await this.locks.run(name, async () => {
+          const v = this.state.volumes.get(name);
+          if (!v || v.Status !== "ready" || this.#inUse(v)) return;
+          try {
+            await vops.getVolumeInfo(name);
+            return; // listed late: it exists
+          } catch (err) {
+            if (!isErrorCode(err, "NotFound")) return;
+          }
+          this.state.volumes.delete(name);
+          changed = true;
+          this.log.info("volume is gone from its driver; forgot it", {
+            volume: name,
+            driver: driverName,
+          });
+        });
+      }
+    }
+    if (changed) await this.state.save();
+  }
+
+  /** Mounted here, or one of its snapshots is being backed up. */
+  #inUse(v: VolumeRecord): boolean {
+    return v.MountIDs.length > 0 || v.MountPoint !== "" ||
+      Object.keys(v.Snapshots).some((s) => this.#backingUp.has(s));
   }
 
   /**

@@ -14,6 +14,7 @@ function defaultDeps(): CliDeps {
       stdout: (text) => void process.stdout.write(text),
       stderr: (text) => void process.stderr.write(text),
       stderrIsTTY: process.stderr.isTTY === true,
+      stdoutIsTTY: process.stdout.isTTY === true,
     },
     env: process.env,
     connect: (socket) => createSocketTransport(socket),

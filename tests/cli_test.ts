@@ -152,6 +152,8 @@ describe("convoy CLI against the real daemon (vfs driver)", () => {
     const unknown = await cli(["inspect", "nosuchvol"]);
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /volume "nosuchvol" does not exist/);
+    // stdout (a pipe here) carries Convoy's {"Error": ...} with the same message.
+    assert.equal(JSON.parse(unknown.stdout).Error, unknown.stderr.trim().replace(/^convoy: /, ""));
 
     await okc(["create", "dup1"]);
     const dup = await cli(["create", "dup1"]);

@@ -42,6 +42,15 @@ export function oneLine(message: string): string {
   return message.trim().replace(/\s*[\r\n]+\s*/g, " ");
 }
 
+/**
+ * Convoy's answer on stdout for a failed operation (exit 1), tab-indented as Convoy wrote it:
+ * `{"Error": message}`; `undefined` for usage errors and failures already reported.
+ */
+export function errorJSON(err: unknown): string | undefined {
+  if (exitCodeFor(err) !== EXIT_FAILURE || err instanceof ReportedFailure) return undefined;
+  return JSON.stringify({ Error: oneLine(errorMessage(err)) || "unknown error" }, null, "\t");
+}
+
 /** The line written to stderr for a failure, or `undefined` when nothing must be written. */
 export function errorLine(err: unknown): string | undefined {
   // Commander already wrote its message through configureOutput().outputError.

@@ -13,7 +13,7 @@ import { addBackupCommands } from "./backup.ts";
 import { addCompletionCommands, COMPLETION_COMMANDS } from "./completion.ts";
 import { addDaemonCommand } from "./daemon.ts";
 import { addJobCommands } from "./jobs.ts";
-import { errorLine, EXIT_OK, exitCodeFor, oneLine } from "./exit.ts";
+import { errorJSON, errorLine, EXIT_OK, exitCodeFor, oneLine } from "./exit.ts";
 import { Session } from "./session.ts";
 import { addSnapshotCommands } from "./snapshot.ts";
 import type { CliDeps } from "./types.ts";
@@ -75,6 +75,9 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
   } catch (err) {
     const line = errorLine(err);
     if (line !== undefined) deps.io.stderr(line + "\n");
+    // Scripts reading stdout get Convoy's {"Error": ...}; a terminal gets only the line.
+    const json = deps.io.stdoutIsTTY ? undefined : errorJSON(err);
+    if (json !== undefined) deps.io.stdout(json + "\n");
     const code = exitCodeFor(err);
     if (code === 1 && program.opts().debug && err instanceof Error && err.stack) {
       deps.io.stderr(err.stack + "\n");

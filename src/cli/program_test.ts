@@ -456,14 +456,22 @@ describe("runCli() exit codes and messages", () => {
   });
 
   it("a failed operation exits 1 with one line and no stack trace", async () => {
-    const r = await runFake(["inspect", "v1"], {
-      respond: () => {
-        throw new BackendError("Failed to execute: mount\noutput: busy\n");
-      },
-    });
+    const respond = () => {
+      throw new BackendError("Failed to execute: mount\noutput: busy\n");
+    };
+    const r = await runFake(["inspect", "v1"], { respond, stdoutIsTTY: true });
     assert.equal(r.code, 1);
     assert.equal(r.stderr, "convoy: Failed to execute: mount output: busy\n");
     assert.equal(r.stdout, "");
+    // Not on a terminal, stdout also gets Convoy's tab-indented {"Error": ...}.
+    const piped = await runFake(["inspect", "v1"], { respond });
+    assert.equal(piped.code, 1);
+    assert.equal(piped.stderr, r.stderr);
+    assert.equal(piped.stdout, '{\n\t"Error": "Failed to execute: mount output: busy"\n}\n');
+    // Usage errors (exit 2) write nothing on stdout.
+    const usage = await runFake(["inspect"]);
+    assert.equal(usage.code, 2);
+    assert.equal(usage.stdout, "");
   });
 
   it("--debug adds requests and the stack trace on stderr", async () => {

@@ -30,6 +30,8 @@ export interface FakeOptions {
   respond?: (call: RecordedCall) => string | Promise<string>;
   env?: Record<string, string | undefined>;
   runDaemon?: (flags: DaemonFlags) => Promise<void>;
+  /** Whether stdout is a terminal (default: no, as in a script). */
+  stdoutIsTTY?: boolean;
 }
 
 /** Runs the CLI with `argv` against a fake transport; never touches a socket. */
@@ -39,6 +41,7 @@ export async function runFake(argv: string[], opts: FakeOptions = {}): Promise<F
     io: {
       stdout: (text) => void (run.stdout += text),
       stderr: (text) => void (run.stderr += text),
+      stdoutIsTTY: opts.stdoutIsTTY,
     },
     env: opts.env ?? {},
     connect: (socket) => async (method, path, body) => {

@@ -16,6 +16,8 @@ export interface CliIO {
   stderr(text: string): void;
   /** True when stderr is a terminal: long operations then draw a progress bar there. */
   stderrIsTTY?: boolean;
+  /** True when stdout is a terminal: a failure then writes only its line on stderr. */
+  stdoutIsTTY?: boolean;
 }
 
 /** Everything the CLI touches outside itself; tests replace any of it. */

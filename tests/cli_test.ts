@@ -134,11 +134,11 @@ describe("convoy CLI against the real daemon (vfs driver)", () => {
     await okc(["delete", "bindvol"]);
   });
 
-  it("generates volume-<8 hex> and snapshot-<8 hex> names", async () => {
+  it("generates Convoy's volume-<16 hex> and snapshot-<16 hex> names", async () => {
     const v = await okc(["create"]);
-    assert.match(v, /^volume-[0-9a-f]{8}$/);
+    assert.match(v, /^volume-[0-9a-f]{12}4[0-9a-f]{3}$/);
     const s = await okc(["snapshot", "create", v]);
-    assert.match(s, /^snapshot-[0-9a-f]{8}$/);
+    assert.match(s, /^snapshot-[0-9a-f]{12}4[0-9a-f]{3}$/);
     await okc(["delete", v]);
     assert.equal((await cli(["snapshot", "inspect", s])).code, 1, "snapshots go with their volume");
   });

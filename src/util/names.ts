@@ -31,10 +31,10 @@ export function validateName(name: unknown, kind: string): string {
   return name;
 }
 
-/** A fresh name `<prefix>-<hex>` with `hexLength` random hex digits. */
-export function generateName(prefix: string, hexLength = 8): string {
-  const bytes = new Uint8Array(Math.ceil(hexLength / 2));
-  crypto.getRandomValues(bytes);
-  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  return `${prefix}-${hex.slice(0, hexLength)}`;
+/**
+ * A fresh name `<prefix>-<hex>`: the first `hexLength` (at most 32) hex digits of a new UUIDv4
+ * without its dashes, as Convoy v0.5.2 makes them (16 digits, the 13th always "4").
+ */
+export function generateName(prefix: string, hexLength = 16): string {
+  return `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, hexLength)}`;
 }

@@ -33,11 +33,11 @@ describe("names", () => {
     });
   });
 
-  it("generateName() makes <prefix>-<8 hex> names that pass validation", () => {
+  it("generateName() makes Convoy's <prefix>-<16 hex of a UUIDv4> names that pass validation", () => {
     const seen = new Set<string>();
     for (let i = 0; i < 50; i++) {
       const n = generateName("volume");
-      assert.match(n, /^volume-[0-9a-f]{8}$/);
+      assert.match(n, /^volume-[0-9a-f]{12}4[0-9a-f]{3}$/);
       assert.equal(isValidName(n), true);
       seen.add(n);
     }

@@ -232,7 +232,7 @@ describe("Docker volume plugin protocol", () => {
     assert.deepEqual(await mountIDs(root, "refs"), []);
   });
 
-  it("Remove deletes the data, refuses while in use, and succeeds for unknown volumes", async () => {
+  it("Remove forgets a vfs volume but keeps its data, refuses while in use, and succeeds for unknown volumes", async () => {
     await okCall(socket, "/VolumeDriver.Create", { Name: "rmme" });
     await okCall(socket, "/VolumeDriver.Mount", { Name: "rmme", ID: ID_A });
     await okCall(socket, "/VolumeDriver.Mount", { Name: "rmme", ID: ID_B });
@@ -247,12 +247,16 @@ describe("Docker volume plugin protocol", () => {
     assert.ok(await exists(join(volDir("rmme"), "data")));
     await okCall(socket, "/VolumeDriver.Unmount", { Name: "rmme", ID: ID_B });
     assert.deepEqual(await call(socket, "/VolumeDriver.Remove", { Name: "rmme" }), { Err: "" });
-    assert.equal(await exists(volDir("rmme")), false, "the data is removed");
+    // As in Convoy (a reference-only delete): the volume is gone, its folder and data stay.
     assert.match(
       String((await call(socket, "/VolumeDriver.Get", { Name: "rmme" })).Err),
       /does not exist/,
     );
+    assert.equal(await readFile(join(volDir("rmme"), "data"), "utf8"), "x");
     assert.deepEqual(await call(socket, "/VolumeDriver.Remove", { Name: "rmme" }), { Err: "" });
+    // Creating the name again brings the data back.
+    await okCall(socket, "/VolumeDriver.Create", { Name: "rmme" });
+    assert.equal(await readFile(join(volDir("rmme"), "data"), "utf8"), "x");
   });
 
   it("without --create-on-docker-mount, a Mount of an unknown volume is an error", async () => {

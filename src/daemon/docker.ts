@@ -193,6 +193,14 @@ async function settled(svc: VolumeService, name: string): Promise<void> {
   if (svc.state.volumes.get(name)?.Status === "creating") await svc.locks.run(name, async () => {});
 }
 
+/**
+ * Drivers whose volumes Docker's Remove only forgets, keeping the data, as Convoy v0.5.2 did
+ * (a reference-only delete): a vfs folder may be in use by other hosts sharing vfs.path, and an
+ * ebs volume is detached, not destroyed. Other drivers' volumes are deleted with their data, as
+ * Convoy's devicemapper ones were.
+ */
+const DOCKER_REMOVE_KEEPS_DATA = new Set(["vfs", "ebs"]);
+
 type DockerRoute = (svc: VolumeService, req: DockerReq) => Promise<Record<string, unknown>>;
 
 const dockerRoutes: Record<string, DockerRoute> = {
@@ -220,7 +228,8 @@ const dockerRoutes: Record<string, DockerRoute> = {
     if (svc.state.volumes.get(r.Name)?.Status !== "ready") return { Err: "" };
     const live = await svc.releaseStaleMounts(r.Name);
     if (live) throw new ConflictError(`Cannot remove volume "${r.Name}": ${inUse(live)}`);
-    await svc.deleteVolume(r.Name);
+    const driver = svc.state.volumes.get(r.Name)?.Driver ?? "";
+    await svc.deleteVolume(r.Name, { referenceOnly: DOCKER_REMOVE_KEEPS_DATA.has(driver) });
     return { Err: "" };
   },
 

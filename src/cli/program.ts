@@ -64,7 +64,9 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
   const { program } = buildProgram(deps);
   // @bomb.sh/tab writes scripts and completions with console.log: route them to deps.io.
   const consoleLog = console.log;
+  let command = "";
   program.hook("preAction", (_program, action) => {
+    command = action.name();
     if (COMPLETION_COMMANDS.has(action.name())) {
       console.log = (...args: unknown[]) => deps.io.stdout(args.map(String).join(" ") + "\n");
     }
@@ -75,8 +77,9 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
   } catch (err) {
     const line = errorLine(err);
     if (line !== undefined) deps.io.stderr(line + "\n");
-    // Scripts reading stdout get Convoy's {"Error": ...}; a terminal gets only the line.
-    const json = deps.io.stdoutIsTTY ? undefined : errorJSON(err);
+    // Scripts reading stdout get Convoy's {"Error": ...}; a terminal gets only the line, and
+    // so does the daemon, whose stdout is its log.
+    const json = deps.io.stdoutIsTTY || command === "daemon" ? undefined : errorJSON(err);
     if (json !== undefined) deps.io.stdout(json + "\n");
     const code = exitCodeFor(err);
     if (code === 1 && program.opts().debug && err instanceof Error && err.stack) {

@@ -468,10 +468,16 @@ describe("runCli() exit codes and messages", () => {
     assert.equal(piped.code, 1);
     assert.equal(piped.stderr, r.stderr);
     assert.equal(piped.stdout, '{\n\t"Error": "Failed to execute: mount output: busy"\n}\n');
-    // Usage errors (exit 2) write nothing on stdout.
+    // Usage errors (exit 2) and the daemon's failures write nothing on stdout.
     const usage = await runFake(["inspect"]);
     assert.equal(usage.code, 2);
     assert.equal(usage.stdout, "");
+    const daemon = await runFake(["daemon"], {
+      runDaemon: () => Promise.reject(new BackendError("Cannot start daemon: no")),
+    });
+    assert.equal(daemon.code, 1);
+    assert.equal(daemon.stderr, "convoy: Cannot start daemon: no\n");
+    assert.equal(daemon.stdout, "");
   });
 
   it("--debug adds requests and the stack trace on stderr", async () => {

@@ -71,12 +71,12 @@ export interface CreateVolumeRequest {
   prepareForVM?: boolean;
 }
 
-/** Replaces every escaped "&" Convoy's CLI printed (`\u0026` or `u0026`). */
 /** `m` with its keys sorted, as Go's encoding/json writes maps (DriverInfo, Snapshots). */
 export function sortedMap<T>(m: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]]));
 }
 
+/** Replaces every escaped "&" Convoy's CLI printed (`\u0026` or `u0026`). */
 export function unescapeURL(url: string): string {
   return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
 }

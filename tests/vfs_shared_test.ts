@@ -70,6 +70,17 @@ describe("vfs volumes on a shared vfs.path", () => {
     // Host b's own volumes stay, and one mounted there is never forgotten.
     await ok(["create", "mine"], { socket: b.socket });
     assert.ok("mine" in JSON.parse(await ok(["list"], { socket: b.socket })));
+    // Another host's volume named like one of this host's snapshots is not adopted, and the
+    // warning is logged once, not on every list.
+    await ok(["snapshot", "create", "mine", "--name", "clash"], { socket: b.socket });
+    await ok(["create", "clash"], { socket: a.socket });
+    for (let i = 0; i < 3; i++) {
+      assert.ok(!("clash" in JSON.parse(await ok(["list"], { socket: b.socket }))));
+    }
+    assert.equal(
+      b.output().split("\n").filter((l) => /not adopting/.test(l) && /clash/.test(l)).length,
+      1,
+    );
     assert.ok("shared1" in JSON.parse(await ok(["list"], { socket: a.socket })));
     assert.equal((await convoy(["delete", "shared1"], { socket: a.socket })).code, 0);
     assert.ok("shared1" in JSON.parse(await ok(["list"], { socket: b.socket })));

@@ -721,11 +721,21 @@ export class VolumeService {
     await this.state.save();
   }
 
+  /** Names a driver reports that could not be adopted, warned about once each. */
+  readonly #notAdopted = new Set<string>();
+
   /** Indexes a volume its driver reports, unless the name is taken; true when it did. */
   #adopt(driverName: string, name: string, info: StringMap): boolean {
     if (this.state.volumes.has(name)) return false;
     if (this.state.nameTaken(name)) {
-      this.log.warn("volume name already used; not adopting", { volume: name, driver: driverName });
+      const key = `${driverName}\u0000${name}`;
+      if (!this.#notAdopted.has(key)) {
+        this.#notAdopted.add(key);
+        this.log.warn("volume name already used; not adopting", {
+          volume: name,
+          driver: driverName,
+        });
+      }
       return false;
     }
     this.state.volumes.set(name, {

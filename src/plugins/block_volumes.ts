@@ -21,7 +21,7 @@ import type {
   SnapshotDeleteSpec,
   SnapshotRecords,
 } from "../api/plugin.ts";
-import { validateName } from "../util/names.ts";
+import { randomHex, validateName } from "../util/names.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseOptions } from "./driver_util.ts";
 
@@ -32,7 +32,7 @@ export function errno(err: unknown): string | undefined {
 
 /** `api.util.randomId`: 12 random hex digits, for the names of temporary files. */
 export function randomId(): string {
-  return crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+  return randomHex(12);
 }
 
 /**

@@ -36,5 +36,10 @@ export function validateName(name: unknown, kind: string): string {
  * without its dashes, as Convoy v0.5.2 makes them (16 digits, the 13th always "4").
  */
 export function generateName(prefix: string, hexLength = 16): string {
-  return `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, hexLength)}`;
+  return `${prefix}-${randomHex(hexLength)}`;
+}
+
+/** `digits` (at most 32) hex digits: the start of a new UUIDv4 without its dashes. */
+export function randomHex(digits: number): string {
+  return crypto.randomUUID().replaceAll("-", "").slice(0, digits);
 }

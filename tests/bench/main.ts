@@ -12,6 +12,7 @@
  * (default 5; each full backup into an empty store or repository); the median is reported.
  */
 import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { cpus } from "node:os";
 import { join } from "node:path";
 import { spawn } from "node:child_process";
 import { ok, REPO, run, startDaemon } from "../helpers.ts";
@@ -418,7 +419,7 @@ async function main() {
       };
       // A restore takes at least its bare I/O, and at least its CPU work (the daemon's and the
       // kernel's, spread over every core); the target is half of restic's restore.
-      const cores = (await import("node:os")).cpus().length;
+      const cores = cpus().length;
       const cpuFloor = (results.restoreVfs as { cpuBusySeconds: number }).cpuBusySeconds / cores;
       const ioFloor = (results.restoreIoFloor as { seconds: number } | undefined)?.seconds;
       results.restoreBounds = {
@@ -440,7 +441,7 @@ async function main() {
       runs: RUNS,
     };
     results.machine = {
-      cores: (await import("node:os")).cpus().length,
+      cores: cpus().length,
       runtime: `deno ${process.versions.deno ?? ""}`,
     };
     await cli("umount", "bench");

@@ -215,6 +215,16 @@ describe("runCli() volume commands", () => {
     });
     assert.deepEqual(verbose.calls[1].body, { VolumeName: "volume-1" });
     assert.match(verbose.stderr, /^convoy: volume "volume-1" is 2097152 bytes/);
+    const unreported = await runFake(["create", "v1", "--size", "1G"], {
+      respond: (call) =>
+        call.path === "/v1/volumes/create"
+          ? "v1"
+          : JSON.stringify({ Driver: "my", DriverInfo: {} }),
+    });
+    assert.equal(
+      unreported.stderr,
+      'convoy: the my driver reports no size for volume "v1": --size 1073741824 may not have been applied\n',
+    );
     const noSize = await runFake(["create", "v1"], { respond: sized("vfs", "0") });
     assert.equal(noSize.calls.length, 1, "no --size, no second request");
   });

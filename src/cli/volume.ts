@@ -120,14 +120,14 @@ export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void
     });
 }
 
+const BINARY_UNITS = [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], [
+  "KiB",
+  2 ** 10,
+]] as const;
+
 /** `n` bytes in the largest binary unit that divides it, e.g. "2 MiB"; plain bytes otherwise. */
 function humanSize(n: number): string {
-  for (
-    const [unit, factor] of [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], [
-      "KiB",
-      2 ** 10,
-    ]] as const
-  ) {
+  for (const [unit, factor] of BINARY_UNITS) {
     if (n >= factor && n % factor === 0) return `${n / factor} ${unit}`;
   }
   return `${n} bytes`;
@@ -146,7 +146,13 @@ async function reportSize(s: Session, o: { answer: string; requested: number }):
       DriverInfo?: Record<string, string>;
     };
     const driver = info.Driver ?? "";
-    const size = Number(info.DriverInfo?.Size ?? "0");
+    if (info.DriverInfo?.Size === undefined) {
+      s.warn(
+        `convoy: the ${driver} driver reports no size for volume "${name}": --size ${o.requested} may not have been applied`,
+      );
+      return;
+    }
+    const size = Number(info.DriverInfo.Size);
     if (!Number.isSafeInteger(size) || size === o.requested) return;
     if (size === 0) {
       s.warn(

@@ -4,9 +4,19 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { convoy, ok, rawRequest, startDaemon, tempDir, type TestDaemon } from "./helpers.ts";
+import {
+  convoy,
+  DENO,
+  ok,
+  rawRequest,
+  REPO,
+  run,
+  startDaemon,
+  tempDir,
+  type TestDaemon,
+} from "./helpers.ts";
 
 describe("first hour with the daemon and CLI", () => {
   let d: TestDaemon;
@@ -138,5 +148,18 @@ describe("first hour with the daemon and CLI", () => {
     assert.deepEqual(await complete("create", "--driver", ""), ["vfs", "loop"]);
     await okc(["snapshot", "delete", "fh-c1-s"]);
     await okc(["delete", "fh-c1"]);
+  });
+});
+
+describe("the README's CLI commands", () => {
+  it("run the CLI through deno task -q, which prints no Task header", async () => {
+    const readme = await readFile(join(REPO, "README.md"), "utf8");
+    assert.deepEqual(readme.match(/deno task convoy\b/g), null, "use `deno task -q convoy`");
+    assert.match(readme, /npx deno task -q convoy <command>/);
+    const config = join(REPO, "deno.json");
+    const r = await run(DENO, ["task", "--config", config, "-q", "convoy", "--version"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^Convoy version v\S+\n$/);
+    assert.equal(r.stderr, "");
   });
 });

@@ -189,10 +189,8 @@ class LoopDriver {
       this.#log.info("Snapshots are reflink copies", { path: this.#cfg.Path });
       return true;
     } catch (err) {
-      this.#log.info(
-        `Snapshots are sparse copies: "${this.#cfg.Path}" does not support reflinks to "${this.#cfg.SnapshotPath}"`,
-        { error: this.#api.errors.errorMessage(err) },
-      );
+      this.#log.info("Snapshots are sparse copies (no reflinks here)", { path: this.#cfg.Path });
+      this.#log.debug("reflink probe failed", { error: this.#api.errors.errorMessage(err) });
       return false;
     } finally {
       await rm(src, { force: true });
@@ -403,6 +401,11 @@ class LoopDriver {
     const what = `Cannot create volume "${name}"`;
     const image = this.#imagePath(name);
     const size = requested ? roundSize(requested) : this.#cfg.DefaultVolumeSize;
+    if (requested && size !== requested) {
+      this.#log.warn(`Size of volume "${name}" rounded up from ${requested} to ${size} bytes`, {
+        volume: name,
+      });
+    }
     const kept = await this.#statOrUndefined(image);
     if (kept) {
       if (!kept.isFile()) {

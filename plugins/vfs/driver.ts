@@ -421,7 +421,7 @@ class VfsDriver {
       let size = 0;
       if (o.PrepareForVM) size = o.Size || this.#cfg.DefaultVolumeSize;
       else if (o.Size) {
-        this.#log.debug(`Size of volume "${name}" not applied: vfs sizes only --vm volumes`, {
+        this.#log.warn(`Size of volume "${name}" not applied: vfs sizes only --vm volumes`, {
           volume: name,
         });
       }

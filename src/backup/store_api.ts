@@ -218,9 +218,7 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
         const volume = await loadVolumeRecord(store, name);
         if (!volume) {
           throw new NotFoundError(
-            `Cannot list backups of volume "${name}" in "${store.url}": volume record "${
-              volumeConfigPath(name)
-            }" does not exist`,
+            `Cannot list backups: volume "${name}" has no backups in "${store.url}"`,
           );
         }
         return volume.Driver === lopts.driver ? await volumeBackupInfos(store, volume, log) : {};

@@ -29,7 +29,7 @@ export function addBackupCommands(program: CommandUnknownOpts, s: Session): void
     .command("create")
     .description("back up a snapshot; prints the backup URL")
     .argument("<snapshot>", "snapshot name")
-    .option("--dest <url>", "destination: s3://bucket@region/path/ or vfs:///path/")
+    .requiredOption("--dest <url>", "destination: s3://bucket@region/path/ or vfs:///path/")
     .option("--s3-endpoint <url>", ENDPOINT_HELP)
     .addOption(
       new Option(
@@ -40,7 +40,7 @@ export function addBackupCommands(program: CommandUnknownOpts, s: Session): void
     )
     .action(async (snapshot, opts) => {
       checkName(snapshot, "snapshot");
-      const dest = normalizeBackupUrl(opts.dest ?? "");
+      const dest = normalizeBackupUrl(opts.dest);
       const jobID = generateName("job", 16);
       print(
         await withProgress(s, jobID, () =>

@@ -22,11 +22,16 @@ export class UsageError extends Error {
   }
 }
 
-/** A failure whose details were already written to stderr (e.g. `delete` of several volumes). */
+/**
+ * A failure whose details were already written to stderr (e.g. `delete` of several volumes).
+ * With `stdoutJSON`, its message still goes to stdout as Convoy's `{"Error": ...}`.
+ */
 export class ReportedFailure extends Error {
-  constructor(message = "operation failed") {
+  readonly stdoutJSON: boolean;
+  constructor(message = "operation failed", opts: { stdoutJSON?: boolean } = {}) {
     super(message);
     this.name = "ReportedFailure";
+    this.stdoutJSON = opts.stdoutJSON === true;
   }
 }
 
@@ -47,7 +52,8 @@ export function oneLine(message: string): string {
  * `{"Error": message}`; `undefined` for usage errors and failures already reported.
  */
 export function errorJSON(err: unknown): string | undefined {
-  if (exitCodeFor(err) !== EXIT_FAILURE || err instanceof ReportedFailure) return undefined;
+  if (exitCodeFor(err) !== EXIT_FAILURE) return undefined;
+  if (err instanceof ReportedFailure && !err.stdoutJSON) return undefined;
   return JSON.stringify({ Error: oneLine(errorMessage(err)) || "unknown error" }, null, "\t");
 }
 

@@ -52,7 +52,7 @@ export function buildProgram(deps: CliDeps) {
   addSnapshotCommands(program, session);
   addBackupCommands(program, session);
   addJobCommands(program, session);
-  addCompletionCommands(program);
+  addCompletionCommands(program, session);
   return { program, session };
 }
 

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { BackendError, ConvoyError, NotFoundError } from "../api/errors.ts";
@@ -26,10 +27,15 @@ describe("runCli() volume commands", () => {
         "300",
         "--vm",
       ],
-      { respond: () => "vol1" },
+      {
+        respond: (call) =>
+          call.path === "/v1/volumes/create"
+            ? "vol1"
+            : JSON.stringify({ Driver: "ebs", DriverInfo: { Size: String(10 * 1024 ** 3) } }),
+      },
     );
     assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(r.calls, [{
+    assert.deepEqual(r.calls.slice(0, 1), [{
       socket: DEFAULT_SOCKET,
       method: "POST",
       path: "/v1/volumes/create",
@@ -119,18 +125,108 @@ describe("runCli() volume commands", () => {
       ["DELETE", "/v1/volumes/", { VolumeName: "v2", ReferenceOnly: true }],
       ["DELETE", "/v1/volumes/", { VolumeName: "v3", ReferenceOnly: true }],
     ]);
-    assert.equal(r.stdout, "\n\n");
     const lines = r.stderr.trimEnd().split("\n");
     assert.equal(lines.length, 2);
-    assert.match(lines[0], /^Error deleting bad\/name: Invalid volume name "bad\/name"/);
-    assert.equal(lines[1], "Error deleting v2: Volume not found.");
+    assert.match(lines[0], /^convoy: Invalid volume name "bad\/name": [^\n]+$/);
+    assert.equal(lines[1], "convoy: Volume not found.");
+    // One Convoy {"Error": ...} on stdout, naming every failure, and no blank lines.
+    assert.deepEqual(JSON.parse(r.stdout), {
+      Error: `${lines[0].slice("convoy: ".length)}; Volume not found.`,
+    });
   });
 
-  it("delete without --reference sends ReferenceOnly false and prints an empty line", async () => {
+  it("delete of one missing volume fails like every other command", async () => {
+    const message = 'Cannot delete volume "db1": volume "db1" does not exist';
+    const r = await runFake(["delete", "db1"], {
+      respond: () => {
+        throw new NotFoundError(message);
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, `convoy: ${message}\n`);
+    assert.equal(r.stdout, JSON.stringify({ Error: message }, null, "\t") + "\n");
+    const tty = await runFake(["delete", "db1"], {
+      stdoutIsTTY: true,
+      respond: () => {
+        throw new NotFoundError(message);
+      },
+    });
+    assert.equal(tty.stdout, "");
+  });
+
+  it("delete without --reference sends ReferenceOnly false and prints nothing", async () => {
     const r = await runFake(["delete", "v1"]);
     assert.equal(r.code, 0);
     assert.deepEqual(r.calls[0].body, { VolumeName: "v1", ReferenceOnly: false });
-    assert.equal(r.stdout, "\n");
+    assert.equal(r.stdout, "");
+  });
+
+  it("umount, snapshot delete and backup delete print nothing on success", async () => {
+    for (
+      const argv of [["umount", "v1"], ["snapshot", "delete", "s1"], [
+        "backup",
+        "delete",
+        "vfs:///b?backup=backup-1&volume=v1",
+      ]]
+    ) {
+      const r = await runFake(argv);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.calls.length, 1);
+      assert.equal(r.stdout, "", argv.join(" "));
+      assert.equal(r.stderr, "", argv.join(" "));
+    }
+  });
+
+  it("create --size says when the driver rounded the size up or ignored it", async () => {
+    const sized = (driver: string, size: string) => (call: { path: string }) =>
+      call.path === "/v1/volumes/create"
+        ? "v1"
+        : JSON.stringify({ Driver: driver, DriverInfo: { Size: size } });
+    const loop = await runFake(["create", "v1", "--size", "1"], {
+      respond: sized("loop", "2097152"),
+    });
+    assert.equal(loop.code, 0);
+    assert.equal(loop.stdout, "v1\n");
+    assert.deepEqual(loop.calls[1], {
+      socket: DEFAULT_SOCKET,
+      method: "GET",
+      path: "/v1/volumes/",
+      body: { VolumeName: "v1" },
+    });
+    assert.equal(
+      loop.stderr,
+      'convoy: volume "v1" is 2097152 bytes (2 MiB), not the 1 asked for: the loop driver rounded the size up\n',
+    );
+    const vfs = await runFake(["create", "v1", "--size", "1G"], { respond: sized("vfs", "0") });
+    assert.equal(vfs.code, 0);
+    assert.equal(
+      vfs.stderr,
+      'convoy: --size 1073741824 was not applied: the vfs driver does not limit the size of volume "v1"\n',
+    );
+    const exact = await runFake(["create", "v1", "--size", "2M"], {
+      respond: sized("loop", "2097152"),
+    });
+    assert.equal(exact.stderr, "");
+    const verbose = await runFake(["--verbose", "create", "--size", "1"], {
+      respond: (call) =>
+        call.path === "/v1/volumes/create"
+          ? JSON.stringify({ Name: "volume-1", Driver: "loop" })
+          : JSON.stringify({ Driver: "loop", DriverInfo: { Size: "2097152" } }),
+    });
+    assert.deepEqual(verbose.calls[1].body, { VolumeName: "volume-1" });
+    assert.match(verbose.stderr, /^convoy: volume "volume-1" is 2097152 bytes/);
+    const unreported = await runFake(["create", "v1", "--size", "1G"], {
+      respond: (call) =>
+        call.path === "/v1/volumes/create"
+          ? "v1"
+          : JSON.stringify({ Driver: "my", DriverInfo: {} }),
+    });
+    assert.equal(
+      unreported.stderr,
+      'convoy: the my driver reports no size for volume "v1": --size 1073741824 may not have been applied\n',
+    );
+    const noSize = await runFake(["create", "v1"], { respond: sized("vfs", "0") });
+    assert.equal(noSize.calls.length, 1, "no --size, no second request");
   });
 
   it("mount accepts flags before or after the volume name", async () => {
@@ -212,7 +308,7 @@ describe("runCli() snapshot commands", () => {
       "/v1/snapshots/",
       { SnapshotName: "s1" },
     ]);
-    assert.equal(d.stdout, "\n");
+    assert.equal(d.stdout, "");
     const i = await runFake(["snapshot", "inspect", "s1"]);
     assert.deepEqual([i.calls[0].method, i.calls[0].path, i.calls[0].body], [
       "GET",
@@ -314,6 +410,14 @@ describe("runCli() backup commands", () => {
         { URL: url, Endpoint: "" },
       ]);
     }
+  });
+
+  it("backup create without --dest is a usage error naming --dest, with no request", async () => {
+    const r = await runFake(["backup", "create", "s1"]);
+    assert.equal(r.code, 2);
+    assert.equal(r.calls.length, 0);
+    assert.equal(r.stdout, "");
+    assert.match(r.stderr, /^convoy: error: [^\n]*'--dest <url>'[^\n]*\n$/);
   });
 
   it("backup create validates the snapshot name", async () => {
@@ -503,6 +607,25 @@ describe("runCli() shell completion", () => {
     assert.equal(console.log, log);
   });
 
+  it("completion bash says when bash-completion is missing instead of failing on TAB", async () => {
+    const r = await runFake(["completion", "bash"]);
+    const source = (prelude: string) =>
+      spawnSync("bash", ["--norc", "--noprofile"], {
+        input: `${prelude}\nsource /dev/stdin <<'CONVOY_EOF'\n${r.stdout}CONVOY_EOF\n` +
+          `echo "rc=$?"; declare -F __convoy_complete | wc -l\n`,
+        encoding: "utf8",
+      });
+    const without = source("");
+    assert.equal(
+      without.stderr,
+      "convoy: completion needs the bash-completion package (apt-get install bash-completion)\n",
+    );
+    assert.match(without.stdout, /^rc=1\n0\n$/);
+    const withIt = source("_get_comp_words_by_ref() { :; }");
+    assert.equal(withIt.stderr, "");
+    assert.equal(withIt.stdout, "rc=0\n1\n");
+  });
+
   it("completion zsh and fish print scripts", async () => {
     for (const shell of ["zsh", "fish"]) {
       const r = await runFake(["completion", shell]);
@@ -516,17 +639,86 @@ describe("runCli() shell completion", () => {
     assert.equal(r.code, 2);
   });
 
+  /** A daemon with volumes db1 (vfs, snapshot s1) and lv2 (loop), drivers vfs and loop. */
+  const daemon = (call: { path: string }) =>
+    call.path === "/v1/info"
+      ? JSON.stringify({ General: { DriverList: ["vfs", "loop"] }, vfs: {}, loop: {} })
+      : JSON.stringify({
+        db1: { Name: "db1", Driver: "vfs", Snapshots: { s1: { Name: "s1" } } },
+        lv2: { Name: "lv2", Driver: "loop", Snapshots: {} },
+      });
+  const values = (stdout: string) =>
+    stdout.split("\n").filter((l) => l && !l.startsWith(":")).map((l) => l.split("\t")[0]);
+
   it("complete -- answers command, flag and --driver value completions", async () => {
     const cmds = await runFake(["complete", "--", "sn"]);
     assert.equal(cmds.code, 0);
     assert.match(cmds.stdout, /^snapshot\t/m);
     const flags = await runFake(["complete", "--", "create", "--dr"]);
     assert.match(flags.stdout, /^--driver\t/m);
-    const values = await runFake(["complete", "--", "create", "--driver", ""]);
-    for (const d of ["vfs", "loop", "devicemapper", "ebs"]) {
-      assert.match(values.stdout, new RegExp(`^${d}\\t`, "m"));
-    }
+    const drivers = await runFake(["complete", "--", "create", "--driver", ""], {
+      respond: daemon,
+    });
+    assert.deepEqual(values(drivers.stdout), ["vfs", "loop"], "the daemon's drivers, no ebs");
+    const bundled = await runFake(["complete", "--", "daemon", "--drivers", ""]);
+    assert.deepEqual(values(bundled.stdout), ["vfs", "loop", "devicemapper"]);
     const sub = await runFake(["complete", "--", "backup", "l"]);
     assert.match(sub.stdout, /^list\t/m);
+  });
+
+  it("complete -- offers the daemon's volume and snapshot names where a command takes one", async () => {
+    for (const argv of [["mount"], ["umount"], ["delete"], ["inspect"], ["snapshot", "create"]]) {
+      const r = await runFake(["complete", "--", ...argv, ""], { respond: daemon });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(values(r.stdout), ["db1", "lv2"], argv.join(" "));
+    }
+    const mount = await runFake(["complete", "--", "mount", "d"], { respond: daemon });
+    assert.equal(mount.stdout, "db1\tvfs volume\n:4\n");
+    for (const argv of [["snapshot", "delete"], ["snapshot", "inspect"], ["backup", "create"]]) {
+      const r = await runFake(["complete", "--", ...argv, ""], { respond: daemon });
+      assert.deepEqual(values(r.stdout), ["s1"], argv.join(" "));
+    }
+    const listed = await runFake([
+      "complete",
+      "--",
+      "backup",
+      "list",
+      "vfs:///b",
+      "--volume-name",
+      "",
+    ], {
+      respond: daemon,
+    });
+    assert.deepEqual(values(listed.stdout), ["db1", "lv2"]);
+  });
+
+  it("complete -- asks the daemon on the words' --socket, and offers nothing when it fails", async () => {
+    const r = await runFake(["complete", "--", "--socket", "/tmp/other.sock", "mount", ""], {
+      respond: daemon,
+    });
+    assert.deepEqual(values(r.stdout), ["db1", "lv2"]);
+    assert.deepEqual(new Set(r.calls.map((c) => c.socket)), new Set(["/tmp/other.sock"]));
+    const down = await runFake(["complete", "--", "mount", ""], {
+      respond: () => {
+        throw new Error("cannot connect to convoy daemon");
+      },
+    });
+    assert.equal(down.code, 0);
+    assert.equal(down.stdout, ":4\n");
+    assert.equal(down.stderr, "");
+  });
+});
+
+describe("runCli() help", () => {
+  it("create --help names no driver that is not loaded, and list --driver is not a filter", async () => {
+    const create = await runFake(["create", "--help"]);
+    assert.equal(create.code, 0);
+    assert.doesNotMatch(create.stdout, /\b(ebs|digitalocean)\b/);
+    assert.match(create.stdout, /convoy info/);
+    const list = await runFake(["list", "--help"]);
+    assert.match(
+      list.stdout,
+      /--driver +print only each volume's driver information \(not a filter\)/,
+    );
   });
 });

@@ -39,9 +39,12 @@ export class Session {
     return out;
   }
 
-  /** Prints a response body followed by a newline, as Convoy does (empty body: empty line). */
+  /**
+   * Prints a response body followed by a newline, as Convoy does; an empty body (umount, delete,
+   * snapshot delete, backup delete) prints nothing, where Convoy printed an empty line.
+   */
   print(body: string): void {
-    this.deps.io.stdout(body + "\n");
+    if (body !== "") this.deps.io.stdout(body + "\n");
   }
 
   /** Writes one line to stderr. */

@@ -348,7 +348,12 @@ export async function handleDocker(svc: VolumeService, req: HttpRequest): Promis
     svc.log.debug("docker request", { path: req.path, volume: r.Name, id: r.ID });
     return reply(out);
   } catch (err) {
-    svc.log.warn("docker request failed", { path: req.path, error: errorMessage(err) });
+    // Docker asks Get before every Create: an unknown volume there is routine, not a warning.
+    const routine = req.path === "/VolumeDriver.Get" && isErrorCode(err, "NotFound");
+    (routine ? svc.log.debug : svc.log.warn).call(svc.log, "docker request failed", {
+      path: req.path,
+      error: errorMessage(err),
+    });
     return reply({ Err: errorMessage(err) });
   }
 }

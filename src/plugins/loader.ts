@@ -90,6 +90,33 @@ function setupOf(mod: Record<string, unknown>, file: string): PluginSetup {
   );
 }
 
+/** The module specifier a runtime's "cannot resolve" error names (Deno, Node, Bun). */
+const UNRESOLVED = [
+  /Import "([^"]+)" not a dependency/,
+  /Relative import path "([^"]+)" not prefixed/,
+  /Cannot find (?:package|module) ['"]([^'"]+)['"]/,
+  /Failed to resolve module specifier ['"]([^'"]+)['"]/,
+];
+
+/**
+ * Why a plugin file could not be imported, in one line without terminal colours: an import of
+ * a package becomes the plugin rule it breaks, instead of the runtime's advice (e.g. Deno's
+ * "deno add npm:zod", which a plugin cannot follow).
+ */
+export function explainImportError(err: unknown): string {
+  // deno-lint-ignore no-control-regex
+  const plain = errorMessage(err).replace(/\x1b\[[0-9;]*[A-Za-z]/g, "");
+  for (const re of UNRESOLVED) {
+    const spec = re.exec(plain)?.[1];
+    if (spec === undefined || /^(\.{0,2}\/|[a-z][a-z0-9+.-]*:)/i.test(spec)) continue;
+    return `it imports "${spec}", but a plugin may import only node: built-ins and, with ` +
+      `"import type", the plugin API types ("convoy/plugin-api"); everything else comes from ` +
+      `the api object (zod is api.deps.z)`;
+  }
+  return plain.split("\n").filter((l) => !/^\s*hint:/.test(l)).join(" ").replace(/\s+/g, " ")
+    .trim();
+}
+
 /** A plugin file that failed to load. */
 interface Failure {
   file: string;
@@ -118,7 +145,15 @@ export async function loadPlugins(opts: LoadOptions): Promise<Registry> {
   for (const b of opts.bundled) await run(b.source, () => Promise.resolve(b.setup));
   for (const folder of opts.folders) {
     for (const file of await findPluginFiles(resolve(folder))) {
-      await run(file, async () => setupOf(await importPlugin(file), file));
+      await run(file, async () => {
+        let mod: Record<string, unknown>;
+        try {
+          mod = await importPlugin(file);
+        } catch (err) {
+          throw new InvalidArgumentError(explainImportError(err));
+        }
+        return setupOf(mod, file);
+      });
     }
   }
   for (const name of opts.required) {

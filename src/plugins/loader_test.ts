@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createPluginApi } from "./host_api.ts";
-import { findPluginFiles, importPlugin, loadPlugins } from "./loader.ts";
+import { explainImportError, findPluginFiles, importPlugin, loadPlugins } from "./loader.ts";
 import { createExec } from "../runtime/exec.ts";
 import { silentLogger } from "../util/log.ts";
 import type { BackupStoreApi } from "../api/plugin.ts";
@@ -80,5 +80,56 @@ describe("plugin loader", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("loadPlugins() explains a plugin that imports a package, without colours or runtime hints", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-plugins-"));
+    try {
+      await writeFile(
+        join(dir, "zodder.ts"),
+        'import { z } from "zod";\nexport default (api: any) => api.register("zodder", () => z);\n',
+      );
+      const err = await loadPlugins({
+        bundled: [],
+        folders: [dir],
+        required: ["zodder"],
+        makeApi,
+        log: silentLogger,
+      }).then(() => undefined, (e: Error) => e);
+      assert.ok(err instanceof Error);
+      assert.equal(
+        err.message,
+        `Cannot load driver "zodder"; ${
+          join(dir, "zodder.ts")
+        } failed to load: it imports "zod", ` +
+          `but a plugin may import only node: built-ins and, with "import type", the plugin API ` +
+          `types ("convoy/plugin-api"); everything else comes from the api object (zod is api.deps.z)`,
+      );
+      assert.ok(!err.message.includes("\x1b"), "no terminal escapes");
+      assert.doesNotMatch(err.message, /deno add|hint/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("explainImportError() names the package from Node's and Bun's errors and strips colours", () => {
+    for (
+      const message of [
+        "Cannot find package 'left-pad' imported from /etc/convoy/plugins/a.js",
+        'Cannot find module "left-pad" from "/etc/convoy/plugins/a.js"',
+        'Failed to resolve module specifier "left-pad" from "data:text/javascript;base64,AA"',
+        'Import "left-pad" not a dependency\n  \x1b[0m\x1b[36mhint:\x1b[0m try `deno add npm:left-pad`',
+      ]
+    ) {
+      assert.match(explainImportError(new Error(message)), /^it imports "left-pad", but a plugin/);
+    }
+    assert.equal(
+      explainImportError(new Error('Module not found "file:///p/x.ts".\n  \x1b[36mhint:\x1b[0m x')),
+      'Module not found "file:///p/x.ts".',
+    );
+    assert.equal(
+      explainImportError(new Error("Cannot find module './helper.js' from '/p/a.js'")),
+      "Cannot find module './helper.js' from '/p/a.js'",
+    );
   });
 });

@@ -1,0 +1,123 @@
+/**
+ * The README's plugin example is a working driver: this test takes the exact code block marked
+ * `<!-- plugin-example: ... -->` from README.md, type-checks it against mod.ts, loads it into a
+ * real daemon and drives every volume operation through the CLI.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { convoy, DENO, ok, REPO, run, startDaemon, tempDir, type TestDaemon } from "./helpers.ts";
+
+/** The ```ts block that follows the README's plugin-example marker. */
+export async function readmePluginExample(): Promise<string> {
+  const readme = await readFile(join(REPO, "README.md"), "utf8");
+  const marker = readme.indexOf("<!-- plugin-example:");
+  assert.ok(marker >= 0, "README.md has no <!-- plugin-example: --> marker");
+  const m = /```ts\n([\s\S]*?)```\n/.exec(readme.slice(marker));
+  assert.ok(m, "no ```ts block after the plugin-example marker");
+  return m[1];
+}
+
+/** Convoy's time format, as api.util.now() writes it: "Mon Dec 07 15:49:30 +0000 2026". */
+const CONVOY_TIME = /^[A-Z][a-z]{2} [A-Z][a-z]{2} \d{2} \d{2}:\d{2}:\d{2} [+-]\d{4} \d{4}$/;
+
+describe("the README's plugin example", () => {
+  let d: TestDaemon;
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let plugins: string;
+  const cli = (args: string[]) => convoy(args, { socket: d.socket });
+  const okc = (args: string[]) => ok(args, { socket: d.socket });
+
+  before(async () => {
+    ({ dir, cleanup } = await tempDir("convoy-readme-plugin-"));
+    plugins = join(dir, "plugins");
+    await mkdir(plugins);
+    await writeFile(join(plugins, "mydriver.ts"), await readmePluginExample());
+    d = await startDaemon({
+      root: join(dir, "root"),
+      args: ["--plugins", plugins, "--drivers", "vfs", "--drivers", "mydriver"],
+    });
+  });
+  after(async () => {
+    await d?.stop();
+    await cleanup();
+  });
+
+  it("type-checks against the plugin API (mod.ts)", async () => {
+    const importMap = join(dir, "import_map.json");
+    const modUrl = pathToFileURL(join(REPO, "mod.ts")).href;
+    await writeFile(importMap, JSON.stringify({ imports: { "convoy/plugin-api": modUrl } }));
+    const r = await run(DENO, [
+      "check",
+      "--quiet",
+      "--config",
+      join(REPO, "deno.json"),
+      "--import-map",
+      importMap,
+      join(plugins, "mydriver.ts"),
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
+  it("is loaded by the daemon and listed by convoy info", async () => {
+    const info = JSON.parse(await okc(["info"]));
+    assert.deepEqual(info.General.DriverList, ["vfs", "mydriver"]);
+    assert.equal(info.mydriver.Path, join(d.root, "mydriver", "volumes"));
+  });
+
+  it("creates, inspects, lists, mounts, unmounts and deletes a volume", async () => {
+    assert.equal(await okc(["create", "rv1", "--driver", "mydriver"]), "rv1");
+    const inspected = JSON.parse(await okc(["inspect", "rv1"]));
+    assert.equal(inspected.Driver, "mydriver");
+    assert.match(inspected.CreatedTime, CONVOY_TIME);
+    assert.equal(inspected.MountPoint, "");
+    const path = join(d.root, "mydriver", "volumes", "rv1");
+    assert.deepEqual(inspected.DriverInfo, {
+      Driver: "mydriver",
+      MountPoint: "",
+      Path: path,
+      VolumeCreatedAt: inspected.CreatedTime,
+      VolumeName: "rv1",
+    });
+
+    const listed = JSON.parse(await okc(["list"]));
+    assert.deepEqual(Object.keys(listed), ["rv1"]);
+    assert.equal(listed.rv1.CreatedTime, inspected.CreatedTime);
+
+    assert.equal(await okc(["mount", "rv1"]), path);
+    assert.ok((await stat(path)).isDirectory());
+    await writeFile(join(path, "f"), "data");
+    assert.equal(JSON.parse(await okc(["inspect", "rv1"])).MountPoint, path);
+
+    const mountAt = await cli(["mount", "rv1", "--mountpoint", join(dir, "elsewhere")]);
+    assert.equal(mountAt.code, 1);
+    assert.match(mountAt.stderr, /mydriver cannot mount at --mountpoint/);
+
+    const busy = await cli(["delete", "rv1"]);
+    assert.equal(busy.code, 1, "a mounted volume is not deleted");
+    assert.equal(await readFile(join(path, "f"), "utf8"), "data");
+
+    assert.equal(await okc(["umount", "rv1"]), "");
+    assert.equal(JSON.parse(await okc(["inspect", "rv1"])).MountPoint, "");
+    assert.equal(await okc(["delete", "rv1"]), "");
+    await assert.rejects(stat(path), { code: "ENOENT" });
+    assert.equal((await cli(["inspect", "rv1"])).code, 1);
+    assert.deepEqual(JSON.parse(await okc(["list"])), {});
+  });
+
+  it("keeps its volumes across a daemon restart; delete --reference keeps the data", async () => {
+    await okc(["create", "rv2", "--driver", "mydriver"]);
+    const created = JSON.parse(await okc(["inspect", "rv2"])).CreatedTime;
+    await d.stop();
+    d = await startDaemon({
+      root: d.root,
+      args: ["--plugins", plugins, "--drivers", "vfs", "--drivers", "mydriver"],
+    });
+    assert.equal(JSON.parse(await okc(["inspect", "rv2"])).CreatedTime, created);
+    await okc(["delete", "--reference", "rv2"]);
+    assert.ok((await stat(join(d.root, "mydriver", "volumes", "rv2"))).isDirectory());
+  });
+});

@@ -1,0 +1,33 @@
+/**
+ * Sweeping the leftovers of interrupted writes (a process killed mid-write, a host that lost
+ * power): vfs temp files `.<name>.tmp-<hex>` that were never renamed into place, and S3
+ * multipart uploads that were never completed or aborted. Neither is ever visible as an object,
+ * so only their age tells a dead write from a live one.
+ * @module
+ */
+import type { ObjectStore } from "./types.ts";
+
+/**
+ * Leftovers idle for at least this long are swept: 1 hour. Age counts from the leftover's
+ * last write (vfs: the temp file's mtime; s3: the upload's newest part, else its start), and a
+ * live write touches it at least once per chunk (vfs: 1 MiB; s3: a part of 8 MiB or more), so
+ * only a write stalled for an hour could lose its temp object. A block write takes seconds.
+ */
+export const STALE_TEMP_AGE_MS = 60 * 60_000;
+
+/**
+ * Removes the leftovers of interrupted writes under `opts.prefix` (default: the whole store)
+ * idle for `opts.olderThanMs` (default STALE_TEMP_AGE_MS) or longer; resolves to their keys
+ * (vfs: the temp file's key; s3: `<key>?uploadId=<id>`). With `dryRun`, removes nothing.
+ * Resolves to [] for stores that leave no leftovers (mem://).
+ */
+export async function sweepStaleTemps(
+  store: ObjectStore,
+  opts: { olderThanMs?: number; prefix?: string; dryRun?: boolean } = {},
+): Promise<string[]> {
+  if (!store.sweepTemps) return [];
+  return await store.sweepTemps(opts.prefix ?? "", {
+    olderThanMs: opts.olderThanMs ?? STALE_TEMP_AGE_MS,
+    dryRun: opts.dryRun,
+  });
+}

@@ -19,7 +19,7 @@ import {
 } from "../api/errors.ts";
 import type { DeltaBlockOperations, Mapping, Progress } from "../api/driver.ts";
 import type { DeltaBackupOptions, VerifyReport } from "../api/plugin.ts";
-import { sweepStaleTemps } from "../store/sweep.ts";
+import { sweepQuietly } from "../store/sweep.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { BackgroundSync } from "../util/background_sync.ts";
@@ -277,12 +277,7 @@ export async function createDeltaBackup(
   /** Checksums of the blocks this backup wrote. */
   const own = new Set<string>();
   let completed = false;
-  const sweep = sweepStaleTemps(store, { prefix: volumeDir(vol) }).then(
-    (removed) => {
-      if (removed.length > 0) log.info("removed stale temporary objects", { removed });
-    },
-    (err) => log.warn("cannot sweep stale temporary objects", { error: errorMessage(err) }),
-  );
+  const sweep = sweepQuietly(store, { prefix: volumeDir(vol), log }); // beside the backup
   try {
     const record = await loadVolumeRecord(store, vol);
     const codec = record

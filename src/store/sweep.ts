@@ -5,6 +5,8 @@
  * so only their age tells a dead write from a live one.
  * @module
  */
+import { errorMessage } from "../api/errors.ts";
+import type { Logger } from "../util/log.ts";
 import type { ObjectStore } from "./types.ts";
 
 /**
@@ -30,4 +32,20 @@ export async function sweepStaleTemps(
     olderThanMs: opts.olderThanMs ?? STALE_TEMP_AGE_MS,
     dryRun: opts.dryRun,
   });
+}
+
+/**
+ * sweepStaleTemps under `opts.prefix` with the default safe age, for running beside other work:
+ * never rejects (a failure is logged as a warning), logs what it removed.
+ */
+export async function sweepQuietly(
+  store: ObjectStore,
+  opts: { prefix: string; log: Logger },
+): Promise<void> {
+  try {
+    const removed = await sweepStaleTemps(store, { prefix: opts.prefix });
+    if (removed.length > 0) opts.log.info("removed stale temporary objects", { removed });
+  } catch (err) {
+    opts.log.warn("cannot sweep stale temporary objects", { error: errorMessage(err) });
+  }
 }

@@ -12,8 +12,8 @@ import type { ObjectStore } from "./types.ts";
 /**
  * Leftovers idle for at least this long are swept: 1 hour. Age counts from the leftover's
  * last write (vfs: the temp file's mtime; s3: the upload's newest part, else its start), and a
- * live write touches it at least once per chunk (vfs: 1 MiB; s3: a part of 8 MiB or more), so
- * only a write stalled for an hour could lose its temp object. A block write takes seconds.
+ * live write touches it with every chunk it writes (vfs) or part it uploads (s3), so only a
+ * write stalled for an hour could lose its temp object. A block write takes seconds.
  */
 export const STALE_TEMP_AGE_MS = 60 * 60_000;
 

@@ -247,7 +247,7 @@ export class VfsStore implements ObjectStore {
   /**
    * Removes the temp files of writes that never reached their rename (a killed process) under
    * `prefix`, walking every folder below it, when unmodified for `olderThanMs`. A live write
-   * modifies its temp file at least once per MiB.
+   * modifies its temp file with every chunk it writes.
    */
   async sweepTemps(prefix: string, opts: SweepOptions): Promise<string[]> {
     const k = checkKey(prefix, { allowRoot: true });

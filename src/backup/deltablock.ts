@@ -262,7 +262,8 @@ export interface EngineOptions {
  * A block already in the store is reused only when a backup record references it (and it is not
  * empty), or after reading it back whole (decompressed, size and checksum checked); otherwise it
  * is written again. So the new backup passes verify if the blocks it builds on do. When the
- * backup fails or is cancelled, the blocks it uploaded are removed (discardUploads).
+ * backup fails or is cancelled, its record (if written) and the blocks it uploaded are removed
+ * (discardUploads).
  */
 export async function createDeltaBackup(
   store: ObjectStore,
@@ -276,6 +277,7 @@ export async function createDeltaBackup(
   const lease = await takeBackupLease(store, vol, { id: name, signal });
   /** Checksums of the blocks this backup wrote. */
   const own = new Set<string>();
+  let recorded = false;
   let completed = false;
   const sweep = sweepQuietly(store, { prefix: volumeDir(vol), log }); // beside the backup
   try {
@@ -431,6 +433,7 @@ export async function createDeltaBackup(
       VolumeCreatedAt: volume.createdTime,
       ChecksumAlgorithm: codec.checksum,
     };
+    recorded = true; // before the write: a write reported failed may still have landed
     await saveBackupRecord(store, backup);
     const updated: VolumeRecord & VolumeExtra = {
       ...(record ?? {}),
@@ -458,7 +461,14 @@ export async function createDeltaBackup(
     completed = true;
     return name;
   } finally {
-    if (!completed) await discardUploads(store, { volume: vol, sums: own, backup: name, log });
+    if (!completed) {
+      if (recorded) {
+        await store.remove(backupConfigPath(vol, name)).catch((err) =>
+          log.warn("cannot remove the failed backup's record", { error: errorMessage(err) })
+        );
+      }
+      await discardUploads(store, { volume: vol, sums: own, backup: name, log });
+    }
     await sweep;
     await lease.release().catch((err) =>
       log.warn("cannot release lease", { error: errorMessage(err) })

@@ -345,6 +345,37 @@ describe("delta-block engine", () => {
     assert.deepEqual(store.keys(), [], "no block, record or lease is left");
   });
 
+  it("a backup that fails writing volume.cfg removes its record, then the blocks no record references", async () => {
+    const store = new MemoryStore("failed-late");
+    const fail = { remove: false };
+    const write = store.write.bind(store);
+    const remove = store.remove.bind(store);
+    store.write = (key: string, body: Uint8Array | ReadableStream<Uint8Array>) =>
+      key.endsWith("volume.cfg") ? Promise.reject(new Error("disk full")) : write(key, body);
+    store.remove = (...keys: string[]) =>
+      fail.remove && keys.some((k) => k.includes("/backups/"))
+        ? Promise.reject(new Error("store unreachable"))
+        : remove(...keys);
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 3; b++) fill(img, b, b * 9 + 5);
+    disk.snapshot("s1", img);
+    await assert.rejects(backup(store, disk, "s1"), /disk full/);
+    assert.deepEqual(store.keys(), [], "no record, block or lease is left");
+
+    fail.remove = true; // the record cannot be removed: it stays, and so do its blocks
+    await assert.rejects(backup(store, disk, "s1"), /disk full/);
+    const records = store.keys().filter((k) => k.includes("/backups/"));
+    assert.equal(records.length, 1);
+    assert.equal(blockKeys(store).length, 3);
+    const rec = JSON.parse(new TextDecoder().decode(await store.read(records[0])));
+    assert.deepEqual(
+      rec.Blocks.map((b: { BlockChecksum: string }) => b.BlockChecksum).sort(),
+      blockKeys(store).map((k) => k.split("/").at(-1)!.slice(0, 64)).sort(),
+      "the blocks the record references stay",
+    );
+  });
+
   it("a failed backup keeps its blocks while another backup of the volume holds a lease", async () => {
     const store = new MemoryStore("failed-concurrent");
     const disk = new FakeDisk(volume.size);

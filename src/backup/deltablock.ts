@@ -3,7 +3,10 @@
  * under its checksum; a backup record maps offsets to checksums. Only the blocks a driver
  * reports changed since the volume's last backup are read; all-zero blocks are not stored.
  * Order of writes: blocks, then the backup record, then volume.cfg — a backup killed midway is
- * never listed, and a re-run reuses the blocks it had uploaded.
+ * never listed, and a re-run reuses the blocks it had uploaded once it has checked them (a
+ * killed upload may have left a truncated object). A backup that fails or is cancelled removes
+ * the blocks it uploaded (see discardUploads), and each backup sweeps the volume's stale
+ * temporary objects (see sweepStaleTemps).
  * @module
  */
 import { open, stat } from "node:fs/promises";
@@ -16,6 +19,7 @@ import {
 } from "../api/errors.ts";
 import type { DeltaBlockOperations, Mapping, Progress } from "../api/driver.ts";
 import type { DeltaBackupOptions, VerifyReport } from "../api/plugin.ts";
+import { sweepQuietly } from "../store/sweep.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { BackgroundSync } from "../util/background_sync.ts";
@@ -48,7 +52,12 @@ import {
 } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
 import { liveLeases, takeBackupLease, takeLease } from "./leases.ts";
-import type { BackupRecord, BlockMapping, VolumeRecord } from "./records.ts";
+import {
+  type BackupRecord,
+  type BlockMapping,
+  RecordParseError,
+  type VolumeRecord,
+} from "./records.ts";
 
 /** Blocks in flight at once: bounds memory to about this many × 2 × 2 MiB. */
 export const DEFAULT_CONCURRENCY = 8;
@@ -142,6 +151,102 @@ async function findBase(
   return best;
 }
 
+/** Checksums of the blocks that the volume's (readable) backup records reference. */
+async function referencedBlocks(store: ObjectStore, volume: string): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const name of await listBackupNames(store, volume)) {
+    let b: BackupRecord | undefined;
+    try {
+      b = await loadBackupRecord(store, { volume, backup: name });
+    } catch (err) {
+      if (err instanceof RecordParseError) continue; // restores nothing, so protects nothing
+      throw err;
+    }
+    for (const m of b?.Blocks ?? []) out.add(m.BlockChecksum);
+  }
+  return out;
+}
+
+/**
+ * Whether the object at `key` unpacks to a whole block with checksum `sum` (what verify and
+ * restore will check). A missing or undecodable object is not.
+ */
+async function storedBlockIsGood(
+  store: ObjectStore,
+  key: string,
+  opts: { sum: string; algo: ChecksumAlgorithm; buffers: Uint8Array[] },
+): Promise<boolean> {
+  let raw: Uint8Array;
+  try {
+    raw = await store.read(key);
+  } catch (err) {
+    if (isErrorCode(err, "NotFound")) return false;
+    throw err;
+  }
+  try {
+    const { data, length, checksum } = await unpackBlock(raw, {
+      algo: opts.algo,
+      into: opts.buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
+    });
+    opts.buffers.push(data);
+    return length === BLOCK_SIZE && checksum === opts.sum;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Removes the blocks (by checksum) that a failed or cancelled backup uploaded. The store's rule
+ * for concurrent backups: a live backup of the same volume (another daemon or host) may have
+ * found one of these blocks in the store and reused it, so nothing is removed while one holds a
+ * lease (`convoy backup gc` collects them later); blocks that a backup record references are
+ * kept. A gc lease is held meanwhile, as a delete's sweep holds one, so a backup starting now
+ * waits instead of reusing a block being removed. Never throws: what it cannot remove it logs
+ * and leaves to gc.
+ */
+async function discardUploads(
+  store: ObjectStore,
+  opts: { volume: string; sums: Set<string>; backup: string; log: Logger },
+): Promise<void> {
+  const { volume, log } = opts;
+  if (opts.sums.size === 0) return;
+  let lease;
+  try {
+    lease = await takeLease(store, volume, { kind: "gc", id: generateName("gc", 16) });
+  } catch (err) {
+    log.warn("cannot remove the failed backup's blocks; left for gc", {
+      blocks: opts.sums.size,
+      error: errorMessage(err),
+    });
+    return;
+  }
+  try {
+    const others = await liveLeases(store, volume, { kind: "backup", exceptID: opts.backup });
+    if (others.length > 0) {
+      log.info("another backup of this volume is running; the failed backup's blocks are kept", {
+        blocks: opts.sums.size,
+      });
+      return;
+    }
+    const referenced = await referencedBlocks(store, volume);
+    const keys = [...opts.sums].filter((sum) => !referenced.has(sum)).map((sum) =>
+      blockPath(volume, sum)
+    );
+    for (let i = 0; i < keys.length; i += 1000) {
+      const batch = keys.slice(i, i + 1000);
+      await (store.removeObjects ? store.removeObjects(...batch) : store.remove(...batch));
+    }
+    log.info("removed the failed backup's blocks", { blocksRemoved: keys.length });
+  } catch (err) {
+    log.warn("cannot remove the failed backup's blocks; left for gc", {
+      blocks: opts.sums.size,
+      error: errorMessage(err),
+    });
+  } finally {
+    await lease.release().catch(() => {});
+  }
+}
+
 /** Options of createDeltaBackup beyond the plugin API's. */
 export interface EngineOptions {
   log: Logger;
@@ -153,6 +258,12 @@ export interface EngineOptions {
  * Backs up a snapshot in delta-block format and resolves to the new backup's name. Incremental
  * against the newest earlier backup of the same volume identity whose snapshot the driver still
  * has; a full backup otherwise (never merged with a stale map).
+ *
+ * A block already in the store is reused only when a backup record references it (and it is not
+ * empty), or after reading it back whole (decompressed, size and checksum checked); otherwise it
+ * is written again. So the new backup passes verify if the blocks it builds on do. When the
+ * backup fails or is cancelled, its record (if written) and the blocks it uploaded are removed
+ * (discardUploads).
  */
 export async function createDeltaBackup(
   store: ObjectStore,
@@ -164,6 +275,11 @@ export async function createDeltaBackup(
   const log = opts.log.child({ volume: vol, snapshot: snapshot.name });
   const name = generateName("backup", 16);
   const lease = await takeBackupLease(store, vol, { id: name, signal });
+  /** Checksums of the blocks this backup wrote. */
+  const own = new Set<string>();
+  let recorded = false;
+  let completed = false;
+  const sweep = sweepQuietly(store, { prefix: volumeDir(vol), log }); // beside the backup
   try {
     const record = await loadVolumeRecord(store, vol);
     const codec = record
@@ -205,6 +321,9 @@ export async function createDeltaBackup(
     const zeroed: number[] = [];
     const progress: Progress = { done: 0, total: offsets.length, bytes: 0 };
     let uploaded = 0;
+    let rechecked = 0;
+    let replaced = 0;
+    let trusted: Promise<Set<string>> | undefined;
     const buffers: Uint8Array[] = [];
     await ops.openSnapshot(snapshot.name, vol);
     let file: string | undefined;
@@ -244,7 +363,24 @@ export async function createDeltaBackup(
                   if (!p) {
                     p = (async () => {
                       const key = blockPath(vol, sum);
-                      if (await store.stat(key)) return;
+                      const found = await store.stat(key);
+                      if (found) {
+                        trusted ??= referencedBlocks(store, vol);
+                        if (found.size > 0 && (await trusted).has(sum)) return;
+                        // Maybe left by a killed upload: truncated, empty or never completed.
+                        const good = await storedBlockIsGood(store, key, {
+                          sum,
+                          algo: codec.checksum,
+                          buffers,
+                        });
+                        if (good) {
+                          rechecked++;
+                          return;
+                        }
+                        replaced++;
+                        log.warn("replacing a damaged block", { block: sum, size: found.size });
+                      }
+                      own.add(sum);
                       const { packed, buffer, release } = await hashed.pack(codec.compression);
                       back = buffer;
                       await store.write(key, packed, { deferSync: true });
@@ -297,6 +433,7 @@ export async function createDeltaBackup(
       VolumeCreatedAt: volume.createdTime,
       ChecksumAlgorithm: codec.checksum,
     };
+    recorded = true; // before the write: a write reported failed may still have landed
     await saveBackupRecord(store, backup);
     const updated: VolumeRecord & VolumeExtra = {
       ...(record ?? {}),
@@ -315,12 +452,24 @@ export async function createDeltaBackup(
       blocksRead: offsets.length,
       blocksChanged: changed.length,
       bytesUploaded: uploaded,
+      blocksRechecked: rechecked,
+      blocksReplaced: replaced,
       compareSeconds: +((tCompared - t0) / 1000).toFixed(2),
       blocksSeconds: +((tBlocks - tCompared) / 1000).toFixed(2),
       flushSeconds: +((tFlushed - tBlocks) / 1000).toFixed(2),
     });
+    completed = true;
     return name;
   } finally {
+    if (!completed) {
+      if (recorded) {
+        await store.remove(backupConfigPath(vol, name)).catch((err) =>
+          log.warn("cannot remove the failed backup's record", { error: errorMessage(err) })
+        );
+      }
+      await discardUploads(store, { volume: vol, sums: own, backup: name, log });
+    }
+    await sweep;
     await lease.release().catch((err) =>
       log.warn("cannot release lease", { error: errorMessage(err) })
     );

@@ -1,8 +1,19 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { execFileSync } from "node:child_process";
 import { closeSync, constants, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import {
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  truncate,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
@@ -21,6 +32,7 @@ import {
 import { takeLease } from "./leases.ts";
 import { openStore } from "../store/registry.ts";
 import type { ObjectStore } from "../store/types.ts";
+import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import { s3TestEndpoint } from "../../tests/s3_helper.ts";
 
 const MiB = 1024 * 1024;
@@ -121,7 +133,7 @@ const volume = {
 };
 
 function backup(
-  store: MemoryStore,
+  store: ObjectStore,
   disk: FakeDisk,
   snap: string,
   extra: Record<string, unknown> = {},
@@ -135,7 +147,7 @@ function backup(
   });
 }
 
-async function restore(store: MemoryStore, name: string, under = tmpdir()): Promise<Uint8Array> {
+async function restore(store: ObjectStore, name: string, under = tmpdir()): Promise<Uint8Array> {
   const dir = await mkdtemp(join(under, "convoy-restore-"));
   try {
     const target = join(dir, "img");
@@ -154,6 +166,56 @@ async function restore(store: MemoryStore, name: string, under = tmpdir()): Prom
 }
 
 const blockKeys = (s: MemoryStore) => s.keys().filter((k) => k.endsWith(".blk"));
+
+/** Every object key under `prefix`, walking the store's listing. */
+async function allKeys(store: ObjectStore, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for (const name of await store.list(prefix)) {
+    const key = prefix === "" ? name : `${prefix}/${name}`;
+    if (await store.stat(key)) out.push(key);
+    else out.push(...await allKeys(store, key));
+  }
+  return out.sort();
+}
+
+/** Files under `dir`, relative, sorted (temp files included). */
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) out.push(join(e.parentPath, e.name).slice(dir.length + 1));
+  }
+  return out.sort();
+}
+
+/**
+ * Backs up six blocks, then leaves the store as a killed first backup would (no records) with
+ * its blocks damaged by `damage`, and backs up again: the new backup must pass verify.
+ */
+async function rerunOverDamagedBlocks(
+  store: ObjectStore,
+  damage: (blocks: string[]) => Promise<void>,
+): Promise<void> {
+  const disk = new FakeDisk(volume.size);
+  const img = new Uint8Array(volume.size);
+  for (let b = 0; b < 6; b++) fill(img, b, 5 * b + 3);
+  disk.snapshot("s1", img);
+  await backup(store, disk, "s1");
+  const keys = await allKeys(store);
+  await store.remove(...keys.filter((k) => k.endsWith(".cfg")));
+  await damage(keys.filter((k) => k.endsWith(".blk")));
+  const name = await backup(store, disk, "s1");
+  const report = await verifyDeltaBackup(store, { volume: "vol1", backup: name, url: "u" });
+  assert.deepEqual(report.problems, [], "the re-run backup reported success, so it must verify");
+  assert.equal(report.checked, 6);
+  assert.deepEqual(await restore(store, name), img);
+}
+
+/** `size` bytes that no codec can shrink. */
+function randomBytes(size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  for (let i = 0; i < size; i += 65536) crypto.getRandomValues(out.subarray(i, i + 65536));
+  return out;
+}
 
 describe("delta-block engine", () => {
   it("createDeltaBackup() stores each distinct non-zero block once and restores byte for byte", async () => {
@@ -233,24 +295,160 @@ describe("delta-block engine", () => {
     );
   });
 
-  it("a backup killed midway is never listed, and a re-run reuses the blocks it uploaded", async () => {
+  it("a backup that fails midway is never listed and leaves none of its blocks", async () => {
     const store = new MemoryStore("crash");
     const disk = new FakeDisk(volume.size);
     const img = new Uint8Array(volume.size);
     for (let b = 0; b < 8; b++) fill(img, b, b * 3 + 1);
     disk.snapshot("s1", img);
-    disk.failAfter = 5;
-    await assert.rejects(backup(store, disk, "s1", { concurrency: 1 }), /disk vanished/);
+    const first = await backup(store, disk, "s1");
+    const before = blockKeys(store);
+    fill(img, 1, 60);
+    fill(img, 6, 61);
+    fill(img, 7, 62);
+    disk.snapshot("s2", img);
+    disk.reads = 0;
+    disk.failAfter = 2;
+    await assert.rejects(backup(store, disk, "s2", { concurrency: 1 }), /disk vanished/);
     assert.deepEqual(
-      store.keys().filter((k) => k.includes("/backups/") || k.endsWith("volume.cfg")),
-      [],
+      store.keys().filter((k) => k.includes("/backups/")),
+      [`convoy-objectstore/volumes/vo/l1/vol1/backups/backup_${first}.cfg`],
     );
-    const uploaded = blockKeys(store).length;
-    assert.ok(uploaded >= 4 && uploaded <= 5);
+    assert.deepEqual(
+      blockKeys(store),
+      before,
+      "its 2 new blocks are gone, the first backup's kept",
+    );
+    assert.deepEqual(store.keys().filter((k) => k.includes("/leases/")), []);
     disk.failAfter = Infinity;
-    const name = await backup(store, disk, "s1");
+    const name = await backup(store, disk, "s2");
     assert.deepEqual(await restore(store, name), img);
-    assert.equal(blockKeys(store).length, 8);
+    assert.deepEqual(await restore(store, first), disk.snaps.get("s1"));
+  });
+
+  it("a cancelled backup leaves none of its blocks", async () => {
+    const store = new MemoryStore("cancel");
+    const ac = new AbortController();
+    const disk = new FakeDisk(volume.size);
+    disk.readSnapshot = (id, vol, start, data) => {
+      if (disk.reads === 4) ac.abort();
+      return FakeDisk.prototype.readSnapshot.call(disk, id, vol, start, data);
+    };
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 8; b++) fill(img, b, b * 7 + 2);
+    disk.snapshot("s1", img);
+    await assert.rejects(
+      backup(store, disk, "s1", { concurrency: 1, signal: ac.signal }),
+      (err: Error & { code?: string }) => err.code === "Cancelled",
+    );
+    assert.equal(disk.reads, 5, "it had uploaded blocks before the cancel");
+    assert.deepEqual(store.keys(), [], "no block, record or lease is left");
+  });
+
+  it("a backup that fails writing volume.cfg removes its record, then the blocks no record references", async () => {
+    const store = new MemoryStore("failed-late");
+    const fail = { remove: false };
+    const write = store.write.bind(store);
+    const remove = store.remove.bind(store);
+    store.write = (key: string, body: Uint8Array | ReadableStream<Uint8Array>) =>
+      key.endsWith("volume.cfg") ? Promise.reject(new Error("disk full")) : write(key, body);
+    store.remove = (...keys: string[]) =>
+      fail.remove && keys.some((k) => k.includes("/backups/"))
+        ? Promise.reject(new Error("store unreachable"))
+        : remove(...keys);
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 3; b++) fill(img, b, b * 9 + 5);
+    disk.snapshot("s1", img);
+    await assert.rejects(backup(store, disk, "s1"), /disk full/);
+    assert.deepEqual(store.keys(), [], "no record, block or lease is left");
+
+    fail.remove = true; // the record cannot be removed: it stays, and so do its blocks
+    await assert.rejects(backup(store, disk, "s1"), /disk full/);
+    const records = store.keys().filter((k) => k.includes("/backups/"));
+    assert.equal(records.length, 1);
+    assert.equal(blockKeys(store).length, 3);
+    const rec = JSON.parse(new TextDecoder().decode(await store.read(records[0])));
+    assert.deepEqual(
+      rec.Blocks.map((b: { BlockChecksum: string }) => b.BlockChecksum).sort(),
+      blockKeys(store).map((k) => k.split("/").at(-1)!.slice(0, 64)).sort(),
+      "the blocks the record references stay",
+    );
+  });
+
+  it("a failed backup keeps its blocks while another backup of the volume holds a lease", async () => {
+    const store = new MemoryStore("failed-concurrent");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 8; b++) fill(img, b, b * 5 + 4);
+    disk.snapshot("s1", img);
+    const other = await takeLease(store, "vol1", { kind: "backup", id: "other-host" });
+    try {
+      disk.failAfter = 3;
+      await assert.rejects(backup(store, disk, "s1", { concurrency: 1 }), /disk vanished/);
+      assert.equal(blockKeys(store).length, 3, "the other backup may have reused any of them");
+    } finally {
+      await other.release();
+    }
+  });
+
+  it("a re-run backup checks the blocks a killed backup left and replaces damaged ones (vfs)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-damaged-"));
+    try {
+      const store = await openStore(`vfs://${dir}`);
+      await rerunOverDamagedBlocks(store, async (blocks) => {
+        const path = (key: string) => join(dir, key);
+        await truncate(path(blocks[0]), 100);
+        const flipped = await readFile(path(blocks[1]));
+        for (let i = flipped.length >> 1; i < flipped.length; i += 97) flipped[i] ^= 0xff;
+        await writeFile(path(blocks[1]), flipped);
+        await writeFile(path(blocks[2]), "");
+      });
+      assert.deepEqual((await filesUnder(dir)).filter((f) => f.includes(".tmp-")), []);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("createDeltaBackup() sweeps the volume's stale temp files and keeps fresh ones (vfs)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-sweep-"));
+    try {
+      const store = await openStore(`vfs://${dir}`);
+      const blocks = join(dir, "convoy-objectstore/volumes/vo/l1/vol1/blocks");
+      const stale = join(blocks, "ab/cd", `.${"ab".repeat(32)}.blk.tmp-0badf00d`);
+      const fresh = join(blocks, "12/34", `.${"12".repeat(32)}.blk.tmp-0123abcd`);
+      for (const f of [stale, fresh]) {
+        await mkdir(join(f, ".."), { recursive: true });
+        await writeFile(f, "partial");
+      }
+      const old = (Date.now() - STALE_TEMP_AGE_MS - 60_000) / 1000;
+      await utimes(stale, old, old);
+      const disk = new FakeDisk(volume.size);
+      const img = new Uint8Array(volume.size);
+      fill(img, 2, 8);
+      disk.snapshot("s1", img);
+      await backup(store, disk, "s1");
+      const temps = (await filesUnder(dir)).filter((f) => f.includes(".tmp-"));
+      assert.deepEqual(temps, [fresh.slice(dir.length + 1)], "a live write's temp file stays");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a re-run backup replaces a damaged block that a completed backup's record references when it is empty", async () => {
+    const store = new MemoryStore("empty-referenced");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 0, 9);
+    disk.snapshot("s1", img);
+    const first = await backup(store, disk, "s1");
+    await store.write(blockKeys(store)[0], new Uint8Array()); // left by a killed PUT
+    disk.snaps.delete("s1"); // a full backup, which finds the block in the store
+    disk.snapshot("s2", img);
+    const second = await backup(store, disk, "s2");
+    const report = await verifyDeltaBackup(store, { volume: "vol1", backup: second, url: "u" });
+    assert.deepEqual(report.problems, []);
+    assert.deepEqual(await restore(store, first), img, "the older backup is repaired too");
   });
 
   it("deleteDeltaBackup() keeps blocks other backups use, and removes the volume's folder with the last backup", async () => {
@@ -508,7 +706,59 @@ describe("delta-block engine", () => {
   });
 });
 
+describe("delta-block engine on a full filesystem", () => {
+  it("a backup that fails with ENOSPC removes its blocks, and the next backup of another volume succeeds", async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-enospc-"));
+    try {
+      try {
+        execFileSync("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", dir], { stdio: "pipe" });
+      } catch (err) {
+        t.skip(`cannot mount a tmpfs: ${(err as Error).message}`);
+        return;
+      }
+      try {
+        const store = await openStore(`vfs://${dir}`);
+        const big = { ...volume, name: "big1", size: 12 * BLOCK_SIZE, uuid: "u-big" };
+        const disk = new FakeDisk(big.size);
+        disk.snapshot("s1", randomBytes(big.size));
+        await assert.rejects(
+          backup(store, disk, "s1", { volume: big }),
+          /no space left on device|ENOSPC/i,
+        );
+        assert.deepEqual(await filesUnder(dir), [], "no block, temp file or lease is left");
+        const small = { ...volume, name: "small1", size: 4 * BLOCK_SIZE, uuid: "u-small" };
+        const disk2 = new FakeDisk(small.size);
+        const img = randomBytes(small.size);
+        disk2.snapshot("s1", img);
+        const name = await backup(store, disk2, "s1", { volume: small });
+        const report = await verifyDeltaBackup(store, { volume: "small1", backup: name, url: "u" });
+        assert.deepEqual(report.problems, []);
+        assert.equal(report.checked, 4);
+      } finally {
+        execFileSync("umount", [dir]);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("delta-block engine on S3 (local S3 server)", () => {
+  it("a re-run backup replaces the empty and truncated blocks a killed upload left (s3)", async () => {
+    const s3 = await s3TestEndpoint({ prefix: "convoy-damaged" });
+    try {
+      const store = await openStore(`s3://${s3.bucket}@us-east-1/damaged`, {
+        endpoint: s3.endpoint,
+      });
+      await rerunOverDamagedBlocks(store, async (blocks) => {
+        await store.write(blocks[0], new Uint8Array());
+        await store.write(blocks[1], (await store.read(blocks[1])).subarray(0, 50));
+      });
+    } finally {
+      await s3.close();
+    }
+  });
+
   it("backs up, restores incrementally and garbage-collects through an s3:// store", async () => {
     const s3 = await s3TestEndpoint({ prefix: "convoy-delta" });
     try {

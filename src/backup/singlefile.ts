@@ -14,6 +14,7 @@ import {
   NotFoundError,
   NotSupportedError,
 } from "../api/errors.ts";
+import { sweepQuietly } from "../store/sweep.ts";
 import { downloadFile, uploadFile } from "../store/transfer.ts";
 import { checkKey, type ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
@@ -91,6 +92,7 @@ export async function createSingleFileBackup(
     SingleFile: { FilePath: archive },
   };
   const written: string[] = [];
+  const sweep = sweepQuietly(store, { prefix: volumeDir(volume), log }); // beside the upload
   try {
     log.debug("Uploading backup archive", { file, key: archive });
     written.push(archive);
@@ -108,6 +110,8 @@ export async function createSingleFileBackup(
       log.error("Cannot clean up a failed backup", { keys: written, error: errorMessage(e) })
     );
     throw err;
+  } finally {
+    await sweep;
   }
   log.info("Created single-file backup", { snapshot: opts.snapshot.name });
   return backup;

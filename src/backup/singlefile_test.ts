@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { BackendError, NotSupportedError } from "../api/errors.ts";
 import { MemoryStore } from "../store/memory.ts";
+import { openStore } from "../store/registry.ts";
+import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { silentLogger } from "../util/log.ts";
 import { createSingleFileBackup, deleteSingleFileBackup } from "./singlefile.ts";
@@ -53,6 +55,28 @@ function backup(store: ObjectStore, file: string): Promise<string> {
 }
 
 describe("createSingleFileBackup()", () => {
+  it("createSingleFileBackup() sweeps the volume's stale temp files and keeps fresh ones (vfs)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-sf-sweep-"));
+    try {
+      const files = join(dir, "convoy-objectstore/volumes/vo/l1/vol1/BackupFiles");
+      await mkdir(files, { recursive: true });
+      await writeFile(join(files, ".backup-1.bak.tmp-0badf00d"), "killed upload");
+      await writeFile(join(files, ".backup-2.bak.tmp-0123abcd"), "live upload");
+      const old = (Date.now() - STALE_TEMP_AGE_MS - 60_000) / 1000;
+      await utimes(join(files, ".backup-1.bak.tmp-0badf00d"), old, old);
+      const store = await openStore(`vfs://${dir}`);
+      await withArchive(async (file) => {
+        const name = await backup(store, file);
+        assert.deepEqual((await readdir(files)).sort(), [
+          ".backup-2.bak.tmp-0123abcd",
+          `${name}.bak`,
+        ]);
+      });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("createSingleFileBackup() writes the archive, then the backup record, then volume.cfg", async () => {
     await withArchive(async (file) => {
       const store = recording();

@@ -16,6 +16,8 @@
  *   a multipart upload (parts of 8 MiB or more, up to 4 in flight), aborted when anything fails.
  * - `list` and `remove` paginate; `remove("a/vol1")` deletes "a/vol1" and "a/vol1/..." only,
  *   never "a/vol10", in DeleteObjects batches of at most 1000 keys.
+ * - `sweepTemps` aborts the multipart uploads (under the prefix) that a killed writer never
+ *   completed or aborted, once idle for the given age (newest part, else start).
  * @module
  */
 import type { S3Client } from "@aws-sdk/client-s3";
@@ -33,6 +35,7 @@ import {
   type ObjectStore,
   type OpenStoreOptions,
   type StoreFactory,
+  type SweepOptions,
   type WriteOptions,
 } from "./types.ts";
 
@@ -717,6 +720,57 @@ export class S3Store implements ObjectStore {
       }
     });
     await flush(true);
+  }
+
+  /**
+   * Aborts the incomplete multipart uploads under `prefix` whose newest part (or, without
+   * parts, whose start) is at least `olderThanMs` old; resolves to `<key>?uploadId=<id>` of each.
+   */
+  async sweepTemps(prefix: string, opts: SweepOptions): Promise<string[]> {
+    const k = checkKey(prefix, { allowRoot: true });
+    const Bucket = this.bucket;
+    const sdk = this.#sdk;
+    const cutoff = Date.now() - opts.olderThanMs;
+    const out: string[] = [];
+    const old = (d: Date | undefined) => d !== undefined && d.getTime() <= cutoff;
+    try {
+      let KeyMarker: string | undefined;
+      let UploadIdMarker: string | undefined;
+      do {
+        const page = await this.#client.send(
+          new sdk.ListMultipartUploadsCommand({
+            Bucket,
+            Prefix: this.#dir(k),
+            ...(KeyMarker !== undefined ? { KeyMarker, UploadIdMarker } : {}),
+          }),
+        );
+        for (const u of page.Uploads ?? []) {
+          if (!u.Key || !u.UploadId || !old(u.Initiated)) continue;
+          const parts = await this.#client.send(
+            new sdk.ListPartsCommand({ Bucket, Key: u.Key, UploadId: u.UploadId }),
+          ).catch((err) => {
+            if (classifyS3Error(err) === "not-found") return undefined; // finished meanwhile
+            throw err;
+          });
+          if (!parts) continue;
+          // One page (1000 parts) suffices: parts are written in order, 4 in flight at most.
+          if ((parts.Parts ?? []).some((p) => !old(p.LastModified))) continue;
+          if (!opts.dryRun) {
+            await this.#client.send(
+              new sdk.AbortMultipartUploadCommand({ Bucket, Key: u.Key, UploadId: u.UploadId }),
+            ).catch((err) => {
+              if (classifyS3Error(err) !== "not-found") throw err; // completed or aborted meanwhile
+            });
+          }
+          out.push(`${u.Key.slice(this.#dir("").length)}?uploadId=${u.UploadId}`);
+        }
+        KeyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+        UploadIdMarker = page.NextUploadIdMarker;
+      } while (KeyMarker !== undefined);
+    } catch (err) {
+      throw this.#fail("sweep", k, err);
+    }
+    return out.sort();
   }
 
   /** Deletes exactly these objects (no prefix walk), in DeleteObjects batches of 1000. */

@@ -16,6 +16,7 @@ import {
   S3StoreError,
 } from "./s3.ts";
 import { runObjectStoreSuite } from "./suite.ts";
+import { STALE_TEMP_AGE_MS, sweepStaleTemps } from "./sweep.ts";
 import type { ObjectStore } from "./types.ts";
 
 const enc = new TextEncoder();
@@ -407,6 +408,65 @@ describe("S3Store failure handling", () => {
           'Cannot remove "x" in "s3://bucket@us-east-1/p": access denied (check credentials): Access Denied (AccessDenied)',
       });
       assert.deepEqual(fake.requests, ["GET /bucket/", "POST /bucket/"]);
+    } finally {
+      await fake.close();
+    }
+  });
+});
+
+describe("S3Store.sweepTemps()", () => {
+  before(() => useTestCredentials());
+
+  it("sweepStaleTemps() aborts only multipart uploads idle for the safe age", async () => {
+    const long = new Date(Date.now() - STALE_TEMP_AGE_MS - 60_000).toISOString();
+    const now = new Date().toISOString();
+    const upload = (key: string, id: string, at: string) =>
+      `<Upload><Key>${key}</Key><UploadId>${id}</UploadId><Initiated>${at}</Initiated></Upload>`;
+    const part = (at: string) =>
+      `<Part><PartNumber>1</PartNumber><LastModified>${at}</LastModified><ETag>"e"</ETag><Size>5242880</Size></Part>`;
+    const calls: string[] = [];
+    const fake = await fakeS3((req, res) => {
+      const url = new URL(req.url ?? "/", "http://x");
+      calls.push(`${req.method} ${url.pathname}?${url.searchParams}`);
+      const id = url.searchParams.get("uploadId");
+      if (req.method === "DELETE") {
+        res.writeHead(204);
+        res.end();
+        return;
+      }
+      res.writeHead(200, { "content-type": "application/xml" });
+      if (url.searchParams.has("uploads")) {
+        res.end(
+          `<?xml version="1.0" encoding="UTF-8"?><ListMultipartUploadsResult><Bucket>bucket</Bucket><IsTruncated>false</IsTruncated>${
+            upload("p/v/a.bak", "idle", long) + upload("p/v/b.bak", "busy", long) +
+            upload("p/v/c.bak", "new", now)
+          }</ListMultipartUploadsResult>`,
+        );
+      } else {
+        res.end(
+          `<?xml version="1.0" encoding="UTF-8"?><ListPartsResult><Bucket>bucket</Bucket><UploadId>${id}</UploadId><IsTruncated>false</IsTruncated>${
+            part(id === "busy" ? now : long)
+          }</ListPartsResult>`,
+        );
+      }
+    });
+    try {
+      const store = await openS3Store("s3://bucket@us-east-1/p", {
+        endpoint: fake.endpoint,
+        retry: FAST_RETRY,
+      });
+      assert.deepEqual(await sweepStaleTemps(store, { prefix: "v", dryRun: true }), [
+        "v/a.bak?uploadId=idle",
+      ]);
+      assert.ok(!calls.some((c) => c.startsWith("DELETE")), "a dry run aborts nothing");
+      calls.length = 0;
+      assert.deepEqual(await sweepStaleTemps(store, { prefix: "v" }), ["v/a.bak?uploadId=idle"]);
+      assert.deepEqual(calls, [ // the fresh upload "new" is not even looked at
+        "GET /bucket/?prefix=p%2Fv%2F&uploads=",
+        "GET /bucket/p/v/a.bak?uploadId=idle&x-id=ListParts",
+        "DELETE /bucket/p/v/a.bak?uploadId=idle&x-id=AbortMultipartUpload",
+        "GET /bucket/p/v/b.bak?uploadId=busy&x-id=ListParts",
+      ]);
     } finally {
       await fake.close();
     }

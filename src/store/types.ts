@@ -62,6 +62,21 @@ export interface ObjectStore {
   removeObjects?(...keys: string[]): Promise<void>;
   /** Optional: makes every object written with `deferSync` durable. Stores without it are always durable. */
   flush?(): Promise<void>;
+  /**
+   * Optional: removes the leftovers of interrupted writes under `prefix` (`""` = everywhere)
+   * that nothing has written to for `olderThanMs` or longer, and resolves to what it removed
+   * (or would remove, with `dryRun`). Stores whose writes leave nothing behind lack it. Call it
+   * through `sweepStaleTemps` (sweep.ts).
+   */
+  sweepTemps?(prefix: string, opts: SweepOptions): Promise<string[]>;
+}
+
+/** Options of `ObjectStore.sweepTemps`. */
+export interface SweepOptions {
+  /** Leftovers idle for less than this are kept: they may belong to a live write. */
+  olderThanMs: number;
+  /** List what would be removed, remove nothing. */
+  dryRun?: boolean;
 }
 
 /** Options of `StoreFactory.open`. */

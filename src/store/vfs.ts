@@ -3,7 +3,7 @@
  * operations only). Objects are files, "subdirectories" are directories (mode 0755).
  * @module
  */
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, readFile, rename, rm, rmdir, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import {
   BackendError,
@@ -16,7 +16,13 @@ import { BackgroundSync } from "../util/background_sync.ts";
 import { fsyncDir } from "../util/fs.ts";
 import { pool } from "../util/pool.ts";
 import { parseVfsURL } from "./dest_url.ts";
-import { checkKey, type ObjectStore, type StoreFactory, type WriteOptions } from "./types.ts";
+import {
+  checkKey,
+  type ObjectStore,
+  type StoreFactory,
+  type SweepOptions,
+  type WriteOptions,
+} from "./types.ts";
 
 const CHUNK = 1 << 20;
 /** Deferred syncs start in the background every this many bytes written (BackgroundSync). */
@@ -236,6 +242,46 @@ export class VfsStore implements ObjectStore {
       }
       await this.#prune(dirname(path), k);
     }
+  }
+
+  /**
+   * Removes the temp files of writes that never reached their rename (a killed process) under
+   * `prefix`, walking every folder below it, when unmodified for `olderThanMs`. A live write
+   * modifies its temp file with every chunk it writes.
+   */
+  async sweepTemps(prefix: string, opts: SweepOptions): Promise<string[]> {
+    const k = checkKey(prefix, { allowRoot: true });
+    const cutoff = Date.now() - opts.olderThanMs;
+    const out: string[] = [];
+    const walk = async (key: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(this.#path(key), { withFileTypes: true });
+      } catch (err) {
+        if (isMissing(err)) return;
+        throw this.#fail("sweep", key, err);
+      }
+      for (const e of entries) {
+        const child = key === "" ? e.name : `${key}/${e.name}`;
+        if (e.isDirectory()) {
+          await walk(child);
+          continue;
+        }
+        if (!e.isFile() || !TEMP_NAME.test(e.name)) continue;
+        const path = this.#path(child);
+        try {
+          if ((await lstat(path)).mtimeMs > cutoff) continue;
+          if (!opts.dryRun) await rm(path, { force: true });
+        } catch (err) {
+          if (isMissing(err)) continue;
+          throw this.#fail("sweep", child, err);
+        }
+        out.push(child);
+        if (!opts.dryRun) await this.#prune(dirname(path), child);
+      }
+    };
+    await walk(k);
+    return out.sort();
   }
 
   /** Removes `dir` and its parents while empty, up to (not including) the root. */

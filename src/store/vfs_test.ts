@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { InvalidArgumentError, NotFoundError } from "../api/errors.ts";
 import { runObjectStoreSuite } from "./suite.ts";
+import { STALE_TEMP_AGE_MS, sweepStaleTemps } from "./sweep.ts";
 import { openVfsStore } from "./vfs.ts";
 
 async function tempDir(): Promise<string> {
@@ -133,6 +134,39 @@ describe("VfsStore", () => {
       await store.remove("convoy-objectstore/volumes/vo/l1/vol1");
       assert.deepEqual(await readdir(dir), []);
       assert.ok((await stat(dir)).isDirectory());
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("sweepStaleTemps() removes temp files idle for the safe age, keeps fresh ones and objects", async () => {
+    const dir = await tempDir();
+    try {
+      const store = await openVfsStore(`vfs://${dir}`);
+      await store.write("a/b/obj", new Uint8Array([1]));
+      const old = (Date.now() - STALE_TEMP_AGE_MS - 60_000) / 1000;
+      const temp = async (key: string, stale: boolean) => {
+        const path = join(dir, ...key.split("/"));
+        await mkdir(join(path, ".."), { recursive: true });
+        await writeFile(path, "partial");
+        if (stale) await utimes(path, old, old);
+      };
+      await temp("a/b/.obj.tmp-0123abcd", true); // killed mid-write
+      await temp("a/.x.tmp-89abcdef", false); // a live write
+      await temp("c/d/.y.tmp-00000000", true); // alone in its folder
+      await temp("a/b/.obj.tmp-notahex!", true); // not a temp name
+      const stale = ["a/b/.obj.tmp-0123abcd", "c/d/.y.tmp-00000000"];
+      assert.deepEqual(await sweepStaleTemps(store, { dryRun: true }), stale);
+      assert.deepEqual(await sweepStaleTemps(store, { prefix: "a" }), [stale[0]]);
+      assert.deepEqual(await sweepStaleTemps(store), [stale[1]]);
+      assert.deepEqual(await readdir(dir), ["a"], "the emptied folders are pruned");
+      assert.deepEqual((await readdir(join(dir, "a"), { recursive: true })).sort(), [
+        ".x.tmp-89abcdef",
+        "b",
+        "b/.obj.tmp-notahex!",
+        "b/obj",
+      ]);
+      assert.deepEqual(await sweepStaleTemps(store, { olderThanMs: 0 }), ["a/.x.tmp-89abcdef"]);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -51,6 +51,8 @@ export function withRetry(store: ObjectStore, opts: RetryOptions = {}): ObjectSt
       retry(() => store.write(key, body, wopts), body instanceof Uint8Array ? attempts : 1),
     list: (prefix) => retry(() => store.list(prefix)),
     remove: (...keys) => retry(() => store.remove(...keys)),
+    ...(store.sweepTemps &&
+      { sweepTemps: (prefix, sopts) => retry(() => store.sweepTemps!(prefix, sopts)) }),
   };
 }
 
@@ -80,5 +82,10 @@ export function withLogging(store: ObjectStore, log: Logger): ObjectStore {
       logged("write", key, () => store.write(key, body, wopts)),
     list: (prefix) => logged("list", prefix, () => store.list(prefix)),
     remove: (...keys) => logged("remove", keys.join(" "), () => store.remove(...keys)),
+    ...(store.sweepTemps &&
+      {
+        sweepTemps: (prefix, sopts) =>
+          logged("sweep", prefix, () => store.sweepTemps!(prefix, sopts)),
+      }),
   };
 }

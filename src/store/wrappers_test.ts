@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { BackendError, NotFoundError } from "../api/errors.ts";
-import type { LogFields, Logger } from "../util/log.ts";
+import { type LogFields, type Logger, silentLogger } from "../util/log.ts";
 import { MemoryStore } from "./memory.ts";
 import type { ObjectStore } from "./types.ts";
+import { sweepStaleTemps } from "./sweep.ts";
 import { withLogging, withRetry } from "./wrappers.ts";
 
 /** A store whose `read` fails `failures` times with `err` before delegating. */
@@ -18,6 +19,15 @@ function flaky(store: ObjectStore, failures: number, err: Error): ObjectStore & 
 }
 
 describe("withRetry()", () => {
+  it("withRetry() and withLogging() keep a store's sweepTemps, and add none", async () => {
+    const mem = Object.assign(new MemoryStore(), {
+      sweepTemps: (prefix: string) => Promise.resolve([`swept ${prefix}`]),
+    });
+    const wrapped = withLogging(withRetry(mem), silentLogger);
+    assert.deepEqual(await sweepStaleTemps(wrapped, { prefix: "a" }), ["swept a"]);
+    assert.equal(withLogging(withRetry(new MemoryStore()), silentLogger).sweepTemps, undefined);
+  });
+
   it("withRetry() retries a transient BackendError", async () => {
     const mem = new MemoryStore();
     await mem.write("k", new Uint8Array([7]));

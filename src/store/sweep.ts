@@ -1,0 +1,51 @@
+/**
+ * Sweeping the leftovers of interrupted writes (a process killed mid-write, a host that lost
+ * power): vfs temp files `.<name>.tmp-<hex>` that were never renamed into place, and S3
+ * multipart uploads that were never completed or aborted. Neither is ever visible as an object,
+ * so only their age tells a dead write from a live one.
+ * @module
+ */
+import { errorMessage } from "../api/errors.ts";
+import type { Logger } from "../util/log.ts";
+import type { ObjectStore } from "./types.ts";
+
+/**
+ * Leftovers idle for at least this long are swept: 1 hour. Age counts from the leftover's
+ * last write (vfs: the temp file's mtime; s3: the upload's newest part, else its start), and a
+ * live write touches it with every chunk it writes (vfs) or part it uploads (s3), so only a
+ * write stalled for an hour could lose its temp object. A block write takes seconds.
+ */
+export const STALE_TEMP_AGE_MS = 60 * 60_000;
+
+/**
+ * Removes the leftovers of interrupted writes under `opts.prefix` (default: the whole store)
+ * idle for `opts.olderThanMs` (default STALE_TEMP_AGE_MS) or longer; resolves to their keys
+ * (vfs: the temp file's key; s3: `<key>?uploadId=<id>`). With `dryRun`, removes nothing.
+ * Resolves to [] for stores that leave no leftovers (mem://).
+ */
+export async function sweepStaleTemps(
+  store: ObjectStore,
+  opts: { olderThanMs?: number; prefix?: string; dryRun?: boolean } = {},
+): Promise<string[]> {
+  if (!store.sweepTemps) return [];
+  return await store.sweepTemps(opts.prefix ?? "", {
+    olderThanMs: opts.olderThanMs ?? STALE_TEMP_AGE_MS,
+    dryRun: opts.dryRun,
+  });
+}
+
+/**
+ * sweepStaleTemps under `opts.prefix` with the default safe age, for running beside other work:
+ * never rejects (a failure is logged as a warning), logs what it removed.
+ */
+export async function sweepQuietly(
+  store: ObjectStore,
+  opts: { prefix: string; log: Logger },
+): Promise<void> {
+  try {
+    const removed = await sweepStaleTemps(store, { prefix: opts.prefix });
+    if (removed.length > 0) opts.log.info("removed stale temporary objects", { removed });
+  } catch (err) {
+    opts.log.warn("cannot sweep stale temporary objects", { error: errorMessage(err) });
+  }
+}

@@ -2,7 +2,9 @@ import type { CommandUnknownOpts } from "@commander-js/extra-typings";
 import { oneLine, ReportedFailure } from "./exit.ts";
 import { checkName, iopsArg, normalizeBackupUrl, sizeArg } from "./parse.ts";
 import type { Session } from "./session.ts";
+import { withProgress } from "./progress.ts";
 import { errorMessage } from "../api/errors.ts";
+import { generateName } from "../util/names.ts";
 
 /** Volume commands: info, create, delete, mount, umount, list, inspect. */
 export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void {
@@ -29,8 +31,9 @@ export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void
       const volume = name ?? "";
       if (volume !== "") checkName(volume, "volume");
       const backup = normalizeBackupUrl(opts.backup ?? "");
-      s.print(
-        await s.call("POST", "/v1/volumes/create", {
+      const jobID = backup ? generateName("job", 16) : "";
+      const create = () =>
+        s.call("POST", "/v1/volumes/create", {
           Name: volume,
           DriverName: opts.driver ?? "",
           Size: opts.size ?? 0,
@@ -41,8 +44,10 @@ export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void
           IOPS: opts.iops ?? 0,
           PrepareForVM: opts.vm === true,
           Verbose: s.verbose,
-        }),
-      );
+          ...(jobID ? { JobID: jobID } : {}),
+        });
+      // A restore is a job: progress on a terminal, Ctrl-C cancels it.
+      s.print(jobID ? await withProgress(s, jobID, create) : await create());
     });
 
   program

@@ -998,7 +998,7 @@ class DmDriver {
 
   // ---- volumes -----------------------------------------------------------------------------
 
-  async createVolume(id: string, opts: StringMap): Promise<void> {
+  async createVolume(id: string, opts: StringMap, ctx?: OperationContext): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
       this.#api.util.schemas.createVolume,
@@ -1016,6 +1016,7 @@ class DmDriver {
           url: o.BackupURL,
           endpoint: o.EndpointURL || undefined,
           size: o.Size || 0,
+          ctx,
         });
       } else if (this.#cfg.Kept[name]) {
         await this.#adopt(name, o.Size || 0);
@@ -1122,11 +1123,12 @@ class DmDriver {
 
   /**
    * Restores a delta-block backup of a devicemapper or loop volume: a thin device of the
-   * backup's size receives the blocks (no mkfs). On failure nothing is left behind.
+   * backup's size receives the blocks (no mkfs). On failure or cancel (`src.ctx.signal`) nothing
+   * is left behind: #createThinVolume removes the thin device.
    */
   async #createFromBackup(
     name: string,
-    src: { url: string; endpoint?: string; size: number },
+    src: { url: string; endpoint?: string; size: number; ctx?: OperationContext },
   ): Promise<void> {
     const { url, endpoint } = src;
     const what = `Cannot create volume "${name}" from backup "${url}"`;
@@ -1162,8 +1164,15 @@ class DmDriver {
       size,
       what,
       fill: async (path) => {
-        await this.#api.backup.restoreDeltaBackup(url, path, { endpoint });
-        return await this.#fs.detect(path);
+        const signal = src.ctx?.signal;
+        await this.#api.backup.restoreDeltaBackup(url, path, {
+          endpoint,
+          signal,
+          progress: src.ctx?.progress,
+        });
+        const fs = await this.#fs.detect(path);
+        if (signal?.aborted) throw new this.#api.errors.CancelledError(`${what}: cancelled`);
+        return fs;
       },
     });
     const fs = thin.fs;

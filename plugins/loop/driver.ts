@@ -372,7 +372,7 @@ class LoopDriver {
 
   // ---- volumes -----------------------------------------------------------------------------
 
-  async createVolume(id: string, opts: StringMap): Promise<void> {
+  async createVolume(id: string, opts: StringMap, ctx?: OperationContext): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
       this.#api.util.schemas.createVolume,
@@ -392,6 +392,7 @@ class LoopDriver {
           url: o.BackupURL,
           endpoint: o.EndpointURL || undefined,
           size: o.Size || 0,
+          ctx,
         });
       } else await this.#createEmpty(name, o.Size || 0);
     });
@@ -448,12 +449,14 @@ class LoopDriver {
   /**
    * Restores a delta-block backup of a loop or devicemapper volume: a sparse image of the
    * backup's size receives the blocks (no mkfs), then it is renamed into place and attached.
+   * A failed or cancelled (`src.ctx.signal`) restore removes the image it was writing.
    */
   async #createFromBackup(
     name: string,
-    src: { url: string; endpoint?: string; size: number },
+    src: { url: string; endpoint?: string; size: number; ctx?: OperationContext },
   ): Promise<void> {
     const { url, endpoint } = src;
+    const signal = src.ctx?.signal;
     const what = `Cannot create volume "${name}" from backup "${url}"`;
     let size: number;
     try {
@@ -486,9 +489,14 @@ class LoopDriver {
     let fs: string;
     try {
       await createSparse(tmp, size);
-      await this.#api.backup.restoreDeltaBackup(url, tmp, { endpoint });
+      await this.#api.backup.restoreDeltaBackup(url, tmp, {
+        endpoint,
+        signal,
+        progress: src.ctx?.progress,
+      });
       await fsyncFile(tmp);
       fs = await this.#fs.detect(tmp);
+      if (signal?.aborted) throw new this.#api.errors.CancelledError(`${what}: cancelled`);
       if (await this.#statOrUndefined(image)) {
         throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
       }

@@ -400,7 +400,7 @@ class VfsDriver {
 
   // ---- volumes -----------------------------------------------------------------------------
 
-  async createVolume(id: string, opts: StringMap): Promise<void> {
+  async createVolume(id: string, opts: StringMap, ctx?: OperationContext): Promise<void> {
     const name = this.#validVolumeName(id);
     const o = this.#api.util.parseOptions(
       this.#schemas.createOptions,
@@ -428,7 +428,7 @@ class VfsDriver {
       const dir = this.#volumeDir(name);
       let created = false;
       if (o.BackupURL) {
-        await this.#restore(name, { url: o.BackupURL, endpoint: o.EndpointURL });
+        await this.#restore(name, { url: o.BackupURL, endpoint: o.EndpointURL, ctx });
         created = true;
       } else {
         created = await this.#makeVolumeDir(name);
@@ -496,10 +496,15 @@ class VfsDriver {
 
   /**
    * Restores a single-file backup as the volume directory: download, extract into a temporary
-   * directory beside it, rename into place. On failure nothing is left behind.
+   * directory beside it, rename into place. On failure or cancel (`src.ctx.signal`) nothing is
+   * left behind.
    */
-  async #restore(name: string, src: { url: string; endpoint?: string }): Promise<void> {
+  async #restore(
+    name: string,
+    src: { url: string; endpoint?: string; ctx?: OperationContext },
+  ): Promise<void> {
     const { url, endpoint } = src;
+    const signal = src.ctx?.signal;
     const what = `Cannot restore backup "${url}" into volume "${name}"`;
     const backupVolume = await this.#api.backup.getBackupVolume(url, { endpoint });
     if (backupVolume.driver !== DRIVER_NAME) {
@@ -512,17 +517,23 @@ class VfsDriver {
     const archive = join(this.#tmpDir, `restore-${name}-${id}.tar.gz`);
     const work = join(this.#cfg.Path, `.tmp-restore.${id}.${process.pid}@${hostname()}`);
     try {
-      await this.#api.backup.restoreSingleFileBackup(url, archive, { endpoint });
+      await this.#api.backup.restoreSingleFileBackup(url, archive, {
+        endpoint,
+        signal,
+        progress: src.ctx?.progress,
+      });
       await mkdir(work, { mode: 0o755 });
       await chmod(work, 0o755);
       try {
         // -x detects gzip itself; old Convoy archives are gzip'ed tars of `-C <dir> .`.
         await this.#api.exec("tar", ["--numeric-owner", "-xf", archive, "-C", work], {
           timeoutMs: LONG_COMMAND_TIMEOUT_MS,
+          signal,
         });
       } catch (err) {
         throw this.#api.errors.wrapError(err, what);
       }
+      if (signal?.aborted) throw new this.#api.errors.CancelledError(`${what}: cancelled`);
       await this.#checkRestoreTarget(name, url);
       await rmdir(this.#volumeDir(name)).catch(() => {});
       await rename(work, this.#volumeDir(name));

@@ -41,8 +41,12 @@ export interface ConvoyDriver {
 /** Volume operations; every driver implements them. */
 export interface VolumeOperations {
   name(): string;
-  /** Creates volume `id`; with `opts[OPT_BACKUP_URL]` it restores that backup into it. */
-  createVolume(id: string, opts: StringMap): Awaitable<void>;
+  /**
+   * Creates volume `id`; with `opts[OPT_BACKUP_URL]` it restores that backup into it, reporting
+   * to `ctx.progress` and stopping with a CancelledError once `ctx.signal` aborts. A failed or
+   * cancelled create leaves nothing behind (no record, image, device or folder).
+   */
+  createVolume(id: string, opts: StringMap, ctx?: OperationContext): Awaitable<void>;
   /** Deletes volume `id`; with `opts[OPT_REFERENCE_ONLY] === "true"` the data is kept. Throws ConflictError while mounted. */
   deleteVolume(id: string, opts: StringMap): Awaitable<void>;
   /** Mounts volume `id` (at `opts[OPT_MOUNT_POINT]` when given) and resolves to the mount point. */

@@ -1,6 +1,6 @@
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
 import type { DaemonFlags } from "../daemon/options.ts";
-import { DEFAULT_CMD_TIMEOUT, DEFAULT_ROOT } from "../daemon/options.ts";
+import { DEFAULT_CMD_TIMEOUT, DEFAULT_ROOT, JOB_RETENTION_ENV } from "../daemon/options.ts";
 import { collect, driverOptArg, durationArg } from "./parse.ts";
 import type { Session } from "./session.ts";
 
@@ -67,6 +67,8 @@ export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void 
         ignoreConfigFile: opts.ignoreConfigFile === true ? true : undefined,
         dockerSpec: opts.dockerSpec,
       };
+      const retention = s.deps.env[JOB_RETENTION_ENV];
+      if (retention) flags.jobRetention = retention;
       await s.deps.runDaemon(flags);
     });
 }

@@ -5,7 +5,7 @@ import type { Session } from "./session.ts";
 export function addJobCommands(program: CommandUnknownOpts, s: Session): void {
   const jobs = program
     .command("jobs")
-    .description("list long operations (backups, verifies) with their progress")
+    .description("list long operations (backups, restores, verifies) with their progress")
     .action(async () => {
       s.print(await s.call("GET", "/v1/jobs"));
     });

@@ -35,6 +35,8 @@ describe("runCli() volume commands", () => {
       },
     );
     assert.equal(r.code, 0, r.stderr);
+    const jobID = (r.calls[0].body as { JobID: string }).JobID;
+    assert.match(jobID, /^job-[0-9a-f]{16}$/, "a restore is a job the CLI can follow and cancel");
     assert.deepEqual(r.calls.slice(0, 1), [{
       socket: DEFAULT_SOCKET,
       method: "POST",
@@ -50,6 +52,7 @@ describe("runCli() volume commands", () => {
         IOPS: 300,
         PrepareForVM: true,
         Verbose: false,
+        JobID: jobID,
       },
     }]);
     assert.equal(r.stdout, "vol1\n");

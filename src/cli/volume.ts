@@ -2,7 +2,9 @@ import type { CommandUnknownOpts } from "@commander-js/extra-typings";
 import { oneLine, ReportedFailure } from "./exit.ts";
 import { checkName, iopsArg, normalizeBackupUrl, sizeArg } from "./parse.ts";
 import type { Session } from "./session.ts";
+import { withProgress } from "./progress.ts";
 import { errorMessage } from "../api/errors.ts";
+import { generateName } from "../util/names.ts";
 
 /** Volume commands: info, create, delete, mount, umount, list, inspect. */
 export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void {
@@ -32,18 +34,23 @@ export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void
       const volume = name ?? "";
       if (volume !== "") checkName(volume, "volume");
       const backup = normalizeBackupUrl(opts.backup ?? "");
-      const answer = await s.call("POST", "/v1/volumes/create", {
-        Name: volume,
-        DriverName: opts.driver ?? "",
-        Size: opts.size ?? 0,
-        BackupURL: backup,
-        Endpoint: s.endpointFor(backup, opts.s3Endpoint),
-        DriverVolumeID: opts.id ?? "",
-        Type: opts.type ?? "",
-        IOPS: opts.iops ?? 0,
-        PrepareForVM: opts.vm === true,
-        Verbose: s.verbose,
-      });
+      const jobID = backup ? generateName("job", 16) : "";
+      const create = () =>
+        s.call("POST", "/v1/volumes/create", {
+          Name: volume,
+          DriverName: opts.driver ?? "",
+          Size: opts.size ?? 0,
+          BackupURL: backup,
+          Endpoint: s.endpointFor(backup, opts.s3Endpoint),
+          DriverVolumeID: opts.id ?? "",
+          Type: opts.type ?? "",
+          IOPS: opts.iops ?? 0,
+          PrepareForVM: opts.vm === true,
+          Verbose: s.verbose,
+          ...(jobID ? { JobID: jobID } : {}),
+        });
+      // A restore is a job: progress on a terminal, Ctrl-C cancels it.
+      const answer = jobID ? await withProgress(s, jobID, create) : await create();
       s.print(answer);
       if (opts.size) await reportSize(s, { answer, requested: opts.size });
     });

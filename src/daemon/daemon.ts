@@ -1,6 +1,6 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { ConvoyError, errorMessage } from "../api/errors.ts";
+import { ConvoyError, errorMessage, InvalidArgumentError } from "../api/errors.ts";
 import type { ConvoyDriver } from "../api/driver.ts";
 import { createBackupStoreApi } from "../backup/store_api.ts";
 import { bundledPlugins } from "../plugins/bundled.ts";
@@ -13,13 +13,14 @@ import {
   listenUnix,
   type UnixServer,
 } from "../runtime/listen.ts";
+import { parseDuration } from "../util/duration.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { resolveConfig, saveConfig } from "./config.ts";
 import { handleDocker, isDockerPath } from "./docker.ts";
 import { checkMountNamespace, mountNamespace } from "./mount_namespace.ts";
 import { codeOf, statusOf } from "./http_errors.ts";
 import { json } from "./http.ts";
-import type { DaemonFlags } from "./options.ts";
+import { type DaemonFlags, JOB_RETENTION_ENV } from "./options.ts";
 import { findRoute } from "./rest.ts";
 import { VolumeService } from "./service.ts";
 import { State } from "./state.ts";
@@ -77,11 +78,22 @@ function handler(svc: VolumeService, log: Logger): (req: HttpRequest) => Promise
   };
 }
 
+/** DaemonFlags.jobRetention in milliseconds; undefined for the default. */
+function jobRetentionMs(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return parseDuration(value);
+  } catch (err) {
+    throw new InvalidArgumentError(`Invalid ${JOB_RETENTION_ENV}: ${errorMessage(err)}`);
+  }
+}
+
 /**
  * Starts the daemon: configuration, plugins, drivers, state reconciliation, then the socket.
  * Throws (and releases everything) when a named driver cannot be loaded or started.
  */
 export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
+  const retentionMs = jobRetentionMs(flags.jobRetention);
   const bootLog = createLogger({ level: flags.debug ? "debug" : "info", file: flags.log });
   const cfg = await resolveConfig(
     { ...flags, root: resolve(flags.root ?? "/var/lib/convoy") },
@@ -133,7 +145,14 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
     }
     const state = new State(cfg.root);
     await state.load();
-    const service = new VolumeService({ drivers, state, config: cfg.config, backup, log });
+    const service = new VolumeService({
+      drivers,
+      state,
+      config: cfg.config,
+      backup,
+      log,
+      jobRetentionMs: retentionMs,
+    });
     await service.reconcile();
     await saveConfig(cfg.config);
     server = await listenUnix(cfg.socket, handler(service, log));

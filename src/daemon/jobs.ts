@@ -8,6 +8,8 @@ export interface JobInfo {
   Kind: string;
   Volume: string;
   Snapshot: string;
+  /** The backup URL (restore, verify) or the destination (backup). */
+  URL: string;
   State: "running" | "done" | "failed" | "cancelled";
   Done: number;
   Total: number;
@@ -26,17 +28,31 @@ export interface JobHandle {
   finish(err?: unknown): void;
 }
 
-const KEEP_FINISHED_MS = 5 * 60_000;
+/** How long a finished job stays listed. */
+export const KEEP_FINISHED_MS = 10 * 60_000;
+/** At most this many finished jobs stay listed (the most recent). */
+export const KEEP_FINISHED_COUNT = 100;
 
-/** Long operations (backups, verifies): progress, and cancellation by ID. */
+/** Long operations (backups, restores, verifies): progress, and cancellation by ID. */
 export class Jobs {
   #jobs = new Map<
     string,
     { info: JobInfo; started: number; ctl: AbortController; ended?: number }
   >();
+  readonly #keepMs: number;
+  readonly #keepCount: number;
+
+  /** Finished jobs stay listed `keepFinishedMs`, at most the last `keepFinished` of them. */
+  constructor(opts: { keepFinishedMs?: number; keepFinished?: number } = {}) {
+    this.#keepMs = opts.keepFinishedMs ?? KEEP_FINISHED_MS;
+    this.#keepCount = opts.keepFinished ?? KEEP_FINISHED_COUNT;
+  }
 
   /** Registers a job; `id` is the client's (so it can follow its own job) or generated. */
-  start(kind: string, fields: { volume?: string; snapshot?: string; id?: string }): JobHandle {
+  start(
+    kind: string,
+    fields: { volume?: string; snapshot?: string; url?: string; id?: string },
+  ): JobHandle {
     this.#prune();
     const id = fields.id && !this.#jobs.has(fields.id) ? fields.id : generateName("job", 16);
     const ctl = new AbortController();
@@ -46,6 +62,7 @@ export class Jobs {
       Kind: kind,
       Volume: fields.volume ?? "",
       Snapshot: fields.snapshot ?? "",
+      URL: fields.url ?? "",
       State: "running",
       Done: 0,
       Total: 0,
@@ -91,8 +108,13 @@ export class Jobs {
 
   #prune(): void {
     const now = Date.now();
+    const finished: [string, number][] = [];
     for (const [id, j] of this.#jobs) {
-      if (j.ended && now - j.ended > KEEP_FINISHED_MS) this.#jobs.delete(id);
+      if (j.ended === undefined) continue;
+      if (now - j.ended >= this.#keepMs) this.#jobs.delete(id);
+      else finished.push([id, j.ended]);
     }
+    finished.sort((a, b) => b[1] - a[1]);
+    for (const [id] of finished.slice(this.#keepCount)) this.#jobs.delete(id);
   }
 }

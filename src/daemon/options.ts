@@ -26,7 +26,15 @@ export interface DaemonFlags {
   ignoreConfigFile?: boolean;
   /** Write /etc/docker/plugins/convoy.spec (default true). */
   dockerSpec?: boolean;
+  /**
+   * Internal (tests): how long finished jobs stay listed, e.g. "2s" (default 10m); the CLI takes
+   * it from the environment variable JOB_RETENTION_ENV.
+   */
+  jobRetention?: string;
 }
+
+/** Environment variable of DaemonFlags.jobRetention. */
+export const JOB_RETENTION_ENV = "CONVOY_JOB_RETENTION";
 
 export const DEFAULT_ROOT = "/var/lib/convoy";
 export const DEFAULT_SOCKET = "/var/run/convoy/convoy.sock";

@@ -30,6 +30,7 @@ const CreateVolume = z.object({
   IOPS: int,
   PrepareForVM: bool,
   Verbose: bool,
+  JobID: str,
 });
 const VolumeRef = z.object({
   VolumeName: str,
@@ -74,6 +75,7 @@ export const routes: Record<string, Route> = {
       type: b.Type,
       iops: b.IOPS,
       prepareForVM: b.PrepareForVM,
+      jobID: b.JobID || undefined,
     });
     return b.Verbose ? json(await svc.inspectVolume(name)) : text(name);
   },

@@ -32,6 +32,7 @@ import {
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
 import type { BackupStoreApi, VerifyReport } from "../api/plugin.ts";
+import { decodeBackupURL } from "../backup/url.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
@@ -69,6 +70,8 @@ export interface CreateVolumeRequest {
   type?: string;
   iops?: number;
   prepareForVM?: boolean;
+  /** The client's ID for the restore job (see Jobs.start). */
+  jobID?: string;
 }
 
 /** `m` with its keys sorted, as Go's encoding/json writes maps (DriverInfo, Snapshots). */
@@ -107,7 +110,7 @@ export class VolumeService {
   readonly backup: BackupStoreApi;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
-  readonly jobs = new Jobs();
+  readonly jobs: Jobs;
   /** Snapshots being backed up: they may not be deleted meanwhile. */
   readonly #backingUp = new Map<string, number>();
 
@@ -117,12 +120,15 @@ export class VolumeService {
     config: DaemonConfig;
     backup: BackupStoreApi;
     log: Logger;
+    /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
+    jobRetentionMs?: number;
   }) {
     this.drivers = opts.drivers;
     this.state = opts.state;
     this.config = opts.config;
     this.backup = opts.backup;
     this.log = opts.log;
+    this.jobs = new Jobs({ keepFinishedMs: opts.jobRetentionMs });
   }
 
   // ---- lookups -------------------------------------------------------------------------------
@@ -287,7 +293,10 @@ export class VolumeService {
     }
   }
 
-  /** Creates a volume (restoring a backup when `backupURL` is set); resolves to its name. */
+  /**
+   * Creates a volume (restoring a backup when `backupURL` is set); resolves to its name. A
+   * restore is a job ("restore"): cancelled (CancelledError) or failed, it leaves no volume.
+   */
   async createVolume(req: CreateVolumeRequest): Promise<string> {
     const name = req.name ? validateName(req.name, "volume") : this.#uniqueName("volume");
     const action = `Cannot create volume "${name}"`;
@@ -317,23 +326,48 @@ export class VolumeService {
       [OPT_VOLUME_IOPS]: String(req.iops ?? 0),
       [OPT_PREPARE_FOR_VM]: String(req.prepareForVM ?? false),
     };
+    const job = req.backupURL
+      ? this.jobs.start("restore", { volume: name, url: opts[OPT_BACKUP_URL], id: req.jobID })
+      : undefined;
     try {
       await this.locks.run(name, async () => {
         await this.state.save();
         this.log.debug("create volume", { volume: name, driver: driverName });
-        await vops.createVolume(name, opts);
-        const info = await vops.getVolumeInfo(name);
-        rec.CreatedTime = info[OPT_VOLUME_CREATED_TIME] ?? "";
-        rec.Status = "ready";
-        await this.state.save();
+        await vops.createVolume(name, opts, job && { signal: job.signal, progress: job.progress });
+        try {
+          // A cancel that came after the driver's last check still leaves no volume.
+          if (job?.signal.aborted) throw new CancelledError(`${action}: cancelled`);
+          const info = await vops.getVolumeInfo(name);
+          rec.CreatedTime = info[OPT_VOLUME_CREATED_TIME] ?? "";
+          rec.Status = "ready";
+          await this.state.save();
+        } catch (err) {
+          if (job) await this.#discardRestored(name, vops);
+          throw err;
+        }
       });
     } catch (err) {
       if (this.state.volumes.get(name) === rec) this.state.volumes.delete(name);
       await this.state.save();
+      job?.finish(err);
+      if (job?.signal.aborted) throw new CancelledError(`${action}: cancelled`, { cause: err });
       throw err;
     }
+    job?.finish();
     this.log.info("volume created", { volume: name, driver: driverName });
     return name;
+  }
+
+  /** Deletes the driver's volume of a restore that did not finish; a failure is logged. */
+  async #discardRestored(name: string, vops: VolumeOperations): Promise<void> {
+    try {
+      await vops.deleteVolume(name, { [OPT_REFERENCE_ONLY]: "false" });
+    } catch (err) {
+      this.log.error("cannot delete the volume of an unfinished restore", {
+        volume: name,
+        error: errorMessage(err),
+      });
+    }
   }
 
   /**
@@ -576,6 +610,7 @@ export class VolumeService {
     const job = this.jobs.start("backup", {
       volume: v.Name,
       snapshot: snapshotName,
+      url: unescapeURL(opts.destURL),
       id: opts.jobID,
     });
     try {
@@ -606,7 +641,13 @@ export class VolumeService {
     opts: { endpoint?: string; sample?: number; jobID?: string } = {},
   ): Promise<VerifyReport> {
     url = unescapeURL(url);
-    const job = this.jobs.start("verify", { id: opts.jobID });
+    let volume = "";
+    try {
+      volume = decodeBackupURL(url).volume;
+    } catch {
+      // verifyBackup reports the bad URL.
+    }
+    const job = this.jobs.start("verify", { volume, url, id: opts.jobID });
     try {
       const report = await this.backup.verifyBackup(url, {
         endpoint: opts.endpoint,

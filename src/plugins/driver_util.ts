@@ -86,7 +86,7 @@ export function convoyDriver(
   const driverName = () => name;
   const volumes: VolumeOperations = {
     name: driverName,
-    createVolume: (id, opts) => impl.createVolume(id, opts),
+    createVolume: (id, opts, ctx) => impl.createVolume(id, opts, ctx),
     deleteVolume: (id, opts) => impl.deleteVolume(id, opts),
     mountVolume: (id, opts) => impl.mountVolume(id, opts),
     umountVolume: (id) => impl.umountVolume(id),

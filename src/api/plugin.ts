@@ -18,6 +18,7 @@ import type {
   VolumeOperations,
 } from "./driver.ts";
 import type * as errors from "./errors.ts";
+import type { BlockDeviceInit } from "./block.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { LogFields, Logger } from "../util/log.ts";
 import type { MountEntry } from "../util/mountinfo.ts";
@@ -476,6 +477,11 @@ export interface PluginApi {
   apiVersion: number;
   /** Records a driver. A second registration of a name is an error. */
   register(name: string, init: InitFunc): void;
+  /**
+   * Records a block device adapter (src/api/block.ts): the host makes it a driver with
+   * records, mounts, snapshots, backups and restores. Names share one namespace with `register`.
+   */
+  registerBlockDevice(name: string, init: BlockDeviceInit): void;
   log: Logger;
   deps: { z: typeof z };
   /**

@@ -16,6 +16,7 @@ import {
 import { createLogger, type Logger } from "../util/log.ts";
 import { resolveConfig, saveConfig } from "./config.ts";
 import { handleDocker, isDockerPath } from "./docker.ts";
+import { claimDockerSpec, type DockerSpec } from "./docker_spec.ts";
 import { checkMountNamespace, mountNamespace } from "./mount_namespace.ts";
 import { codeOf, statusOf } from "./http_errors.ts";
 import { json } from "./http.ts";
@@ -31,8 +32,6 @@ export interface Daemon {
   /** Stops serving, releases the root lock; volumes stay mounted. */
   stop(): Promise<void>;
 }
-
-const DOCKER_SPEC = "/etc/docker/plugins/convoy.spec";
 
 /** Takes `<root>/lock`: refuses when a live daemon holds it, replaces a dead daemon's. */
 async function lockRoot(root: string): Promise<() => Promise<void>> {
@@ -93,6 +92,16 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
   const drivers = new Map<string, ConvoyDriver>();
   let server: UnixServer | undefined;
   try {
+    // Before anything is mounted: a spec naming another live plugin stops the start.
+    const spec: DockerSpec | undefined = cfg.dockerSpec
+      ? await claimDockerSpec({
+        socket: cfg.socket,
+        log,
+        name: flags.dockerPluginName,
+        dir: flags.dockerSpecDir,
+        replace: flags.replaceDockerSpec,
+      })
+      : undefined;
     const exec = createExec({ timeoutMs: cfg.cmdTimeoutMs });
     const ns = mountNamespace(cfg.config.MountNamespaceFD, exec);
     if (ns.path) {
@@ -137,16 +146,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
     await service.reconcile();
     await saveConfig(cfg.config);
     server = await listenUnix(cfg.socket, handler(service, log));
-    if (cfg.dockerSpec) {
-      await mkdir("/etc/docker/plugins", { recursive: true })
-        .then(() => writeFile(DOCKER_SPEC, `unix://${resolve(cfg.socket)}\n`))
-        .catch((err) =>
-          log.warn("cannot write docker plugin spec", {
-            file: DOCKER_SPEC,
-            error: errorMessage(err),
-          })
-        );
-    }
+    await spec?.write();
     log.info("convoy daemon listening", {
       socket: cfg.socket,
       root: cfg.root,
@@ -157,6 +157,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
       service,
       socket: cfg.socket,
       stop: async () => {
+        await spec?.release();
         await srv.close();
         for (const d of drivers.values()) await Promise.resolve(d.shutdown?.()).catch(() => {});
         await unlock();

@@ -40,10 +40,12 @@ describe("daemon and the Docker plugin spec", () => {
     const [cmd, ...base] = DENO_CONVOY;
     const proc = spawn(cmd, [...base, "--socket", socket, "daemon", "--root", root, ...args], {
       env: { ...process.env, ...env },
-      stdio: ["ignore", "ignore", "pipe"],
+      stdio: ["ignore", "pipe", "pipe"],
     });
     let err = "";
     proc.stderr!.on("data", (c) => (err += c));
+    const watchers: ((text: string) => void)[] = [];
+    proc.stdout!.on("data", (c) => watchers.forEach((w) => w(String(c))));
     const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
     const deadline = Date.now() + 30_000;
     while (!(await canConnect(socket))) {
@@ -55,6 +57,8 @@ describe("daemon and the Docker plugin spec", () => {
     }
     return {
       socket,
+      pid: proc.pid!,
+      onStdout: (w: (text: string) => void) => watchers.push(w),
       stop: async () => {
         process.kill(proc.pid!, "SIGTERM");
         return await exited;
@@ -82,6 +86,18 @@ describe("daemon and the Docker plugin spec", () => {
     const d = await startWithSpec("named", ["--docker-plugin-name", "convoy-two"]);
     const spec = join(dir, "plugins", "convoy-two.spec");
     assert.equal(await readFile(spec, "utf8"), `unix://${d.socket}\n`);
+    assert.equal(await d.stop(), 0);
+    await assert.rejects(readFile(spec), { code: "ENOENT" });
+  });
+
+  it("stops cleanly when the signal comes again while it stops, as launchers forward it", async () => {
+    // npm and deno task forward a terminal's SIGINT/SIGTERM to a daemon that got it already.
+    const d = await startWithSpec("twice", ["--docker-plugin-name", "twice"]);
+    const spec = join(dir, "plugins", "twice.spec");
+    assert.equal(await readFile(spec, "utf8"), `unix://${d.socket}\n`);
+    d.onStdout((text) => {
+      if (text.includes("Caught signal")) process.kill(d.pid, "SIGTERM");
+    });
     assert.equal(await d.stop(), 0);
     await assert.rejects(readFile(spec), { code: "ENOENT" });
   });

@@ -174,12 +174,22 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
 /** `convoy daemon`: starts, then serves until SIGINT or SIGTERM. */
 export async function runDaemon(flags: DaemonFlags): Promise<void> {
   const d = await startDaemon(flags);
-  await new Promise<void>((done) => {
-    const stop = (sig: string) => {
-      process.stdout.write(`Caught signal ${sig}: shutting down.\n`);
-      d.stop().finally(done);
-    };
-    process.once("SIGINT", () => stop("SIGINT"));
-    process.once("SIGTERM", () => stop("SIGTERM"));
-  });
+  // A terminal's Ctrl-C reaches every process of the group, and launchers (npm, deno task) forward
+  // it too: later signals while stopping are ignored rather than killing the daemon midway.
+  let stopping = false;
+  const onInt = () => stop("SIGINT");
+  const onTerm = () => stop("SIGTERM");
+  let done: () => void = () => {};
+  const stopped = new Promise<void>((r) => (done = r));
+  function stop(sig: string): void {
+    if (stopping) return;
+    stopping = true;
+    process.stdout.write(`Caught signal ${sig}: shutting down.\n`);
+    d.stop().finally(done);
+  }
+  process.on("SIGINT", onInt);
+  process.on("SIGTERM", onTerm);
+  await stopped;
+  process.off("SIGINT", onInt);
+  process.off("SIGTERM", onTerm);
 }

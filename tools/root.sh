@@ -3,5 +3,5 @@
 # environment, e.g. CONVOY_TEST_S3_ENDPOINT). Used by `npm run daemon` and `npm test`.
 if [ "$(id -u)" = 0 ]; then exec "$@"; fi
 if command -v sudo >/dev/null 2>&1; then exec sudo --preserve-env -- "$@"; fi
-echo "convoy: $1 needs root: run this as root, or install sudo" >&2
+echo "convoy: this needs root (it mounts): run it as root, or install sudo" >&2
 exit 1

@@ -44,16 +44,12 @@ describe("daemon and the Docker plugin spec", () => {
     });
     let err = "";
     proc.stderr!.on("data", (c) => (err += c));
-    let out = "";
     const watchers: ((text: string) => void)[] = [];
-    proc.stdout!.on("data", (c) => {
-      out += c;
-      watchers.forEach((w) => w(String(c)));
-    });
+    proc.stdout!.on("data", (c) => watchers.forEach((w) => w(String(c))));
     const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
     const deadline = Date.now() + 30_000;
     // The spec is written after the socket listens, before the "listening" line.
-    while (!(await canConnect(socket)) || !out.includes("convoy daemon listening")) {
+    while (!(await canConnect(socket)) || !err.includes("convoy daemon listening")) {
       if (proc.exitCode !== null || Date.now() > deadline) {
         proc.kill("SIGKILL");
         throw new Error(`daemon did not start: ${err}`);

@@ -23,6 +23,7 @@ import { pool } from "../util/pool.ts";
 import { generateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
+  checkBackupRecord,
   listBackupNames,
   loadBackupRecord,
   loadVolumeRecord,
@@ -47,7 +48,16 @@ import {
   unpackBlockTo,
 } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
-import { liveLeases, takeBackupLease, takeLease } from "./leases.ts";
+import { clearLeftovers, removeBlocks, sweepUnreferenced } from "./gc.ts";
+import {
+  describeLease,
+  leaseStates,
+  liveLeases,
+  noteSweepNeeded,
+  sweepNotes,
+  takeBackupLease,
+  takeLease,
+} from "./leases.ts";
 import type { BackupRecord, BlockMapping, VolumeRecord } from "./records.ts";
 
 /** Blocks in flight at once: bounds memory to about this many × 2 × 2 MiB. */
@@ -163,7 +173,9 @@ export async function createDeltaBackup(
   const vol = volume.name;
   const log = opts.log.child({ volume: vol, snapshot: snapshot.name });
   const name = generateName("backup", 16);
-  const lease = await takeBackupLease(store, vol, { id: name, signal });
+  const lease = await takeBackupLease(store, vol, { id: name, signal, log });
+  let uploaded = 0;
+  let saved = false;
   try {
     const record = await loadVolumeRecord(store, vol);
     const codec = record
@@ -204,7 +216,6 @@ export async function createDeltaBackup(
     const changed: BlockMapping[] = [];
     const zeroed: number[] = [];
     const progress: Progress = { done: 0, total: offsets.length, bytes: 0 };
-    let uploaded = 0;
     const buffers: Uint8Array[] = [];
     await ops.openSnapshot(snapshot.name, vol);
     let file: string | undefined;
@@ -298,6 +309,7 @@ export async function createDeltaBackup(
       ChecksumAlgorithm: codec.checksum,
     };
     await saveBackupRecord(store, backup);
+    saved = true;
     const updated: VolumeRecord & VolumeExtra = {
       ...(record ?? {}),
       Name: vol,
@@ -320,6 +332,14 @@ export async function createDeltaBackup(
       flushSeconds: +((tFlushed - tBlocks) / 1000).toFixed(2),
     });
     return name;
+  } catch (err) {
+    if (uploaded > 0 && !saved) {
+      // The blocks uploaded so far are referenced by no record: leave a note for a later sweep.
+      await noteSweepNeeded(store, vol, { id: name, why: `backup "${name}" failed` }).catch(
+        () => {},
+      );
+    }
+    throw err;
   } finally {
     await lease.release().catch((err) =>
       log.warn("cannot release lease", { error: errorMessage(err) })
@@ -340,6 +360,7 @@ async function loadDelta(
       }" does not exist`,
     );
   }
+  if (ref.action !== "delete") checkBackupRecord(store, backup, ref);
   const volume = await loadVolumeRecord(store, ref.volume);
   if (!volume) {
     throw new NotFoundError(
@@ -582,7 +603,9 @@ export async function verifyDeltaBackup(
 /**
  * Deletes a delta-block backup: its record, then (unless a backup of the volume is running,
  * here or on another host) the blocks no remaining backup uses; the whole volume folder when it
- * was the last backup.
+ * was the last backup. When a crashed or failed holder left a lease or a sweep note behind, or
+ * a delete had to skip its sweep, every unreferenced block of the volume is swept, not only the
+ * deleted backup's. A skipped sweep leaves a note for the next delete or `backup gc`.
  */
 export async function deleteDeltaBackup(
   store: ObjectStore,
@@ -598,8 +621,16 @@ export async function deleteDeltaBackup(
   const lease = await takeLease(store, opts.volume, { kind: "gc", id: gcID });
   let released = false;
   try {
-    if ((await liveLeases(store, opts.volume, { kind: "backup" })).length > 0) {
-      log.info("a backup of this volume is running; its unused blocks are kept");
+    const notes = await sweepNotes(store, opts.volume);
+    const backups = await leaseStates(store, opts.volume, { kind: "backup" });
+    if (backups.live.length > 0) {
+      log.info("a backup of this volume is running; unused blocks are kept until a later sweep", {
+        running: backups.live.map(describeLease),
+      });
+      await noteSweepNeeded(store, opts.volume, {
+        id: gcID,
+        why: `delete of backup "${opts.backup}" skipped its sweep`,
+      });
       return;
     }
     const remaining = await listBackupNames(store, opts.volume);
@@ -612,17 +643,37 @@ export async function deleteDeltaBackup(
       }
       return;
     }
+    const leftovers = notes.length > 0 || backups.dead.length > 0 ||
+      (await leaseStates(store, opts.volume, { kind: "gc", exceptID: gcID })).dead.length > 0;
+    if (leftovers) {
+      const swept = await sweepUnreferenced(store, opts.volume, {});
+      if ("unreadable" in swept) {
+        log.warn("unused blocks are kept: a backup record cannot be read", {
+          error: swept.unreadable,
+        });
+        return;
+      }
+      await clearLeftovers(store, opts.volume, { notes, exceptID: gcID });
+      log.info("deleted backup; swept every unreferenced block", { blocksRemoved: swept.count });
+      return;
+    }
     const discard = new Set(backup.Blocks.map((b) => b.BlockChecksum));
     for (const name of remaining) {
       if (discard.size === 0) break;
-      const other = await loadBackupRecord(store, { volume: opts.volume, backup: name });
+      let other: BackupRecord | undefined;
+      try {
+        other = await loadBackupRecord(store, { volume: opts.volume, backup: name });
+      } catch (err) {
+        log.warn("unused blocks are kept: a backup record cannot be read", {
+          error: errorMessage(err),
+        });
+        await noteSweepNeeded(store, opts.volume, { id: gcID, why: errorMessage(err) });
+        return;
+      }
       for (const b of other?.Blocks ?? []) discard.delete(b.BlockChecksum);
     }
     const keys = [...discard].map((sum) => blockPath(opts.volume, sum));
-    for (let i = 0; i < keys.length; i += 1000) {
-      const batch = keys.slice(i, i + 1000);
-      await (store.removeObjects ? store.removeObjects(...batch) : store.remove(...batch));
-    }
+    await removeBlocks(store, keys);
     log.info("deleted backup", { blocksRemoved: keys.length });
   } finally {
     if (!released) await lease.release().catch(() => {});

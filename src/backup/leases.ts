@@ -184,13 +184,15 @@ export async function takeLease(
     Start: me.start,
   });
   await write(store, volume, rec());
+  let refresh: Promise<void> = Promise.resolve();
   const timer = setInterval(() => {
-    write(store, volume, rec()).catch(() => {});
+    refresh = write(store, volume, rec()).catch(() => {});
   }, Math.min(REFRESH_MS, ttl / 3));
   (timer as { unref?: () => void }).unref?.();
   return {
     release: async () => {
       clearInterval(timer);
+      await refresh; // a refresh landing after the remove would leave a live lease behind
       await store.remove(`${leasesDir(volume)}/${opts.kind}-${opts.id}.json`);
     },
   };

@@ -11,6 +11,7 @@ import {
   liveLeases,
   processStart,
   takeBackupLease,
+  takeLease,
   thisHolder,
 } from "./leases.ts";
 
@@ -155,5 +156,20 @@ describe("leases", () => {
     const waited = String(lines[0].fields?.waitingFor);
     assert.match(waited, /gc lease of host "other-host" pid 4242/);
     assert.ok(waited.includes(expires.toISOString()), waited);
+  });
+
+  it("takeLease() refreshes a held lease before it expires, and release() removes it for good", async () => {
+    const store = new MemoryStore("refresh");
+    const lease = await takeLease(store, "vol1", { kind: "backup", id: "r", ttlMs: 300 });
+    const first = (await liveLeases(store, "vol1", { kind: "backup" }))[0].Expires;
+    await new Promise((r) => setTimeout(r, 700));
+    const [now] = await liveLeases(store, "vol1", { kind: "backup" });
+    assert.ok(
+      now && Date.parse(now.Expires) > Date.parse(first),
+      "refreshed past its first expiry",
+    );
+    await lease.release();
+    await new Promise((r) => setTimeout(r, 250));
+    assert.deepEqual(store.keys(), []);
   });
 });

@@ -58,7 +58,12 @@ import {
   takeBackupLease,
   takeLease,
 } from "./leases.ts";
-import type { BackupRecord, BlockMapping, VolumeRecord } from "./records.ts";
+import {
+  type BackupRecord,
+  type BlockMapping,
+  recordChecksumProblem,
+  type VolumeRecord,
+} from "./records.ts";
 
 /** Blocks in flight at once: bounds memory to about this many × 2 × 2 MiB. */
 export const DEFAULT_CONCURRENCY = 8;
@@ -124,6 +129,7 @@ async function findBase(
   const { volume, record } = opts;
   if (!record) return undefined;
   const sameVolume = (b: BackupRecord) => {
+    if (recordChecksumProblem(b)) return false; // never build on an altered block map
     const uuid = (b as BackupExtra).VolumeUUID;
     if (volume.uuid && uuid) return uuid === volume.uuid;
     // Records without an identity (Convoy's): trust them only if volume.cfg describes this volume.
@@ -144,10 +150,13 @@ async function findBase(
     if (!best || Date.parse(b.CreatedTime) > Date.parse(best.CreatedTime)) best = b;
   }
   if (!best && last) {
-    opts.log.info("last backup belongs to another volume of the same name; doing a full backup", {
-      volume: volume.name,
-      last: last.Name,
-    });
+    opts.log.info(
+      "last backup belongs to another volume of the same name, or its record was altered; doing a full backup",
+      {
+        volume: volume.name,
+        last: last.Name,
+      },
+    );
   }
   return best;
 }

@@ -1,7 +1,10 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { hostname } from "node:os";
+import { mkdtemp, rm } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { openStore } from "../store/registry.ts";
 import { MemoryStore } from "../store/memory.ts";
 import type { LogFields, Logger } from "../util/log.ts";
 import {
@@ -104,6 +107,50 @@ describe("leases", () => {
     );
     await lease.release();
     assert.deepEqual(lines, [], "nothing was waited for");
+  });
+
+  it("a gc lease taken by another process that is then killed -9 holds up no backup", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-lease-"));
+    try {
+      const url = `vfs://${dir}`;
+      const script = `
+        import { openStore } from ${
+        JSON.stringify(new URL("../store/registry.ts", import.meta.url).href)
+      };
+        import { takeLease } from ${JSON.stringify(new URL("./leases.ts", import.meta.url).href)};
+        const store = await openStore(${JSON.stringify(url)});
+        await takeLease(store, "vol1", { kind: "gc", id: "child" });
+        console.log("held");
+        setInterval(() => {}, 1000);
+      `;
+      const child = spawn(process.execPath, ["eval", script], {
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      const exited = new Promise((res) => child.once("exit", res));
+      await within(
+        new Promise((res) => child.stdout!.on("data", (d) => String(d).includes("held") && res(0))),
+        30_000,
+        "the child taking its lease",
+      );
+      const store = await openStore(url);
+      assert.equal(
+        (await liveLeases(store, "vol1", { kind: "gc" })).length,
+        1,
+        "held by the child",
+      );
+      child.kill("SIGKILL");
+      await exited;
+      const lines: { msg: string }[] = [];
+      const lease = await within(
+        takeBackupLease(store, "vol1", { id: "b1", log: recording(lines), pollMs: 20 }),
+        3000,
+        "takeBackupLease()",
+      );
+      await lease.release();
+      assert.deepEqual(lines, []);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("a lease naming a pid that now belongs to another process is dead", async () => {

@@ -120,10 +120,10 @@ export function addBackupCommands(program: CommandUnknownOpts, s: Session): void
       });
       print(body);
       // Entries with an Error are records that cannot be read: listed, warned about, exit 1.
-      const broken = Object.values(JSON.parse(body) as Record<string, Record<string, string>>)
-        .filter((info) => info && typeof info === "object" && typeof info.Error === "string");
-      for (const info of broken) {
-        s.warn(`convoy: backup "${info.BackupURL}" cannot be read: ${oneLine(info.Error)}`);
+      const broken = Object.entries(JSON.parse(body) as Record<string, Record<string, string>>)
+        .filter(([, info]) => typeof info?.Error === "string");
+      for (const [backupURL, info] of broken) {
+        s.warn(`convoy: backup "${backupURL}" cannot be read: ${oneLine(info.Error)}`);
       }
       if (broken.length > 0) {
         throw new ReportedFailure(`${broken.length} backup record(s) cannot be read`);

@@ -570,6 +570,19 @@ describe("delta-block engine on S3 (local S3 server)", () => {
           .length,
         0,
       );
+      const orphan = blockPath("vol1", "e".repeat(64));
+      await store.write(orphan, gzipSync(new Uint8Array(10)));
+      const dry = await collectGarbage(store, { dryRun: true, log: silentLogger });
+      assert.equal(dry.Volumes.vol1.UnreferencedBlocks, 1);
+      assert.ok(await store.stat(orphan), "a dry run removes nothing");
+      const gc = await collectGarbage(store, { log: silentLogger });
+      assert.equal(gc.Volumes.vol1.UnreferencedBlocks, 1);
+      assert.equal(await store.stat(orphan), undefined);
+      assert.equal(
+        (await verifyDeltaBackup(store, { volume: "vol1", backup: second, url: "u" })).problems
+          .length,
+        0,
+      );
       await deleteDeltaBackup(store, {
         volume: "vol1",
         backup: second,

@@ -62,6 +62,7 @@ import {
   type BackupRecord,
   type BlockMapping,
   recordChecksumProblem,
+  RecordParseError,
   type VolumeRecord,
 } from "./records.ts";
 
@@ -673,6 +674,7 @@ export async function deleteDeltaBackup(
       try {
         other = await loadBackupRecord(store, { volume: opts.volume, backup: name });
       } catch (err) {
+        if (!(err instanceof RecordParseError)) throw err;
         log.warn("unused blocks are kept: a backup record cannot be read", {
           error: errorMessage(err),
         });

@@ -714,6 +714,17 @@ describe("delta-block garbage collection", () => {
     }
   });
 
+  it("deleteDeltaBackup() and collectGarbage() keep every block while a remaining record cannot be read", async () => {
+    const store = new MemoryStore("unreadable");
+    const [b1, , b3] = await threeBackups(store);
+    await store.write(backupConfigPath("vol1", b3), new TextEncoder().encode("{not json"));
+    await deleteDeltaBackup(store, { volume: "vol1", backup: b1, url: "u", log: silentLogger });
+    assert.equal(blockKeys(store).length, 3, "b1's block may be b3's: kept");
+    const report = await collectGarbage(store, { log: silentLogger });
+    assert.match(report.Volumes.vol1.Skipped ?? "", /blocks kept: .*not valid JSON/);
+    assert.equal(blockKeys(store).length, 3);
+  });
+
   it("collectGarbage() skips a volume while a backup of it runs, and says so", async () => {
     const store = new MemoryStore("gc-running");
     await threeBackups(store);

@@ -13,6 +13,7 @@ import { listBackupNames, loadBackupRecord, loadVolumeRecord, walkVolumes } from
 import { staleTemps } from "./gc_temps.ts";
 import { blockPath, BLOCKS_DIR, volumeConfigPath, volumeDir } from "./layout.ts";
 import { describeLease, leaseStates, noteSweepNeeded, sweepNotes, takeLease } from "./leases.ts";
+import { RecordParseError } from "./records.ts";
 
 /** What gc removed from one volume (or would remove, in a dry run). */
 export interface VolumeGcReport {
@@ -61,6 +62,7 @@ async function referencedBlocks(
       const rec = await loadBackupRecord(store, { volume, backup: name });
       for (const b of rec?.Blocks ?? []) refs.add(b.BlockChecksum);
     } catch (err) {
+      if (!(err instanceof RecordParseError)) throw err;
       return { unreadable: errorMessage(err) };
     }
   }

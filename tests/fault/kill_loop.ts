@@ -253,6 +253,8 @@ interface StoreAnalysis {
   unreadableRecords: number;
   otherObjects: number;
   incompleteUploads: number | null;
+  /** The first 20 temporary objects' keys, to tell what left them. */
+  tempKeys: string[];
 }
 
 async function analyse(store: StoreView): Promise<StoreAnalysis> {
@@ -266,6 +268,7 @@ async function analyse(store: StoreView): Promise<StoreAnalysis> {
     unreadableRecords: 0,
     otherObjects: 0,
     incompleteUploads: await store.incompleteUploads(),
+    tempKeys: [],
   };
   const byVolume = new Map<string, string[]>();
   for (const k of await store.keys("convoy-objectstore")) {
@@ -278,8 +281,9 @@ async function analyse(store: StoreView): Promise<StoreAnalysis> {
     for (const k of keys) {
       const base = k.slice(k.lastIndexOf("/") + 1);
       const block = BLOCK_KEY.exec(k);
-      if (TEMP.test(base)) a.tempObjects++;
-      else if (block) present.add(block[1]);
+      if (TEMP.test(base)) {
+        if (a.tempObjects++ < 20) a.tempKeys.push(k);
+      } else if (block) present.add(block[1]);
       else if (k.includes("/leases/")) a.leases++;
       else if (RECORD_KEY.test(k)) {
         a.backups++;
@@ -542,11 +546,29 @@ async function verify(
   };
 }
 
-async function listBackups(h: Harness, dest: string): Promise<string[]> {
-  const list = JSON.parse(await ok(h, ["backup", "list", dest, "--volume-name", VOLUME]));
-  return Object.entries(list as Record<string, { CreatedTime?: string }>)
-    .sort((a, b) => Date.parse(a[1].CreatedTime ?? "") - Date.parse(b[1].CreatedTime ?? ""))
-    .map(([url]) => url);
+/**
+ * The volume's backups in `dest`, oldest first. A CLI that lists records it cannot read (with an
+ * `Error`) exits 1 but still prints the list: those are counted in `unreadable`.
+ */
+async function listBackups(
+  h: Harness,
+  dest: string,
+): Promise<{ urls: string[]; unreadable: string[] }> {
+  const args = ["backup", "list", dest, "--volume-name", VOLUME];
+  const r = await cli(h.socket, args, { env: h.env });
+  let list: Record<string, { CreatedTime?: string; Error?: string }>;
+  try {
+    list = JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`convoy ${args.join(" ")} exited ${r.code}: ${r.stderr || r.stdout}`);
+  }
+  const entries = Object.entries(list);
+  return {
+    urls: entries.filter(([, b]) => !b.Error)
+      .sort((a, b) => Date.parse(a[1].CreatedTime ?? "") - Date.parse(b[1].CreatedTime ?? ""))
+      .map(([url]) => url),
+    unreadable: entries.filter(([, b]) => b.Error).map(([url]) => url),
+  };
 }
 
 async function runDestination(
@@ -616,7 +638,7 @@ async function killDuringDelete(
   h: Harness,
   opts: { store: StoreView; nth: number },
 ): Promise<RoundResult["delete"]> {
-  const urls = await listBackups(h, opts.store.url);
+  const { urls } = await listBackups(h, opts.store.url);
   if (urls.length < 2) return undefined;
   const url = urls[0];
   const before = await volumeState(opts.store, { volume: VOLUME, scope: "backups" });
@@ -686,7 +708,9 @@ async function finish(h: Harness, store: StoreView, details: RoundResult[]): Pro
   const gcResult = await gc(h, store.url);
   let verifyRejected = 0;
   let verifyFailed = 0;
-  const urls = await listBackups(h, store.url);
+  const { urls, unreadable } = await listBackups(h, store.url);
+  verifyRejected += unreadable.length;
+  for (const url of unreadable) log(`backup list cannot read ${url}`);
   for (const url of urls) {
     const v = await verify(h, url);
     if (v.verify === "rejected") verifyRejected++;
@@ -708,7 +732,7 @@ async function finish(h: Harness, store: StoreView, details: RoundResult[]): Pro
     deletesKilled: deletes.filter((d) => d.killed).length,
     deleteRerunFailures: deletes.filter((d) => d.rerun === "failed").length,
     gc: gcResult,
-    finalBackups: urls.length,
+    finalBackups: urls.length + unreadable.length,
     verifyRejected,
     verifyFailed,
     tempObjectsAfterGc: a.tempObjects,

@@ -436,6 +436,8 @@ interface RoundResult {
   /** False when the command finished before the kill point was reached. */
   killed: boolean;
   firstExit: number;
+  /** From the start of the first run to the kill (or its end). */
+  firstSeconds: number;
   rerunExit: number;
   rerunSeconds: number;
   rerunError?: string;
@@ -487,7 +489,8 @@ async function killDuring(
     pollMs: number;
     delayMs?: number;
   },
-): Promise<{ killed: boolean; exit: number }> {
+): Promise<{ killed: boolean; exit: number; seconds: number }> {
+  const t0 = performance.now();
   let finished = false;
   const cmd = cli(h.socket, opts.args, { env: h.env, timeoutMs: 600_000 }).finally(() =>
     finished = true
@@ -506,9 +509,10 @@ async function killDuring(
     }
     await sleep(opts.pollMs);
   }
+  const seconds = +((performance.now() - t0) / 1000).toFixed(2);
   const r = await cmd;
   if (killed) await startConvoy(h);
-  return { killed, exit: r.code };
+  return { killed, exit: r.code, seconds };
 }
 
 const snapshotImage = (h: Harness, snap: string) =>
@@ -599,6 +603,7 @@ async function runDestination(
       killAt: describe(trigger),
       killed: first.killed,
       firstExit: first.exit,
+      firstSeconds: first.seconds,
       rerunExit: rerun.code,
       rerunSeconds: rerun.seconds,
       ...(rerun.code !== 0 ? { rerunError: rerun.stderr.split("\n")[0] } : {}),
@@ -683,7 +688,8 @@ interface DestSummary {
   rounds: number;
   killed: number;
   rerunFailures: number;
-  rerunStalls: number;
+  /** Rounds where a backup took over a minute (waiting on a lease a killed daemon left). */
+  stalls: number;
   roundVerifyRejected: number;
   roundVerifyFailed: number;
   restoreMismatches: number;
@@ -723,7 +729,7 @@ async function finish(h: Harness, store: StoreView, details: RoundResult[]): Pro
     rounds: details.length,
     killed: details.filter((d) => d.killed).length,
     rerunFailures: details.filter((d) => d.rerunExit !== 0).length,
-    rerunStalls: details.filter((d) => d.rerunSeconds > 60).length,
+    stalls: details.filter((d) => d.firstSeconds > 60 || d.rerunSeconds > 60).length,
     roundVerifyRejected: details.filter((d) => d.verify === "rejected").length,
     roundVerifyFailed: details.filter((d) => d.verify === "failed").length,
     restoreMismatches: details.filter((d) => d.restore === "mismatch").length,
@@ -841,6 +847,7 @@ async function main(): Promise<number> {
       ...totals,
       missingBlocksAfterGc: perDest.reduce((n, s) => n + s.missingBlocksAfterGc, 0),
       leasesAfterGc: perDest.reduce((n, s) => n + s.leasesAfterGc, 0),
+      stalls: perDest.reduce((n, s) => n + s.stalls, 0),
       seconds: Math.round((performance.now() - t0) / 1000),
       options: opts,
       ...summary,

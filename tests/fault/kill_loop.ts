@@ -396,12 +396,17 @@ function triggerFor(round: number, rounds: number, expected: number): Trigger {
   return { at: "blocks", k: Math.min(Math.max(k, 1), Math.max(1, expected - 1)), expected };
 }
 
-/** True once a running backup job of the daemon has done all its blocks. */
-async function jobDone(socket: string): Promise<boolean> {
+/**
+ * True once a running job of the daemon has done `atLeast` blocks (default: all of them). A backup
+ * counts a block done once its object is written, so this is "k blocks stored" without a listing.
+ */
+async function jobDone(socket: string, atLeast?: number): Promise<boolean> {
   const r = await rawRequest(socket, "GET", "/v1/jobs");
   if (r.status !== 200) return false;
   const jobs = JSON.parse(r.body) as { State: string; Done: number; Total: number }[];
-  return jobs.some((j) => j.State === "running" && j.Total > 0 && j.Done >= j.Total);
+  return jobs.some((j) =>
+    j.State === "running" && j.Total > 0 && j.Done >= Math.min(atLeast ?? j.Total, j.Total)
+  );
 }
 
 /** The poll of a trigger: resolves true once the daemon is to be killed. */
@@ -412,9 +417,11 @@ async function checkFor(
   const { store, trigger: t } = opts;
   const vfs = store.kind === "vfs";
   if (t.at === "all-blocks") return { check: () => jobDone(h.socket), pollMs: 2 };
+  // Walking a vfs store's growing block tree every few ms is too slow to catch the last blocks.
+  if (t.at === "blocks" && vfs) return { check: () => jobDone(h.socket, t.k), pollMs: 2 };
   // One readdir or one small list for leases and records; a walk of the block tree is dearer.
   const scope: Scope = t.at === "lease" ? "leases" : t.at === "record" ? "backups" : "blocks";
-  const pollMs = scope === "blocks" ? (vfs ? 15 : 40) : (vfs ? 1 : 5);
+  const pollMs = scope === "blocks" ? 40 : (vfs ? 1 : 5);
   const before = await volumeState(store, { volume: VOLUME, scope });
   const fired = (s: VolumeState) => {
     switch (t.at) {
@@ -633,7 +640,7 @@ async function runDestination(
   return results;
 }
 
-const DELETE_DELAYS_MS = [0, 100, 30, 300];
+const DELETE_DELAYS_MS = [0, 30, 10, 100];
 
 /**
  * Deletes the oldest backup, killing the daemon a delay (the `nth` of DELETE_DELAYS_MS) after its

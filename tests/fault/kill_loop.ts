@@ -5,8 +5,8 @@
  * A loop volume gets random, zero and repeated data. For each destination (vfs://, s3:// on the
  * local S3 server or `CONVOY_TEST_S3_ENDPOINT`) and each round: the random data is rewritten and
  * snapshotted, `backup create` starts, and the daemon is killed with SIGKILL at a point spread
- * over the rounds (the lease appearing, k new block objects in the store, all blocks stored, the
- * backup record appearing). Then the daemon restarts on the same root, the backup runs again, is
+ * over the rounds (the lease appearing; k new block objects in the store, or for vfs k blocks done
+ * in the daemon's job; all blocks done; the backup record appearing). Then the daemon restarts on the same root, the backup runs again, is
  * verified and restored, and the restored image's sha256 is compared with the snapshot's. Every
  * fourth round also deletes the oldest backup and kills the daemon during the delete. At the end
  * `convoy backup gc DEST` runs when the CLI has it, every listed backup is verified, and the store

@@ -19,6 +19,7 @@ import { isBlockDriver } from "../plugins/block/driver.ts";
 import { validateName } from "../util/names.ts";
 import { unescapeURL } from "./service_base.ts";
 import { isStoreURL } from "./service_base.ts";
+import type { GcReport } from "../backup/gc.ts";
 import { ServiceSnapshots } from "./service_snapshots.ts";
 
 /** Backup create, verify, delete, inspect and list. */
@@ -160,5 +161,25 @@ export class ServiceBackups extends ServiceSnapshots {
       this.log.debug("backups listed", { driver: name });
     }
     return out;
+  }
+
+  /**
+   * Removes unreferenced blocks and stale temporary objects in `destURL` (every volume, or
+   * `opts.volumeName`); with `dryRun`, reports what it would remove.
+   */
+  async collectGarbage(
+    destURL: string,
+    opts: { volumeName?: string; endpoint?: string; dryRun?: boolean } = {},
+  ): Promise<GcReport> {
+    if (!destURL) {
+      throw new InvalidArgumentError("Cannot collect garbage: no destination URL given");
+    }
+    if (opts.volumeName) validateName(opts.volumeName, "volume");
+    const report = await this.backup.collectGarbage(unescapeURL(destURL), opts);
+    this.log.info(opts.dryRun ? "backup gc dry run" : "backup gc done", {
+      dest: destURL,
+      volumes: Object.keys(report.Volumes).length,
+    });
+    return report;
   }
 }

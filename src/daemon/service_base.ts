@@ -17,7 +17,7 @@ import type {
   SnapshotOperations,
   VolumeOperations,
 } from "../api/driver.ts";
-import type { BackupStoreApi } from "../api/plugin.ts";
+import type { HostBackupStoreApi } from "../backup/store_api.ts";
 import { unescapeBackupURL } from "../backup/url.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
@@ -65,7 +65,7 @@ export class ServiceBase {
   readonly drivers: Map<string, ConvoyDriver>;
   readonly state: State;
   readonly config: DaemonConfig;
-  readonly backup: BackupStoreApi;
+  readonly backup: HostBackupStoreApi;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
   readonly jobs: Jobs;
@@ -76,7 +76,7 @@ export class ServiceBase {
     drivers: Map<string, ConvoyDriver>;
     state: State;
     config: DaemonConfig;
-    backup: BackupStoreApi;
+    backup: HostBackupStoreApi;
     log: Logger;
     /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
     jobRetentionMs?: number;

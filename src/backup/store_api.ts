@@ -13,7 +13,7 @@ import type {
   BackupVolume,
 } from "../api/plugin.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
-import { parseOptions } from "../plugins/driver_util.ts";
+import { parseOptions } from "../util/parse_options.ts";
 import { defaultStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";

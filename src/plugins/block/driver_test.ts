@@ -44,9 +44,11 @@ function fileAdapter(api: PluginApi, calls: string[]) {
         async removeDevice(vol) {
           await rm(vol.fields.File, { force: true });
         },
-        activate: async (vol) => {
-          if (vol.name === "bad") throw new api.errors.BackendError("the device did not attach");
-          return { path: vol.fields.File };
+        activate: (vol) => {
+          if (vol.name === "bad") {
+            return Promise.reject(new api.errors.BackendError("the device did not attach"));
+          }
+          return Promise.resolve({ path: vol.fields.File });
         },
         async createSnapshot(vol, { name }) {
           const file = join(files, `${vol.name}@${name}.img`);
@@ -80,11 +82,13 @@ function fileAdapter(api: PluginApi, calls: string[]) {
             native.set(url, { file, size: vol.size });
             return url;
           },
-          size: async (url) => native.get(url)!.size,
-          delete: async (url) => void native.delete(url),
-          inspect: async (url) => ({ BackupURL: url }),
-          list: async () =>
-            Object.fromEntries([...native.keys()].map((u) => [u, { BackupURL: u }])),
+          size: (url) => Promise.resolve(native.get(url)!.size),
+          delete: (url) => Promise.resolve(void native.delete(url)),
+          inspect: (url) => Promise.resolve({ BackupURL: url }),
+          list: () =>
+            Promise.resolve(
+              Object.fromEntries([...native.keys()].map((u) => [u, { BackupURL: u }])),
+            ),
         },
       };
       return adapter;

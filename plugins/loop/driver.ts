@@ -4,7 +4,8 @@
  * image (the filesystem is frozen around the copy) that share every extent with it on
  * filesystems with reflinks (xfs with reflink=1, btrfs), and are sparse copies elsewhere.
  * Backups are Convoy's delta-block backups: the driver tells the engine which 2 MiB blocks
- * changed since the last backed-up snapshot by comparing extent maps (FIEMAP).
+ * changed since the last backed-up snapshot by comparing extent maps (FIEMAP) where snapshots
+ * share extents, and answers "unknown" elsewhere (the engine then compares checksums).
  *
  * On-disk layout:
  *

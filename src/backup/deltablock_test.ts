@@ -30,7 +30,7 @@ import {
   verifyDeltaBackup,
 } from "./deltablock.ts";
 import { takeLease } from "./leases.ts";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import { s3TestEndpoint } from "../../tests/s3_helper.ts";

@@ -33,6 +33,7 @@ import {
 } from "../api/options.ts";
 import type { BackupStoreApi, VerifyReport } from "../api/plugin.ts";
 import { decodeBackupURL } from "../backup/url.ts";
+import type { StoreRegistry } from "../store/registry.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
@@ -84,8 +85,6 @@ export function unescapeURL(url: string): string {
   return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
 }
 
-const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
-
 /** Marks a Docker mount ID in VolumeRecord.MountIDs taken before Docker last activated the plugin. */
 export const STALE_MOUNT_PREFIX = "stale:";
 
@@ -108,6 +107,8 @@ export class VolumeService {
   readonly state: State;
   readonly config: DaemonConfig;
   readonly backup: BackupStoreApi;
+  /** The backup store schemes (the daemon's registry): other backup URLs name a driver. */
+  readonly #stores: Pick<StoreRegistry, "schemes">;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
   readonly jobs: Jobs;
@@ -119,6 +120,7 @@ export class VolumeService {
     state: State;
     config: DaemonConfig;
     backup: BackupStoreApi;
+    stores: Pick<StoreRegistry, "schemes">;
     log: Logger;
     /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
     jobRetentionMs?: number;
@@ -127,6 +129,7 @@ export class VolumeService {
     this.state = opts.state;
     this.config = opts.config;
     this.backup = opts.backup;
+    this.#stores = opts.stores;
     this.log = opts.log;
     this.jobs = new Jobs({ keepFinishedMs: opts.jobRetentionMs });
   }
@@ -671,7 +674,7 @@ export class VolumeService {
     } catch {
       throw new InvalidArgumentError(`${action}: invalid backup URL`);
     }
-    if (!STORE_SCHEMES.has(scheme)) return scheme;
+    if (!this.#stores.schemes().includes(scheme)) return scheme;
     return (await this.backup.getBackupVolume(url, { endpoint })).driver;
   }
 

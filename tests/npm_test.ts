@@ -26,6 +26,8 @@ describe("npm package on Node", () => {
     assert.equal(r.code, 0, r.stderr + r.stdout);
     const pkg = JSON.parse(await readFile(join(out, "package.json"), "utf8"));
     assert.equal(pkg.bin.convoy, "./src/bin.js");
+    const root = JSON.parse(await readFile(join(REPO, "package.json"), "utf8"));
+    assert.deepEqual(pkg.engines, root.engines, "the package states the engines it was built for");
     node = ["node", join(out, "src", "bin.js")];
     // What `npm install` would put beside the package: its dependencies.
     await symlink(join(REPO, "node_modules"), join(out, "node_modules"));
@@ -34,7 +36,7 @@ describe("npm package on Node", () => {
 
   it("runs the daemon and CLI under node, with the vfs and loop drivers and .ts/.js plugins", async () => {
     assert.match(await ok(["--version"], { command: node }), /^Convoy version v/);
-    // Node 20 has no zstd: the loop volume's blocks are stored with gzip.
+    // A node without zstd in node:zlib stores the loop volume's blocks with gzip.
     await servesBundledAndPluginDrivers(node, { dir, text: "on node" });
   });
 

@@ -458,6 +458,9 @@ describe("runCli() daemon command", () => {
       "--create-on-docker-mount",
       "--ignore-config-file",
       "--no-docker-spec",
+      "--docker-plugin-name",
+      "convoy2",
+      "--replace-docker-spec",
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.daemonFlags, [{
@@ -474,6 +477,9 @@ describe("runCli() daemon command", () => {
       createOnDockerMount: true,
       ignoreConfigFile: true,
       dockerSpec: false,
+      dockerPluginName: "convoy2",
+      replaceDockerSpec: true,
+      dockerSpecDir: undefined,
     }]);
   });
 
@@ -494,6 +500,9 @@ describe("runCli() daemon command", () => {
       createOnDockerMount: undefined,
       ignoreConfigFile: undefined,
       dockerSpec: true,
+      dockerPluginName: undefined,
+      replaceDockerSpec: undefined,
+      dockerSpecDir: undefined,
     }]);
   });
 

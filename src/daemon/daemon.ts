@@ -52,7 +52,11 @@ async function lockRoot(root: string): Promise<() => Promise<void>> {
   return () => rm(path, { force: true });
 }
 
-function handler(svc: VolumeService, log: Logger): (req: HttpRequest) => Promise<HttpResponse> {
+/** The daemon's request handler: Docker plugin paths, then Convoy's REST routes. */
+export function createHandler(
+  svc: VolumeService,
+  log: Logger,
+): (req: HttpRequest) => Promise<HttpResponse> {
   return async (req) => {
     if (!req.path.endsWith("/volumes/list")) {
       log.debug("request", { method: req.method, path: req.path });
@@ -167,7 +171,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
     });
     await service.reconcile();
     await saveConfig(cfg.config);
-    server = await listenUnix(cfg.socket, handler(service, log));
+    server = await listenUnix(cfg.socket, createHandler(service, log));
     await spec?.write();
     log.info("convoy daemon listening", {
       socket: cfg.socket,

@@ -31,8 +31,10 @@ import {
   OPT_VOLUME_NAME,
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
-import type { BackupStoreApi, VerifyReport } from "../api/plugin.ts";
+import type { VerifyReport } from "../api/plugin.ts";
 import { decodeBackupURL } from "../backup/url.ts";
+import type { GcReport } from "../backup/gc.ts";
+import type { HostBackupStoreApi } from "../backup/store_api.ts";
 import type { StoreRegistry } from "../store/registry.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
@@ -106,7 +108,7 @@ export class VolumeService {
   readonly drivers: Map<string, ConvoyDriver>;
   readonly state: State;
   readonly config: DaemonConfig;
-  readonly backup: BackupStoreApi;
+  readonly backup: HostBackupStoreApi;
   /** The backup store schemes (the daemon's registry): other backup URLs name a driver. */
   readonly #stores: Pick<StoreRegistry, "schemes">;
   readonly log: Logger;
@@ -119,7 +121,7 @@ export class VolumeService {
     drivers: Map<string, ConvoyDriver>;
     state: State;
     config: DaemonConfig;
-    backup: BackupStoreApi;
+    backup: HostBackupStoreApi;
     stores: Pick<StoreRegistry, "schemes">;
     log: Logger;
     /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
@@ -721,6 +723,26 @@ export class VolumeService {
       this.log.debug("backups listed", { driver: name });
     }
     return out;
+  }
+
+  /**
+   * Removes unreferenced blocks and stale temporary objects in `destURL` (every volume, or
+   * `opts.volumeName`); with `dryRun`, reports what it would remove.
+   */
+  async collectGarbage(
+    destURL: string,
+    opts: { volumeName?: string; endpoint?: string; dryRun?: boolean } = {},
+  ): Promise<GcReport> {
+    if (!destURL) {
+      throw new InvalidArgumentError("Cannot collect garbage: no destination URL given");
+    }
+    if (opts.volumeName) validateName(opts.volumeName, "volume");
+    const report = await this.backup.collectGarbage(unescapeURL(destURL), opts);
+    this.log.info(opts.dryRun ? "backup gc dry run" : "backup gc done", {
+      dest: destURL,
+      volumes: Object.keys(report.Volumes).length,
+    });
+    return report;
   }
 
   // ---- start-up ------------------------------------------------------------------------------

@@ -221,18 +221,18 @@ parentPort.on("message", (m) => {
       const data = held.get(m.hold);
       held.delete(m.hold);
       parentPort.postMessage({ id: m.id, buf: data.buffer }, [data.buffer]);
-    } else if (m.op === "unpack") {
-      back.push(m.into);
+    } else if (m.op === "check") {
+      // Decoded (into the staging buffer where it can) and hashed; nothing is sent back but the
+      // checksum and length.
       if (!m.own) back.push(m.buf);
-      const raw = unpack(new Uint8Array(m.buf, 0, m.len));
-      if (m.own) free(new Uint8Array(m.buf)); // handed over: freed now, not at some later GC
-      const into = new Uint8Array(m.into);
-      const n = Math.min(raw.length, into.length);
-      into.set(raw.subarray(0, n));
+      const src = new Uint8Array(m.buf, 0, m.len);
+      const inPlace = zstdInto(src, stagingBuffer(), 0, m.size);
+      const raw = inPlace ?? unpack(src);
+      if (m.own) free(new Uint8Array(m.buf));
       const sum = digest(m.algo, raw);
       const length = raw.length;
-      free(raw);
-      parentPort.postMessage({ id: m.id, sum, length, into: m.into, buf: m.own ? undefined : m.buf }, back);
+      if (!inPlace) free(raw);
+      parentPort.postMessage({ id: m.id, sum, length, buf: m.own ? undefined : m.buf }, back);
     } else if (m.op === "unpackTo") {
       // Decoded, verified and written here: the block never travels back to the main thread.
       if (!m.own) back.push(m.buf);
@@ -292,7 +292,6 @@ interface Reply {
   out?: ArrayBuffer;
   len?: number;
   buf?: ArrayBuffer;
-  into?: ArrayBuffer;
   bufs?: ArrayBuffer[];
   length?: number;
   written?: boolean;
@@ -627,24 +626,23 @@ export async function closeFile(path: string): Promise<void> {
 }
 
 /**
- * Decompresses a block file on a worker into `into` (which must own its whole ArrayBuffer; it
- * is transferred and returned as `data`). Resolves to the data, its full length and checksum.
- * `packed` is handed over (see packedBuffer).
+ * Decompresses and hashes a block file on a worker, keeping nothing: resolves to its checksum and
+ * length (`size` + 1 when it decodes to more than `size` bytes). `packed` is handed over (see
+ * packedBuffer).
  */
-export async function unpackBlock(
+export async function checkBlock(
   packed: Uint8Array,
-  opts: { algo: ChecksumAlgorithm; into: Uint8Array },
-): Promise<{ data: Uint8Array; length: number; checksum: string }> {
+  opts: { algo: ChecksumAlgorithm; size: number },
+): Promise<{ length: number; checksum: string }> {
   const { buf, own } = packedBuffer(packed);
-  const into = opts.into.buffer as ArrayBuffer;
   const r = await lane().call(
-    { op: "unpack", buf, len: packed.length, into, algo: ALGO[opts.algo], own },
-    [buf, into],
+    { op: "check", buf, len: packed.length, size: opts.size, algo: ALGO[opts.algo], own },
+    [buf],
   );
   if (r.error) {
     recycle(...r.bufs ?? []);
     throw new Error(r.error);
   }
   recycle(r.buf);
-  return { data: new Uint8Array(r.into!), length: r.length!, checksum: r.sum! };
+  return { length: r.length!, checksum: r.sum! };
 }

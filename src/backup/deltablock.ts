@@ -42,13 +42,13 @@ import {
   isZero,
 } from "./codec.ts";
 import {
+  checkBlock,
   closeFile,
   freeBuffers,
   hashBlock,
   type ReadBlock,
   readSourceBlock,
   TargetWriteError,
-  unpackBlock,
   unpackBlockTo,
 } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
@@ -189,7 +189,7 @@ async function referencedBlocks(store: ObjectStore, volume: string): Promise<Set
 async function storedBlockIsGood(
   store: ObjectStore,
   key: string,
-  opts: { sum: string; algo: ChecksumAlgorithm; buffers: Uint8Array[] },
+  opts: { sum: string; algo: ChecksumAlgorithm },
 ): Promise<boolean> {
   let raw: Uint8Array;
   try {
@@ -199,11 +199,8 @@ async function storedBlockIsGood(
     throw err;
   }
   try {
-    const { data, length, checksum } = await unpackBlock(raw, {
-      algo: opts.algo,
-      into: opts.buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
-    });
-    opts.buffers.push(data);
+    // `raw` is handed over: a store's read() result is ours.
+    const { length, checksum } = await checkBlock(raw, { algo: opts.algo, size: BLOCK_SIZE });
     return length === BLOCK_SIZE && checksum === opts.sum;
   } catch {
     return false;
@@ -393,7 +390,6 @@ export async function createDeltaBackup(
                         const good = await storedBlockIsGood(store, key, {
                           sum,
                           algo: codec.checksum,
-                          buffers,
                         });
                         if (good) {
                           rechecked++;
@@ -566,29 +562,23 @@ function corrupt(ref: BlockRef, why: string, cause?: unknown): BackendError {
 }
 
 /**
- * Reads, decompresses and verifies one block into `opts.into` (handed over; the data comes back
- * in it); a clear error names the backup and the block.
+ * Reads, decompresses and verifies one block, keeping none of it; resolves to its size. A clear
+ * error names the backup and the block.
  */
-async function fetchBlock(
-  store: ObjectStore,
-  opts: BlockRef & { into: Uint8Array },
-): Promise<Uint8Array> {
+async function checkBlockFile(store: ObjectStore, opts: BlockRef): Promise<number> {
   const raw = await readBlockFile(store, opts);
-  let data: Uint8Array;
   let sum: string;
   let length: number;
   try {
-    ({ data, checksum: sum, length } = await unpackBlock(raw, {
-      algo: opts.algo,
-      into: opts.into, // `raw` is handed over: a store's read() result is ours
-    }));
+    // `raw` is handed over: a store's read() result is ours.
+    ({ checksum: sum, length } = await checkBlock(raw, { algo: opts.algo, size: BLOCK_SIZE }));
   } catch (err) {
     throw corrupt(opts, errorMessage(err), err);
   }
   if (length !== BLOCK_SIZE || sum !== opts.block.BlockChecksum) {
     throw corrupt(opts, "checksum mismatch");
   }
-  return data;
+  return length;
 }
 
 /**
@@ -719,29 +709,21 @@ export async function verifyDeltaBackup(
   const problems: string[] = [];
   let bytes = 0;
   let done = 0;
-  const buffers: Uint8Array[] = [];
-  try {
-    await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
-      try {
-        const data = await fetchBlock(store, {
-          volume: opts.volume,
-          block,
-          algo,
-          url: opts.url,
-          action: "verify",
-          into: buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
-        });
-        bytes += data.length;
-        buffers.push(data);
-      } catch (err) {
-        if (isErrorCode(err, "Cancelled")) throw err;
-        problems.push(errorMessage(err));
-      }
-      opts.progress?.({ done: ++done, total: blocks.length, bytes });
-    });
-  } finally {
-    freeBuffers(buffers);
-  }
+  await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
+    try {
+      bytes += await checkBlockFile(store, {
+        volume: opts.volume,
+        block,
+        algo,
+        url: opts.url,
+        action: "verify",
+      });
+    } catch (err) {
+      if (isErrorCode(err, "Cancelled")) throw err;
+      problems.push(errorMessage(err));
+    }
+    opts.progress?.({ done: ++done, total: blocks.length, bytes });
+  });
   return {
     backupURL: opts.url,
     blocks: backup.Blocks.length,

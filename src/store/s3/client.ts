@@ -6,6 +6,7 @@
  */
 import type { S3Client } from "@aws-sdk/client-s3";
 import process from "node:process";
+import { fetchHandler } from "./reads.ts";
 
 /** The SDK module. */
 export type SDK = typeof import("@aws-sdk/client-s3");
@@ -33,9 +34,12 @@ export interface ClientConfig {
 
 const clients = new Map<string, S3Client>();
 
-/** The shared client of `cfg`, created on first use. */
-export function clientFor(sdk: SDK, cfg: ClientConfig): S3Client {
-  const key = JSON.stringify([cfg.region, cfg.endpoint, cfg.credentials]);
+/**
+ * The shared client of `cfg`, created on first use; with `reads`, the client of GetObject,
+ * over fetch() (see fetchHandler in ./reads.ts).
+ */
+export function clientFor(sdk: SDK, cfg: ClientConfig, reads = false): S3Client {
+  const key = JSON.stringify([cfg.region, cfg.endpoint, cfg.credentials, reads]);
   let client = clients.get(key);
   if (!client) {
     client = new sdk.S3Client({
@@ -47,7 +51,8 @@ export function clientFor(sdk: SDK, cfg: ClientConfig): S3Client {
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
       // Fail a connect after 10 s and a request whose socket idles for 2 min; both are retried.
-      requestHandler: { connectionTimeout: 10_000, socketTimeout: 120_000 },
+      // Reads go over fetch(): see fetchHandler.
+      requestHandler: reads ? fetchHandler : { connectionTimeout: 10_000, socketTimeout: 120_000 },
     });
     clients.set(key, client);
   }

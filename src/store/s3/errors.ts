@@ -66,6 +66,8 @@ const AUTH_CODES = new Set([
   "CredentialsProviderError",
 ]);
 const NOT_FOUND_CODES = new Set(["NotFound", "NoSuchKey"]);
+/** The code of a read whose fetch() failed or stalled (fetch gives no system error code). */
+export const FETCH_FAILED = "EFETCH";
 const NETWORK_CODES = new Set([
   "ECONNRESET",
   "ECONNREFUSED",
@@ -77,6 +79,7 @@ const NETWORK_CODES = new Set([
   "ENETDOWN",
   "EAI_AGAIN",
   "UND_ERR_SOCKET",
+  FETCH_FAILED,
 ]);
 /** Error names of the SDK's transport for a request that timed out or broke mid-way. */
 const NETWORK_NAMES = new Set(["TimeoutError", "RequestTimeout", "RequestTimeoutException"]);

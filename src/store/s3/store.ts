@@ -59,6 +59,7 @@ import {
   partSizeFor,
   S3_PART_SIZE,
 } from "./multipart.ts";
+import { fetchError, READ_IDLE_MS, readAll } from "./reads.ts";
 import { type S3RetryOptions, s3RetryPolicy } from "./retry.ts";
 
 /** S3's largest DeleteObjects request. */
@@ -118,6 +119,7 @@ export class S3Store implements ObjectStore {
   readonly prefix: string;
   readonly #sdk: SDK;
   readonly #client: S3Client;
+  readonly #reader: S3Client;
   readonly #partSize: number;
   readonly #concurrency: number;
   readonly #retry: RetryPolicy;
@@ -125,10 +127,17 @@ export class S3Store implements ObjectStore {
   constructor(
     sdk: SDK,
     client: S3Client,
-    opts: { url: S3URL; partSize?: number; concurrency?: number; retry?: RetryPolicy },
+    opts: {
+      url: S3URL;
+      partSize?: number;
+      concurrency?: number;
+      retry?: RetryPolicy;
+      reader?: S3Client;
+    },
   ) {
     this.#sdk = sdk;
     this.#client = client;
+    this.#reader = opts.reader ?? client;
     this.url = opts.url.url;
     this.bucket = opts.url.bucket;
     this.prefix = opts.url.path.replace(/^\/+/, "").replace(/\/+$/, "");
@@ -177,10 +186,11 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async #get(op: string, k: string) {
+  async #get(op: string, k: string, via: { client?: S3Client; signal?: AbortSignal } = {}) {
     try {
-      return await this.#client.send(
+      return await (via.client ?? this.#client).send(
         new this.#sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.#key(k) }),
+        { abortSignal: via.signal },
       );
     } catch (err) {
       if (classifyS3Error(err) === "not-found") throw this.#missing(op, k, err);
@@ -188,13 +198,36 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  /**
+   * The object's bytes, in one buffer of its own (the caller may transfer or free it). Read over
+   * the reads client (./reads.ts): each chunk is copied into place and freed at once, so the
+   * memory a read leaves behind is that buffer alone.
+   */
   async read(key: string): Promise<Uint8Array> {
     const k = checkKey(key);
-    const out = await this.#get("read", k);
+    const stall = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const idle = () => {
+      clearTimeout(timer);
+      timer = setTimeout(
+        () => stall.abort(new Error(`no data for ${READ_IDLE_MS / 1000} s`)),
+        READ_IDLE_MS,
+      );
+    };
+    idle();
     try {
-      return out.Body ? plain(await out.Body.transformToByteArray()) : new Uint8Array();
+      const out = await this.#get("read", k, { client: this.#reader, signal: stall.signal });
+      const body = out.Body as ReadableStream<Uint8Array> | undefined;
+      if (!body) return new Uint8Array();
+      try {
+        return await readAll(body, { size: out.ContentLength, progress: idle });
+      } catch (err) {
+        throw fetchError(stall.signal.reason ?? err);
+      }
     } catch (err) {
       throw this.#fail("read", k, err);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -508,7 +541,8 @@ export async function openS3Store(destURL: string, opts: S3StoreOptions = {}): P
   const endpoint = rawEndpoint !== undefined ? checkEndpoint(destURL, rawEndpoint) : undefined;
   const region = url.region ?? envValue("AWS_REGION") ?? "us-east-1";
   const sdk = await loadSdk();
-  const client = clientFor(sdk, { region, endpoint, credentials: opts.credentials });
+  const cfg = { region, endpoint, credentials: opts.credentials };
+  const client = clientFor(sdk, cfg);
   const what = `Cannot open backup store "${destURL}"`;
   try {
     await client.send(new sdk.HeadBucketCommand({ Bucket: url.bucket }));
@@ -535,6 +569,7 @@ export async function openS3Store(destURL: string, opts: S3StoreOptions = {}): P
     partSize: opts.partSize,
     concurrency: opts.concurrency,
     retry: s3RetryPolicy(opts.retry),
+    reader: clientFor(sdk, cfg, true),
   });
 }
 

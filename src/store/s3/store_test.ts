@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { Buffer } from "node:buffer";
 import process from "node:process";
 import { after, before, describe, it } from "node:test";
 import { BackendError, InvalidArgumentError, NotFoundError } from "../../api/errors.ts";
@@ -345,6 +346,49 @@ describe("S3Store failure handling", () => {
       const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
       assert.equal(dec.decode(await store.read("obj")), "hello");
       assert.equal(fake.requests.length, 4);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it("read() returns an object sent in many pieces as one buffer of its own", async () => {
+    const data = new Uint8Array(3 * 1024 * 1024 + 17).map((_, i) => (i * 7) % 251);
+    const fake = await fakeS3((_req, res) => {
+      res.writeHead(200, { "content-length": String(data.length) });
+      for (let i = 0; i < data.length; i += 10_000) res.write(data.subarray(i, i + 10_000));
+      res.end();
+    });
+    try {
+      const store = await openS3Store("s3://bucket@us-east-1/p", { endpoint: fake.endpoint });
+      const got = await store.read("big");
+      assert.ok(Buffer.from(got).equals(Buffer.from(data)));
+      assert.equal(got.byteOffset, 0);
+      assert.equal(got.byteLength, got.buffer.byteLength);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it("read() of a body cut short fails as a network error, retried", async () => {
+    const fake = await fakeS3((_req, res, n) => {
+      res.writeHead(200, { "content-length": "1000" });
+      res.write("0123456789");
+      if (n < 3) setTimeout(() => res.socket?.destroy(), 20);
+      else res.end("x".repeat(990));
+    });
+    try {
+      const store = await openS3Store("s3://bucket@us-east-1/p", {
+        endpoint: fake.endpoint,
+        retry: FAST_RETRY,
+      });
+      await assert.rejects(store.read("cut"), (e: unknown) => {
+        assert.ok(e instanceof S3StoreError);
+        assert.equal(e.permanent, false);
+        assert.match(e.message, /^Cannot read "cut" in "s3:\/\/bucket@us-east-1\/p": /);
+        return true;
+      });
+      assert.equal(fake.requests.length, 1); // a body failure is the caller's to retry
+      assert.equal((await withRetry(store, { delayMs: 1 }).read("cut")).length, 1000);
     } finally {
       await fake.close();
     }

@@ -34,7 +34,7 @@ import { loadBackupRecord } from "./catalog.ts";
 import { collectGarbage } from "./gc.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
 import { leasesDir, processStart, takeLease, thisHolder } from "./leases.ts";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import { s3TestEndpoint } from "../../tests/s3_helper.ts";

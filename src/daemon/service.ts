@@ -35,6 +35,7 @@ import type { VerifyReport } from "../api/plugin.ts";
 import { decodeBackupURL } from "../backup/url.ts";
 import type { GcReport } from "../backup/gc.ts";
 import type { HostBackupStoreApi } from "../backup/store_api.ts";
+import type { StoreRegistry } from "../store/registry.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
@@ -86,8 +87,6 @@ export function unescapeURL(url: string): string {
   return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
 }
 
-const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
-
 /** Marks a Docker mount ID in VolumeRecord.MountIDs taken before Docker last activated the plugin. */
 export const STALE_MOUNT_PREFIX = "stale:";
 
@@ -110,6 +109,8 @@ export class VolumeService {
   readonly state: State;
   readonly config: DaemonConfig;
   readonly backup: HostBackupStoreApi;
+  /** The backup store schemes (the daemon's registry): other backup URLs name a driver. */
+  readonly #stores: Pick<StoreRegistry, "schemes">;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
   readonly jobs: Jobs;
@@ -121,6 +122,7 @@ export class VolumeService {
     state: State;
     config: DaemonConfig;
     backup: HostBackupStoreApi;
+    stores: Pick<StoreRegistry, "schemes">;
     log: Logger;
     /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
     jobRetentionMs?: number;
@@ -129,6 +131,7 @@ export class VolumeService {
     this.state = opts.state;
     this.config = opts.config;
     this.backup = opts.backup;
+    this.#stores = opts.stores;
     this.log = opts.log;
     this.jobs = new Jobs({ keepFinishedMs: opts.jobRetentionMs });
   }
@@ -673,7 +676,7 @@ export class VolumeService {
     } catch {
       throw new InvalidArgumentError(`${action}: invalid backup URL`);
     }
-    if (!STORE_SCHEMES.has(scheme)) return scheme;
+    if (!this.#stores.schemes().includes(scheme)) return scheme;
     return (await this.backup.getBackupVolume(url, { endpoint })).driver;
   }
 

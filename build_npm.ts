@@ -1,7 +1,8 @@
 /**
  * Builds the npm package for Node into dist/npm: tsc emits JavaScript and .d.ts files (relative
  * `.ts` imports rewritten to `.js`), then a package.json with the `convoy` bin and the
- * `convoy/plugin-api` types export. `npm pack ./dist/npm` makes the tarball.
+ * `convoy/plugin-api` types export and the `convoy/conformance` driver test suite.
+ * `npm pack ./dist/npm` makes the tarball.
  */
 import { spawnSync } from "node:child_process";
 import { cp, readFile, rm, writeFile } from "node:fs/promises";
@@ -30,6 +31,7 @@ const npmPkg = {
   exports: {
     ".": { types: "./mod.d.ts", default: "./mod.js" },
     "./plugin-api": { types: "./mod.d.ts", default: "./mod.js" },
+    "./conformance": { types: "./conformance.d.ts", default: "./conformance.js" },
   },
   types: "./mod.d.ts",
   dependencies: pkg.dependencies,

@@ -112,6 +112,20 @@ async function createSparse(path: string, size: number): Promise<void> {
   }
 }
 
+/** `bytes` in the largest unit (K, M, G, T: powers of 1024) that divides it: 1000T, 66M. */
+function sizeText(bytes: number): string {
+  for (const [unit, exp] of [["T", 40], ["G", 30], ["M", 20], ["K", 10]] as const) {
+    if (bytes % 2 ** exp === 0) return `${bytes / 2 ** exp}${unit}`;
+  }
+  return String(bytes);
+}
+
+/** EFBIG: Node sets the code; Deno (2.9) only says "File too large (os error 27)". */
+function isFileTooLarge(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  return e?.code === "EFBIG" || /\(os error 27\)$/.test(String(e?.message ?? ""));
+}
+
 async function fsyncFile(path: string): Promise<void> {
   const fh = await open(path, "r");
   try {
@@ -402,6 +416,20 @@ class LoopDriver {
     });
   }
 
+  /**
+   * `err` of creating an image of `size` bytes: the filesystem's refusal of the size (EFBIG) as
+   * InvalidArgumentError, anything else wrapped.
+   */
+  #createError(err: unknown, what: string, size: number): unknown {
+    if (isFileTooLarge(err)) {
+      return new this.#api.errors.InvalidArgumentError(
+        `${what}: size ${sizeText(size)} exceeds what the filesystem at "${this.#cfg.Path}" allows`,
+        { cause: err },
+      );
+    }
+    return this.#api.errors.wrapError(err, what);
+  }
+
   async #createEmpty(name: string, requested: number): Promise<void> {
     const what = `Cannot create volume "${name}"`;
     const image = this.#imagePath(name);
@@ -445,7 +473,7 @@ class LoopDriver {
       await rename(tmp, image);
     } catch (err) {
       await rm(tmp, { force: true });
-      throw this.#api.errors.wrapError(err, what);
+      throw this.#createError(err, what, size);
     }
     await this.#finishCreate(name, { size, fs: this.#cfg.Filesystem, created: true, what });
   }
@@ -492,7 +520,9 @@ class LoopDriver {
     const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${this.#api.util.randomId()}.img`);
     let fs: string;
     try {
-      await createSparse(tmp, size);
+      await createSparse(tmp, size).catch((err) => {
+        throw this.#createError(err, what, size);
+      });
       await this.#api.backup.restoreDeltaBackup(url, tmp, {
         endpoint,
         signal,

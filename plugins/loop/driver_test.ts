@@ -427,6 +427,19 @@ describe("loop driver: volumes", () => {
     });
   });
 
+  it("createVolume() refuses a size the filesystem cannot hold as bad input and leaves no file", async () => {
+    await withEnv({}, async ({ path, init }) => {
+      const { vols } = await ops(await init());
+      await rejectsWith(() => vols.createVolume("huge", { Size: "1000T" }), {
+        type: InvalidArgumentError,
+        message:
+          `Cannot create volume "huge": size 1000T exceeds what the filesystem at "${path}" allows`,
+      });
+      assert.deepEqual(await readdir(path), []);
+      assert.deepEqual(await vols.listVolume({}), {});
+    });
+  });
+
   it("createVolume() without a size uses loop.defaultvolumesize (10G by default) and loop.fs", async () => {
     await withEnv({}, async ({ path, init, root, dir }) => {
       const { vols } = await ops(await init());

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -5,7 +6,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { BackendError, NotSupportedError } from "../api/errors.ts";
 import { MemoryStore } from "../store/memory.ts";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { silentLogger } from "../util/log.ts";
@@ -89,11 +90,13 @@ describe("createSingleFileBackup()", () => {
         `${dir}/volume.cfg`,
       ]);
       assert.equal(dec.decode(await store.read(`${dir}/BackupFiles/${name}.bak`)), "archive bytes");
+      const bare = `{"Name":"${name}","Driver":"","VolumeName":"vol1","SnapshotName":"snap1",` +
+        `"SnapshotCreatedAt":"${SNAPSHOT.createdTime}","CreatedTime":"${NOW()}",` +
+        `"SingleFile":{"FilePath":"${dir}/BackupFiles/${name}.bak"}}`;
+      const sum = createHash("sha256").update(bare).digest("hex");
       assert.equal(
         dec.decode(await store.read(`${dir}/backups/backup_${name}.cfg`)),
-        `{"Name":"${name}","Driver":"","VolumeName":"vol1","SnapshotName":"snap1",` +
-          `"SnapshotCreatedAt":"${SNAPSHOT.createdTime}","CreatedTime":"${NOW()}",` +
-          `"SingleFile":{"FilePath":"${dir}/BackupFiles/${name}.bak"}}`,
+        `${bare.slice(0, -1)},"RecordChecksum":"sha256:${sum}"}`,
       );
       assert.equal(
         dec.decode(await store.read(`${dir}/volume.cfg`)),

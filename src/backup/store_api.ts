@@ -14,7 +14,7 @@ import type {
 } from "../api/plugin.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseOptions } from "../plugins/driver_util.ts";
-import { defaultStoreRegistry } from "../store/registry.ts";
+import { builtinStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { validateName } from "../util/names.ts";
@@ -26,6 +26,7 @@ import {
   restoreDeltaBackup,
   verifyDeltaBackup,
 } from "./deltablock.ts";
+import { collectGarbage, type GcReport } from "./gc.ts";
 import { volumeConfigPath } from "./layout.ts";
 import { type BackupRecord, isSingleFileBackup, type VolumeRecord } from "./records.ts";
 import {
@@ -39,7 +40,10 @@ import { type BackupRef, decodeBackupURL, encodeBackupURL } from "./url.ts";
 /** Options of createBackupStoreApi. */
 export interface BackupStoreApiOptions {
   log: Logger;
-  /** Where stores come from (default: the built-in registry). Tests inject wrappers here. */
+  /**
+   * Where stores come from: the daemon passes its registry (default: a new builtinStoreRegistry,
+   * for tests). Tests inject wrappers here.
+   */
   stores?: { open(destURL: string, opts?: OpenStoreOptions): Promise<ObjectStore> };
   /** The CreatedTime of new backup records (default: now, as RubyDate). */
   now?: () => string;
@@ -88,9 +92,21 @@ function backupQueries(
   };
 }
 
+/** The host's backup store helpers: the drivers' BackupStoreApi plus what only the daemon calls. */
+export interface HostBackupStoreApi extends BackupStoreApi {
+  /**
+   * Removes the blocks no backup record references and stale temporary objects, of every volume
+   * in `destURL` (or `opts.volumeName`); with `dryRun`, only reports what it would remove.
+   */
+  collectGarbage(
+    destURL: string,
+    opts?: { volumeName?: string; endpoint?: string; dryRun?: boolean },
+  ): Promise<GcReport>;
+}
+
 /** The BackupStoreApi handed to drivers, over the stores of `opts.stores`. */
-export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreApi {
-  const stores = opts.stores ?? defaultStoreRegistry;
+export function createBackupStoreApi(opts: BackupStoreApiOptions): HostBackupStoreApi {
+  const stores = opts.stores ?? builtinStoreRegistry({ log: opts.log.child({ pkg: "store" }) });
   const log = opts.log.child({ component: "backupstore" });
 
   async function openBackup(
@@ -119,7 +135,13 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
     return { store, volume, backup };
   }
 
-  const api: BackupStoreApi = {
+  const api: HostBackupStoreApi = {
+    async collectGarbage(destURL, gopts = {}) {
+      const store = await stores.open(destURL, endpointOf(gopts));
+      const volume = gopts.volumeName ? validateName(gopts.volumeName, "volume") : undefined;
+      return await collectGarbage(store, { volume, dryRun: gopts.dryRun, log });
+    },
+
     async createSingleFileBackup(file, copts) {
       const store = await stores.open(copts.destURL, endpointOf(copts));
       const backup = await createSingleFileBackup(store, file, {

@@ -6,6 +6,7 @@ import { createBackupStoreApi } from "../backup/store_api.ts";
 import { bundledPlugins } from "../plugins/bundled.ts";
 import { createPluginApi } from "../plugins/host_api.ts";
 import { loadPlugins } from "../plugins/loader.ts";
+import { builtinStoreRegistry } from "../store/registry.ts";
 import { createExec } from "../runtime/exec.ts";
 import {
   type HttpRequest,
@@ -51,7 +52,11 @@ async function lockRoot(root: string): Promise<() => Promise<void>> {
   return () => rm(path, { force: true });
 }
 
-function handler(svc: VolumeService, log: Logger): (req: HttpRequest) => Promise<HttpResponse> {
+/** The daemon's request handler: Docker plugin paths, then Convoy's REST routes. */
+export function createHandler(
+  svc: VolumeService,
+  log: Logger,
+): (req: HttpRequest) => Promise<HttpResponse> {
   return async (req) => {
     if (!req.path.endsWith("/volumes/list")) {
       log.debug("request", { method: req.method, path: req.path });
@@ -123,7 +128,8 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
         mountinfo: typeof ns.mountInfo === "string" ? ns.mountInfo : "nsenter",
       });
     }
-    const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }) });
+    const stores = builtinStoreRegistry({ log: log.child({ pkg: "store" }) });
+    const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }), stores });
     const registry = await loadPlugins({
       bundled: bundledPlugins,
       folders: [join(cfg.root, "plugins"), ...cfg.config.Plugins.map((p) => resolve(p))],
@@ -159,12 +165,13 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
       state,
       config: cfg.config,
       backup,
+      stores,
       log,
       jobRetentionMs: retentionMs,
     });
     await service.reconcile();
     await saveConfig(cfg.config);
-    server = await listenUnix(cfg.socket, handler(service, log));
+    server = await listenUnix(cfg.socket, createHandler(service, log));
     await spec?.write();
     log.info("convoy daemon listening", {
       socket: cfg.socket,

@@ -31,8 +31,11 @@ import {
   OPT_VOLUME_NAME,
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
-import type { BackupStoreApi, VerifyReport } from "../api/plugin.ts";
+import type { VerifyReport } from "../api/plugin.ts";
 import { decodeBackupURL } from "../backup/url.ts";
+import type { GcReport } from "../backup/gc.ts";
+import type { HostBackupStoreApi } from "../backup/store_api.ts";
+import type { StoreRegistry } from "../store/registry.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
@@ -84,8 +87,6 @@ export function unescapeURL(url: string): string {
   return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
 }
 
-const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
-
 /** Marks a Docker mount ID in VolumeRecord.MountIDs taken before Docker last activated the plugin. */
 export const STALE_MOUNT_PREFIX = "stale:";
 
@@ -107,7 +108,9 @@ export class VolumeService {
   readonly drivers: Map<string, ConvoyDriver>;
   readonly state: State;
   readonly config: DaemonConfig;
-  readonly backup: BackupStoreApi;
+  readonly backup: HostBackupStoreApi;
+  /** The backup store schemes (the daemon's registry): other backup URLs name a driver. */
+  readonly #stores: Pick<StoreRegistry, "schemes">;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
   readonly jobs: Jobs;
@@ -118,7 +121,8 @@ export class VolumeService {
     drivers: Map<string, ConvoyDriver>;
     state: State;
     config: DaemonConfig;
-    backup: BackupStoreApi;
+    backup: HostBackupStoreApi;
+    stores: Pick<StoreRegistry, "schemes">;
     log: Logger;
     /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
     jobRetentionMs?: number;
@@ -127,6 +131,7 @@ export class VolumeService {
     this.state = opts.state;
     this.config = opts.config;
     this.backup = opts.backup;
+    this.#stores = opts.stores;
     this.log = opts.log;
     this.jobs = new Jobs({ keepFinishedMs: opts.jobRetentionMs });
   }
@@ -671,7 +676,7 @@ export class VolumeService {
     } catch {
       throw new InvalidArgumentError(`${action}: invalid backup URL`);
     }
-    if (!STORE_SCHEMES.has(scheme)) return scheme;
+    if (!this.#stores.schemes().includes(scheme)) return scheme;
     return (await this.backup.getBackupVolume(url, { endpoint })).driver;
   }
 
@@ -718,6 +723,26 @@ export class VolumeService {
       this.log.debug("backups listed", { driver: name });
     }
     return out;
+  }
+
+  /**
+   * Removes unreferenced blocks and stale temporary objects in `destURL` (every volume, or
+   * `opts.volumeName`); with `dryRun`, reports what it would remove.
+   */
+  async collectGarbage(
+    destURL: string,
+    opts: { volumeName?: string; endpoint?: string; dryRun?: boolean } = {},
+  ): Promise<GcReport> {
+    if (!destURL) {
+      throw new InvalidArgumentError("Cannot collect garbage: no destination URL given");
+    }
+    if (opts.volumeName) validateName(opts.volumeName, "volume");
+    const report = await this.backup.collectGarbage(unescapeURL(destURL), opts);
+    this.log.info(opts.dryRun ? "backup gc dry run" : "backup gc done", {
+      dest: destURL,
+      volumes: Object.keys(report.Volumes).length,
+    });
+    return report;
   }
 
   // ---- start-up ------------------------------------------------------------------------------

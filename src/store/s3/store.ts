@@ -7,13 +7,14 @@
  * - The region is the URL's, else `AWS_REGION`, else "us-east-1".
  * - The endpoint is `open(url, { endpoint })`'s, else `CONVOY_S3_ENDPOINT`; with an endpoint,
  *   requests use path-style addressing (MinIO, Ceph RGW, fauxqs...).
- * - Requests that fail with throttling (SlowDown, HTTP 429), a 5xx status or a network error
- *   are retried with exponential backoff and jitter; other 4xx statuses never are. Every request
- *   body is an in-memory buffer, so a retried request sends the same bytes.
+ * - Failures reject with an S3StoreError (./errors.ts) that says whether retrying can help;
+ *   the factory's retry policy (./retry.ts) is applied by withRetry (../wrappers.ts), which the
+ *   daemon wraps every store in. Only the requests of a write with a stream body, which no
+ *   wrapper can replay, are retried here, one by one with the same policy.
  * - `stat` resolves to `undefined` only on HTTP 404; access and credential failures reject with
  *   a BackendError saying so, and are marked `permanent` (withRetry does not retry them).
  * - Objects up to one part (8 MiB) are written with one PutObject; bigger or unsized bodies with
- *   a multipart upload (parts of 8 MiB or more, up to 4 in flight), aborted when anything fails.
+ *   a multipart upload (./multipart.ts).
  * - `list` and `remove` paginate; `remove("a/vol1")` deletes "a/vol1" and "a/vol1/..." only,
  *   never "a/vol10", in DeleteObjects batches of at most 1000 keys.
  * - `sweepTemps` aborts the multipart uploads (under the prefix) that a killed writer never
@@ -24,296 +25,57 @@ import type { S3Client } from "@aws-sdk/client-s3";
 import process from "node:process";
 import {
   BackendError,
-  ConvoyError,
-  errorMessage,
+  type ConvoyError,
   InvalidArgumentError,
   NotFoundError,
-} from "../api/errors.ts";
-import { parseS3URL, type S3URL } from "./dest_url.ts";
+} from "../../api/errors.ts";
+import { parseS3URL, type S3URL } from "../dest_url.ts";
 import {
   checkKey,
   type ObjectStore,
   type OpenStoreOptions,
+  type RetryPolicy,
   type StoreFactory,
   type SweepOptions,
   type WriteOptions,
-} from "./types.ts";
+} from "../types.ts";
+import { retrying } from "../wrappers.ts";
+import { clientFor, loadSdk, type S3Credentials, type SDK } from "./client.ts";
+import {
+  authReason,
+  classifyS3Error,
+  describeError,
+  isRetryableS3Error,
+  S3StoreError,
+  s3StoreError,
+  type SdkErrorLike,
+  statusOf,
+  toS3StoreError,
+} from "./errors.ts";
+import {
+  MIN_PART_SIZE,
+  multipartUpload,
+  PartReader,
+  partSizeFor,
+  S3_PART_SIZE,
+} from "./multipart.ts";
+import { fetchError, READ_IDLE_MS, readAll } from "./reads.ts";
+import { type S3RetryOptions, s3RetryPolicy } from "./retry.ts";
 
-type SDK = typeof import("@aws-sdk/client-s3");
-
-const MiB = 1024 * 1024;
-/** The default part size, and the largest object written with a single PutObject. */
-export const S3_PART_SIZE = 8 * MiB;
-/** S3's smallest part (all parts but the last). */
-const MIN_PART_SIZE = 5 * MiB;
-/** S3's largest part count per upload. */
-const MAX_PARTS = 10_000;
 /** S3's largest DeleteObjects request. */
 const DELETE_BATCH = 1000;
-
-/** Retry policy of the S3 client (per request). */
-export interface S3RetryOptions {
-  /** Total tries per request, first included (default 5). */
-  attempts?: number;
-  /** Backoff base for 5xx and network errors, doubled per retry (default 100 ms). */
-  baseDelayMs?: number;
-  /** Backoff base for throttling (SlowDown, 429), doubled per retry (default 500 ms). */
-  throttleDelayMs?: number;
-  /** Longest wait before one retry (default 20 s). */
-  maxDelayMs?: number;
-}
 
 /** Options of openS3Store. */
 export interface S3StoreOptions extends OpenStoreOptions {
   /** Static credentials instead of the SDK's default chain (tests, tools). */
-  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  credentials?: S3Credentials;
+  /** The retry policy of requests of streamed writes (see S3RetryOptions; default 5 tries). */
   retry?: S3RetryOptions;
   /** Part size of multipart uploads (default 8 MiB, at least 5 MiB). */
   partSize?: number;
   /** Parallel requests of one write (parts) or one remove (listings, deletes); default 4. */
   concurrency?: number;
 }
-
-/** A BackendError from S3, with the HTTP status and S3 error code when there was a response. */
-export class S3StoreError extends BackendError {
-  /** HTTP status of the failed request, when the service answered. */
-  readonly status?: number;
-  /** The S3 error code ("AccessDenied", "SlowDown", ...) or the SDK's error name. */
-  readonly s3Code?: string;
-  /** True when retrying cannot help (4xx other than throttling): withRetry gives up at once. */
-  readonly permanent: boolean;
-  constructor(
-    message: string,
-    options: { cause?: unknown; status?: number; s3Code?: string; permanent: boolean },
-  ) {
-    super(message, { cause: options.cause });
-    this.name = "S3StoreError";
-    this.status = options.status;
-    this.s3Code = options.s3Code;
-    this.permanent = options.permanent;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Error classification
-
-const THROTTLING_CODES = new Set([
-  "SlowDown",
-  "Throttling",
-  "ThrottlingException",
-  "ThrottledException",
-  "RequestThrottled",
-  "RequestThrottledException",
-  "RequestLimitExceeded",
-  "TooManyRequestsException",
-  "BandwidthLimitExceeded",
-  "ProvisionedThroughputExceededException",
-]);
-const AUTH_CODES = new Set([
-  "AccessDenied",
-  "AccessDeniedException",
-  "AllAccessDisabled",
-  "Forbidden",
-  "InvalidAccessKeyId",
-  "InvalidToken",
-  "ExpiredToken",
-  "TokenRefreshRequired",
-  "SignatureDoesNotMatch",
-  "InvalidSecurity",
-  "AccountProblem",
-  "RequestTimeTooSkewed",
-  "CredentialsProviderError",
-]);
-const NOT_FOUND_CODES = new Set(["NotFound", "NoSuchKey"]);
-const NETWORK_CODES = new Set([
-  "ECONNRESET",
-  "ECONNREFUSED",
-  "ECONNABORTED",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENETDOWN",
-  "EAI_AGAIN",
-  "UND_ERR_SOCKET",
-]);
-/** Error names of the SDK's transport for a request that timed out or broke mid-way. */
-const NETWORK_NAMES = new Set(["TimeoutError", "RequestTimeout", "RequestTimeoutException"]);
-
-/** What a failed S3 call means to Convoy. */
-export type S3ErrorKind =
-  | "not-found"
-  | "no-bucket"
-  | "auth"
-  | "throttled"
-  | "server"
-  | "network"
-  | "client";
-
-interface SdkErrorLike {
-  name?: string;
-  code?: string;
-  Code?: string;
-  message?: string;
-  $metadata?: { httpStatusCode?: number };
-  $response?: { statusCode?: number; headers?: Record<string, string> };
-  cause?: unknown;
-}
-
-function statusOf(err: unknown): number | undefined {
-  const e = err as SdkErrorLike | undefined;
-  return e?.$metadata?.httpStatusCode ?? e?.$response?.statusCode;
-}
-
-/** Names that say nothing (HEAD responses have no body, so the SDK knows only the status). */
-const VAGUE_CODES = new Set(["", "Error", "Unknown", "UnknownError"]);
-
-function codeOf(err: unknown): string | undefined {
-  const e = err as SdkErrorLike | undefined;
-  const code = e?.Code ?? e?.name;
-  return typeof code === "string" && !VAGUE_CODES.has(code) ? code : undefined;
-}
-
-/** The system error code of a network failure (ECONNRESET...), looking through `cause`s. */
-function netCodeOf(err: unknown): string | undefined {
-  for (
-    let e = err as SdkErrorLike | undefined, i = 0;
-    e && i < 5;
-    e = e.cause as SdkErrorLike, i++
-  ) {
-    if (typeof e.code === "string" && NETWORK_CODES.has(e.code)) return e.code;
-  }
-  return undefined;
-}
-
-/** Classifies an error of an S3 call (see S3ErrorKind). */
-export function classifyS3Error(err: unknown): S3ErrorKind {
-  const status = statusOf(err);
-  const code = codeOf(err);
-  if (status === 429 || (code !== undefined && THROTTLING_CODES.has(code))) return "throttled";
-  if (code === "NoSuchBucket") return "no-bucket";
-  if (status === 404 || (code !== undefined && NOT_FOUND_CODES.has(code))) return "not-found";
-  if (status === 401 || status === 403 || (code !== undefined && AUTH_CODES.has(code))) {
-    return "auth";
-  }
-  if (status !== undefined && status >= 500 && status !== 501) return "server";
-  // S3's 400 RequestTimeout: the connection idled while sending the body; a retry is expected.
-  if (code !== undefined && NETWORK_NAMES.has(code)) return "network";
-  if (status === undefined && netCodeOf(err) !== undefined) return "network";
-  return "client";
-}
-
-/** True for the kinds worth retrying: throttling, 5xx, network. */
-export function isRetryableS3Error(err: unknown): boolean {
-  const kind = classifyS3Error(err);
-  return kind === "throttled" || kind === "server" || kind === "network";
-}
-
-/** A short description of an SDK error: code, HTTP status, message. */
-function describeError(err: unknown): string {
-  const status = statusOf(err);
-  const code = codeOf(err);
-  const msg = errorMessage(err).trim();
-  const head = [code, status !== undefined ? `HTTP ${status}` : undefined].filter(Boolean)
-    .join(", ");
-  if (head === "") return msg || "unknown error";
-  if (msg === "" || msg === code || VAGUE_CODES.has(msg) || /^\d+$/.test(msg)) return head;
-  return `${msg} (${head})`;
-}
-
-/** Why an access or credential failure happened, for an error message. */
-function authReason(err: unknown): string {
-  if (codeOf(err) === "CredentialsProviderError") {
-    return `no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE): ${
-      errorMessage(err)
-    }`;
-  }
-  return `access denied (check credentials): ${describeError(err)}`;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Retry strategy (a smithy RetryStrategyV2): retry only what isRetryableS3Error accepts
-
-interface RetryToken {
-  getRetryCount(): number;
-  getRetryDelay(): number;
-}
-
-function retryStrategy(opts: S3RetryOptions = {}) {
-  const attempts = Math.max(1, opts.attempts ?? 5);
-  const base = opts.baseDelayMs ?? 100;
-  const throttle = opts.throttleDelayMs ?? 500;
-  const max = opts.maxDelayMs ?? 20_000;
-  const token = (count: number, delay: number): RetryToken => ({
-    getRetryCount: () => count,
-    getRetryDelay: () => delay,
-  });
-  return {
-    attempts,
-    strategy: {
-      acquireInitialRetryToken: (_scope: string) => Promise.resolve(token(0, 0)),
-      refreshRetryTokenForRetry(
-        previous: RetryToken,
-        info: { error?: unknown; retryAfterHint?: Date },
-      ): Promise<RetryToken> {
-        const retries = previous.getRetryCount() + 1;
-        if (retries >= attempts || !isRetryableS3Error(info.error)) {
-          return Promise.reject(new Error("not retryable")); // the SDK rethrows the request error
-        }
-        const first = classifyS3Error(info.error) === "throttled" ? throttle : base;
-        const cap = Math.min(max, first * 2 ** (retries - 1));
-        let delay = cap / 2 + Math.random() * cap / 2;
-        const hint = info.retryAfterHint?.getTime();
-        if (hint !== undefined) delay = Math.max(delay, Math.min(max, hint - Date.now()));
-        return Promise.resolve(token(retries, Math.round(delay)));
-      },
-      recordSuccess: (_token: RetryToken) => {},
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients: one per configuration, shared by every store opened with it (connection reuse)
-
-const clients = new Map<string, S3Client>();
-
-interface ClientConfig {
-  region: string;
-  endpoint?: string;
-  credentials?: S3StoreOptions["credentials"];
-  retry?: S3RetryOptions;
-}
-
-function clientFor(sdk: SDK, cfg: ClientConfig): S3Client {
-  const key = JSON.stringify([cfg.region, cfg.endpoint, cfg.credentials, cfg.retry]);
-  let client = clients.get(key);
-  if (!client) {
-    const { attempts, strategy } = retryStrategy(cfg.retry);
-    client = new sdk.S3Client({
-      region: cfg.region,
-      ...(cfg.endpoint !== undefined ? { endpoint: cfg.endpoint, forcePathStyle: true } : {}),
-      ...(cfg.credentials ? { credentials: cfg.credentials } : {}),
-      followRegionRedirects: cfg.endpoint === undefined,
-      maxAttempts: attempts,
-      retryStrategy: strategy,
-      requestChecksumCalculation: "WHEN_REQUIRED",
-      responseChecksumValidation: "WHEN_REQUIRED",
-      // Fail a connect after 10 s and a request whose socket idles for 2 min; both are retried.
-      requestHandler: { connectionTimeout: 10_000, socketTimeout: 120_000 },
-    });
-    clients.set(key, client);
-  }
-  return client;
-}
-
-/** Closes every cached S3 client and its idle connections (tests, daemon shutdown). */
-export function closeS3Clients(): void {
-  for (const c of clients.values()) c.destroy();
-  clients.clear();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
 
 /** Runs `fn` over `items` with at most `limit` calls in flight; rejects with the first error. */
 async function forEachLimit<T>(
@@ -338,50 +100,6 @@ async function forEachLimit<T>(
   if (bad) throw (bad as PromiseRejectedResult).reason;
 }
 
-/** Reads a byte stream in parts of a requested size. */
-class PartReader {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  #left: Uint8Array | undefined;
-  #ended = false;
-  /** Bytes returned so far. */
-  total = 0;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.getReader();
-  }
-
-  /** Up to `size` bytes; fewer only at the end of the stream (`ended` is then true). */
-  async read(size: number): Promise<{ data: Uint8Array; ended: boolean }> {
-    let buf: Uint8Array | undefined; // allocated on the first byte: the end costs nothing
-    let filled = 0;
-    while (filled < size) {
-      let chunk = this.#left;
-      this.#left = undefined;
-      if (!chunk) {
-        if (this.#ended) break;
-        const r = await this.#reader.read();
-        if (r.done) {
-          this.#ended = true;
-          break;
-        }
-        chunk = r.value;
-      }
-      const n = Math.min(chunk.byteLength, size - filled);
-      buf ??= new Uint8Array(size);
-      buf.set(chunk.subarray(0, n), filled);
-      filled += n;
-      if (n < chunk.byteLength) this.#left = chunk.subarray(n);
-    }
-    this.total += filled;
-    const data = !buf ? new Uint8Array() : filled === size ? buf : buf.subarray(0, filled);
-    return { data, ended: this.#ended };
-  }
-
-  async cancel(reason: unknown): Promise<void> {
-    await this.#reader.cancel(reason).catch(() => {});
-  }
-}
-
 /** A plain Uint8Array view (not a Buffer) of `bytes`. */
 function plain(bytes: Uint8Array): Uint8Array {
   return bytes.constructor === Uint8Array
@@ -401,21 +119,31 @@ export class S3Store implements ObjectStore {
   readonly prefix: string;
   readonly #sdk: SDK;
   readonly #client: S3Client;
+  readonly #reader: S3Client;
   readonly #partSize: number;
   readonly #concurrency: number;
+  readonly #retry: RetryPolicy;
 
   constructor(
     sdk: SDK,
     client: S3Client,
-    opts: { url: S3URL; partSize?: number; concurrency?: number },
+    opts: {
+      url: S3URL;
+      partSize?: number;
+      concurrency?: number;
+      retry?: RetryPolicy;
+      reader?: S3Client;
+    },
   ) {
     this.#sdk = sdk;
     this.#client = client;
+    this.#reader = opts.reader ?? client;
     this.url = opts.url.url;
     this.bucket = opts.url.bucket;
     this.prefix = opts.url.path.replace(/^\/+/, "").replace(/\/+$/, "");
     this.#partSize = Math.max(MIN_PART_SIZE, opts.partSize ?? S3_PART_SIZE);
     this.#concurrency = Math.max(1, opts.concurrency ?? 4);
+    this.#retry = opts.retry ?? s3RetryPolicy();
   }
 
   /** The bucket key of store key `k` ("" = the prefix itself). */
@@ -436,18 +164,7 @@ export class S3Store implements ObjectStore {
 
   /** `what` failed because of SDK error `err`; ConvoyErrors pass through unchanged. */
   #error(what: string, err: unknown): ConvoyError {
-    if (err instanceof ConvoyError) return err;
-    const kind = classifyS3Error(err);
-    let reason: string;
-    if (kind === "auth") reason = authReason(err);
-    else if (kind === "no-bucket") reason = `bucket "${this.bucket}" does not exist`;
-    else reason = describeError(err);
-    return new S3StoreError(`${what}: ${reason}`, {
-      cause: err,
-      status: statusOf(err),
-      s3Code: codeOf(err),
-      permanent: !isRetryableS3Error(err),
-    });
+    return toS3StoreError(what, err, { bucket: this.bucket });
   }
 
   #missing(op: string, key: string, err?: unknown): NotFoundError {
@@ -469,10 +186,11 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async #get(op: string, k: string) {
+  async #get(op: string, k: string, via: { client?: S3Client; signal?: AbortSignal } = {}) {
     try {
-      return await this.#client.send(
+      return await (via.client ?? this.#client).send(
         new this.#sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.#key(k) }),
+        { abortSignal: via.signal },
       );
     } catch (err) {
       if (classifyS3Error(err) === "not-found") throw this.#missing(op, k, err);
@@ -480,13 +198,36 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  /**
+   * The object's bytes, in one buffer of its own (the caller may transfer or free it). Read over
+   * the reads client (./reads.ts): each chunk is copied into place and freed at once, so the
+   * memory a read leaves behind is that buffer alone.
+   */
   async read(key: string): Promise<Uint8Array> {
     const k = checkKey(key);
-    const out = await this.#get("read", k);
+    const stall = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const idle = () => {
+      clearTimeout(timer);
+      timer = setTimeout(
+        () => stall.abort(new Error(`no data for ${READ_IDLE_MS / 1000} s`)),
+        READ_IDLE_MS,
+      );
+    };
+    idle();
     try {
-      return out.Body ? plain(await out.Body.transformToByteArray()) : new Uint8Array();
+      const out = await this.#get("read", k, { client: this.#reader, signal: stall.signal });
+      const body = out.Body as ReadableStream<Uint8Array> | undefined;
+      if (!body) return new Uint8Array();
+      try {
+        return await readAll(body, { size: out.ContentLength, progress: idle });
+      } catch (err) {
+        throw fetchError(stall.signal.reason ?? err);
+      }
     } catch (err) {
       throw this.#fail("read", k, err);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -521,26 +262,36 @@ export class S3Store implements ObjectStore {
     const full = this.#key(k);
     if (body instanceof Uint8Array) {
       if (body.byteLength <= this.#partSize) return await this.#put(k, full, body);
-      const size = this.#partSizeFor(body.byteLength);
+      const size = partSizeFor(body.byteLength, this.#partSize);
       let at = 0;
       const next = () => {
         const data = body.subarray(at, at + size);
         at += data.byteLength;
         return Promise.resolve(data);
       };
-      return await this.#multipart(k, full, next, () => {});
+      try {
+        return await multipartUpload(this.#target(full, (fn) => fn()), next, () => {});
+      } catch (err) {
+        throw this.#fail("write", k, err);
+      }
     }
     const parts = new PartReader(body);
     try {
-      const sized = opts.size !== undefined ? this.#partSizeFor(opts.size) : undefined;
+      const sized = opts.size !== undefined ? partSizeFor(opts.size, this.#partSize) : undefined;
       let n = 0;
       const partSize = () => sized ?? this.#partSize * (1 + Math.floor(n++ / 1000));
       const first = await parts.read(partSize());
       let second: { data: Uint8Array; ended: boolean } | undefined;
       if (!first.ended) second = await parts.read(partSize());
+      // The body cannot be replayed: each request is retried here (see the module doc).
+      const request = <T>(fn: () => Promise<T>) =>
+        retrying(
+          () => fn().catch((err) => Promise.reject(this.#fail("write", k, err))),
+          this.#retry,
+        );
       if (first.ended || (second?.ended && second.data.byteLength === 0)) {
         this.#checkSize(k, opts.size, parts.total);
-        return await this.#put(k, full, first.data);
+        return await this.#put(k, full, first.data, request);
       }
       const queue = [first.data, second!.data];
       let ended = second!.ended;
@@ -552,7 +303,8 @@ export class S3Store implements ObjectStore {
         ended = r.ended;
         return r.data;
       };
-      await this.#multipart(k, full, next, () => this.#checkSize(k, opts.size, parts.total));
+      const target = this.#target(full, request);
+      await multipartUpload(target, next, () => this.#checkSize(k, opts.size, parts.total));
     } catch (err) {
       await parts.cancel(err);
       throw this.#fail("write", k, err);
@@ -567,94 +319,38 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  /** A part size that fits `size` bytes into at most MAX_PARTS parts, in whole MiB. */
-  #partSizeFor(size: number): number {
-    const needed = Math.ceil(Math.ceil(size / MAX_PARTS) / MiB) * MiB;
-    return Math.max(this.#partSize, needed);
-  }
-
-  async #put(k: string, full: string, data: Uint8Array): Promise<void> {
-    try {
-      await this.#client.send(
-        new this.#sdk.PutObjectCommand({
-          Bucket: this.bucket,
-          Key: full,
-          Body: data,
-          ContentLength: data.byteLength,
-        }),
-      );
-    } catch (err) {
-      throw this.#fail("write", k, err);
-    }
-  }
-
-  /**
-   * Uploads the parts `next()` returns (an empty one ends the object) with up to `concurrency`
-   * in flight, then completes the upload after `beforeComplete()`; aborts it on any failure.
-   */
-  async #multipart(
+  async #put(
     k: string,
     full: string,
-    next: () => Promise<Uint8Array>,
-    beforeComplete: () => void,
+    data: Uint8Array,
+    request: <T>(fn: () => Promise<T>) => Promise<T> = (fn) => fn(),
   ): Promise<void> {
-    const Bucket = this.bucket;
-    const sdk = this.#sdk;
-    const client = this.#client;
-    const inflight = new Set<Promise<void>>();
-    let uploadId: string | undefined;
     try {
-      const created = await client.send(
-        new sdk.CreateMultipartUploadCommand({ Bucket, Key: full }),
-      );
-      uploadId = created.UploadId;
-      if (!uploadId) throw new Error("CreateMultipartUpload returned no UploadId");
-      const UploadId = uploadId;
-      const done: { PartNumber: number; ETag: string }[] = [];
-      let failure: { err: unknown } | undefined;
-      for (let PartNumber = 1; !failure; PartNumber++) {
-        const data = await next();
-        if (data.byteLength === 0) break;
-        if (PartNumber > MAX_PARTS) throw new Error(`object needs more than ${MAX_PARTS} parts`);
-        const p: Promise<void> = client.send(
-          new sdk.UploadPartCommand({
-            Bucket,
+      await request(() =>
+        this.#client.send(
+          new this.#sdk.PutObjectCommand({
+            Bucket: this.bucket,
             Key: full,
-            UploadId,
-            PartNumber,
             Body: data,
             ContentLength: data.byteLength,
           }),
-        ).then((out) => {
-          if (!out.ETag) throw new Error(`UploadPart ${PartNumber} returned no ETag`);
-          done.push({ PartNumber, ETag: out.ETag });
-        }).catch((err) => {
-          failure ??= { err };
-        }).finally(() => inflight.delete(p));
-        inflight.add(p);
-        if (inflight.size >= this.#concurrency) await Promise.race(inflight);
-      }
-      await Promise.all(inflight);
-      if (failure) throw failure.err;
-      beforeComplete();
-      done.sort((a, b) => a.PartNumber - b.PartNumber);
-      await client.send(
-        new sdk.CompleteMultipartUploadCommand({
-          Bucket,
-          Key: full,
-          UploadId,
-          MultipartUpload: { Parts: done },
-        }),
+        )
       );
     } catch (err) {
-      await Promise.allSettled(inflight);
-      if (uploadId !== undefined) {
-        await client.send(
-          new sdk.AbortMultipartUploadCommand({ Bucket, Key: full, UploadId: uploadId }),
-        ).catch(() => {});
-      }
       throw this.#fail("write", k, err);
     }
+  }
+
+  /** The multipart upload of bucket key `full`, its requests run through `request`. */
+  #target(full: string, request: <T>(fn: () => Promise<T>) => Promise<T>) {
+    return {
+      sdk: this.#sdk,
+      client: this.#client,
+      bucket: this.bucket,
+      key: full,
+      concurrency: this.#concurrency,
+      request,
+    };
   }
 
   /** Every page of ListObjectsV2 under `prefix` (paginated), with or without delimiter. */
@@ -808,6 +504,7 @@ export class S3Store implements ObjectStore {
         cause: errors,
         s3Code: e.Code,
         permanent: !isRetryableS3Error(asError),
+        kind: classifyS3Error(asError),
       });
     }
   }
@@ -843,57 +540,46 @@ export async function openS3Store(destURL: string, opts: S3StoreOptions = {}): P
   const rawEndpoint = opts.endpoint || envValue("CONVOY_S3_ENDPOINT");
   const endpoint = rawEndpoint !== undefined ? checkEndpoint(destURL, rawEndpoint) : undefined;
   const region = url.region ?? envValue("AWS_REGION") ?? "us-east-1";
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
-  const sdk: SDK = await import("@aws-sdk/client-s3");
-  const client = clientFor(sdk, {
-    region,
-    endpoint,
-    credentials: opts.credentials,
-    retry: opts.retry,
-  });
+  const sdk = await loadSdk();
+  const cfg = { region, endpoint, credentials: opts.credentials };
+  const client = clientFor(sdk, cfg);
   const what = `Cannot open backup store "${destURL}"`;
   try {
     await client.send(new sdk.HeadBucketCommand({ Bucket: url.bucket }));
   } catch (err) {
     const kind = classifyS3Error(err);
-    const cause = { cause: err };
     if (kind === "not-found" || kind === "no-bucket") {
-      throw new NotFoundError(`${what}: bucket "${url.bucket}" does not exist`, cause);
+      throw new NotFoundError(`${what}: bucket "${url.bucket}" does not exist`, { cause: err });
     }
-    const status = statusOf(err);
-    const s3Code = codeOf(err);
-    const permanent = !isRetryableS3Error(err);
-    if (kind === "auth") {
-      throw new S3StoreError(`${what}: ${authReason(err)}`, {
-        ...cause,
-        status,
-        s3Code,
-        permanent,
-      });
-    }
-    if (status === 301) {
+    if (kind === "auth") throw s3StoreError(`${what}: ${authReason(err)}`, err);
+    if (statusOf(err) === 301) {
       const other = (err as SdkErrorLike).$response?.headers?.["x-amz-bucket-region"];
       const where = other ? ` "${other}"` : "";
-      throw new S3StoreError(
+      throw s3StoreError(
         `${what}: bucket "${url.bucket}" is in another region${where}, not "${region}"`,
-        { ...cause, status, s3Code, permanent },
+        err,
       );
     }
     const at = endpoint !== undefined ? ` at "${endpoint}"` : "";
     const reason = kind === "network" ? `cannot reach S3${at}: ` : "";
-    throw new S3StoreError(`${what}: ${reason}${describeError(err)}`, {
-      ...cause,
-      status,
-      s3Code,
-      permanent,
-    });
+    throw s3StoreError(`${what}: ${reason}${describeError(err)}`, err);
   }
-  return new S3Store(sdk, client, { url, partSize: opts.partSize, concurrency: opts.concurrency });
+  return new S3Store(sdk, client, {
+    url,
+    partSize: opts.partSize,
+    concurrency: opts.concurrency,
+    retry: s3RetryPolicy(opts.retry),
+    reader: clientFor(sdk, cfg, true),
+  });
 }
 
-/** The factory of `s3://` stores (custom endpoints supported). */
+/**
+ * The factory of `s3://` stores (custom endpoints supported), with the default retry policy
+ * (see s3RetryPolicy) for withStoreWrappers.
+ */
 export const s3StoreFactory: StoreFactory = {
   scheme: "s3",
   supportsEndpoint: true,
+  retry: s3RetryPolicy(),
   open: (destURL, opts) => openS3Store(destURL, opts),
 };

@@ -4,7 +4,8 @@
  * image (the filesystem is frozen around the copy) that share every extent with it on
  * filesystems with reflinks (xfs with reflink=1, btrfs), and are sparse copies elsewhere.
  * Backups are Convoy's delta-block backups: the driver tells the engine which 2 MiB blocks
- * changed since the last backed-up snapshot by comparing extent maps (FIEMAP).
+ * changed since the last backed-up snapshot by comparing extent maps (FIEMAP) where snapshots
+ * share extents, and answers "unknown" elsewhere (the engine then compares checksums).
  *
  * On-disk layout:
  *
@@ -27,7 +28,6 @@
  * by the next create of the same name.
  * @module
  */
-import { Buffer } from "node:buffer";
 import { open, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -41,6 +41,7 @@ import type {
   PluginApi,
   RecordStore,
   StringMap,
+  UnknownChanges,
   UseCounter,
 } from "../../mod.ts";
 import { loadOrCreateConfig, type LoopConfig, roundSize } from "./config.ts";
@@ -66,8 +67,11 @@ const IMAGE_FILE = /^(.+)\.img$/;
 
 /** What one compareSnapshot did (logged; tests read it). */
 export interface CompareStats {
-  /** "full" (base ""), "extents" (reflink: extent maps only) or "read" (read-compared). */
-  method: "full" | "extents" | "read";
+  /**
+   * "full" (base ""), "extents" (reflink: extent maps only) or "unknown" (no reflinks or no
+   * extent maps: answered "unknown", the engine compares checksums with the last backup's map).
+   */
+  method: "full" | "extents" | "unknown";
   /** Blocks of the snapshot. */
   blocks: number;
   /** Blocks reported. */
@@ -879,13 +883,14 @@ class LoopDriver {
   /**
    * The 2 MiB ranges of snapshot `snap` that differ from snapshot `base` (every range holding
    * data when `base` is "" or `snap`). With reflinks, blocks whose extents are shared are equal
-   * and every other block with data is reported without reading anything; without reflinks the
-   * extent maps only rule out holes, and the remaining blocks are read and compared.
+   * and every other block with data is reported without reading anything. Without reflinks (or
+   * extent maps), "unknown": reading both images would cost more than the engine's compare of
+   * one image with the last backup's block map.
    */
   async compareSnapshot(
     snap: string,
     opts: { base: string; volume: string; signal?: AbortSignal },
-  ): Promise<Mappings & { stats: CompareStats }> {
+  ): Promise<Mappings | UnknownChanges> {
     const { base, volume } = opts;
     const started = performance.now();
     const fileA = await this.#snapshotImage(snap, { volume, what: "compare" });
@@ -905,39 +910,40 @@ class LoopDriver {
         ms: Math.round(performance.now() - started),
       };
       this.#logCompare({ volume, snap, base, stats });
-      return { mappings: blocksToMappings(list), blockSize: BLOCK_SIZE, stats };
+      return { mappings: blocksToMappings(list), blockSize: BLOCK_SIZE };
     }
     const release = this.#inUse.use(volume, base);
     try {
       const fileB = await this.#snapshotImage(base, { volume, what: "compare" });
       const sizeB = (await stat(fileB)).size;
-      const size = Math.max(sizeA, sizeB);
-      const blocks = Math.ceil(size / BLOCK_SIZE);
+      const blocks = Math.ceil(Math.max(sizeA, sizeB) / BLOCK_SIZE);
+      const unknown = (): UnknownChanges => {
+        const ms = Math.round(performance.now() - started);
+        const stats: CompareStats = {
+          method: "unknown",
+          blocks,
+          changed: 0,
+          shared: 0,
+          bytesRead: 0,
+          ms,
+        };
+        this.#logCompare({ volume, snap, base, stats });
+        return "unknown";
+      };
+      if (!this.#reflink) return unknown();
       const [mapA, mapB] = [await this.#blockMap(fileA, sizeA), await this.#blockMap(fileB, sizeB)];
-      let candidates: number[];
-      let shared = 0;
-      if (mapA && mapB) {
-        ({ differ: candidates, shared } = diffBlockMaps(mapA, mapB));
-      } else candidates = Array.from({ length: blocks }, (_, i) => i);
-      let changed = candidates;
-      let bytesRead = 0;
-      const method = this.#reflink && mapA && mapB ? "extents" : "read";
-      if (method === "read") {
-        ({ changed, bytesRead } = await this.#readCompare(
-          { a: fileA, b: fileB, candidates },
-          { mapA, mapB, signal: opts.signal },
-        ));
-      }
+      if (!mapA || !mapB) return unknown();
+      const { differ: changed, shared } = diffBlockMaps(mapA, mapB);
       const stats: CompareStats = {
-        method,
+        method: "extents",
         blocks,
         changed: changed.length,
         shared,
-        bytesRead,
+        bytesRead: 0,
         ms: Math.round(performance.now() - started),
       };
       this.#logCompare({ volume, snap, base, stats });
-      return { mappings: blocksToMappings(changed), blockSize: BLOCK_SIZE, stats };
+      return { mappings: blocksToMappings(changed), blockSize: BLOCK_SIZE };
     } finally {
       release();
     }
@@ -950,46 +956,6 @@ class LoopDriver {
       }`,
       { volume: c.volume, snapshot: c.snap, base: c.base, ...c.stats },
     );
-  }
-
-  /** The candidate blocks whose bytes differ; a side with no data extents there reads as zeros. */
-  async #readCompare(
-    files: { a: string; b: string; candidates: number[] },
-    opts: {
-      mapA?: Map<number, string>;
-      mapB?: Map<number, string>;
-      signal?: AbortSignal;
-    },
-  ): Promise<{ changed: number[]; bytesRead: number }> {
-    const changed: number[] = [];
-    let bytesRead = 0;
-    const fa = await open(files.a, "r");
-    try {
-      const fb = await open(files.b, "r");
-      try {
-        const bufA = new Uint8Array(BLOCK_SIZE);
-        const bufB = new Uint8Array(BLOCK_SIZE);
-        for (const block of files.candidates) {
-          if (opts.signal?.aborted) {
-            throw new this.#api.errors.CancelledError("Cancelled comparing snapshots");
-          }
-          const pos = block * BLOCK_SIZE;
-          const hasA = !opts.mapA || opts.mapA.has(block);
-          const hasB = !opts.mapB || opts.mapB.has(block);
-          if (hasA) bytesRead += await this.#api.util.readFull(fa, { buf: bufA, pos });
-          if (hasB) bytesRead += await this.#api.util.readFull(fb, { buf: bufB, pos });
-          const same = hasA && hasB
-            ? Buffer.from(bufA.buffer).equals(Buffer.from(bufB.buffer))
-            : this.#api.util.isZero(hasA ? bufA : bufB);
-          if (!same) changed.push(block);
-        }
-      } finally {
-        await fb.close();
-      }
-    } finally {
-      await fa.close();
-    }
-    return { changed, bytesRead };
   }
 
   /** The DeltaBlockOperations of one backup: its own file handles, closed at the end. */
@@ -1013,14 +979,8 @@ class LoopDriver {
         const s = rec?.Snapshots[id];
         return !!s && (await this.#statOrUndefined(s.FilePath))?.isFile() === true;
       },
-      compareSnapshot: async (id, compareID, volumeID) => {
-        const { mappings, blockSize } = await this.compareSnapshot(id, {
-          base: compareID,
-          volume: volumeID,
-          signal: ctx?.signal,
-        });
-        return { mappings, blockSize };
-      },
+      compareSnapshot: (id, compareID, volumeID) =>
+        this.compareSnapshot(id, { base: compareID, volume: volumeID, signal: ctx?.signal }),
       openSnapshot: async (id, volumeID) => {
         await handle(id, volumeID);
       },

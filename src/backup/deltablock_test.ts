@@ -938,11 +938,7 @@ describe("delta-block garbage collection", () => {
       assert.ok(dry.Volumes.vol1.UnreferencedBlockBytes > 0);
       assert.equal(dry.Volumes.vol1.StaleTemps, 1);
       assert.equal(dry.Volumes.vol1.StaleTempBytes, "half a block".length);
-      assert.equal(
-        sumsIn(await filesUnder(dir)).length,
-        kept.length + 2,
-        "dry run removed nothing",
-      );
+      assert.equal(sumsIn(await filesUnder(dir)).length, kept.length + 2, "dry run removed nothing");
       await stat(temp);
 
       const real = await collectGarbage(store, { log: silentLogger });
@@ -1042,3 +1038,4 @@ describe("delta-block garbage collection", () => {
     assert.ok(Buffer.from(await restore(store, name)).equals(img));
   });
 });
+

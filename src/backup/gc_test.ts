@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openStore } from "../store/registry.ts";
+import { openVfsStore } from "../store/vfs.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import { processStart, thisHolder } from "../util/holder.ts";
 import { silentLogger } from "../util/log.ts";
@@ -35,7 +35,7 @@ describe("collectGarbage() temp files", () => {
   it("collectGarbage() sweeps a dead local writer's temp file at once, keeps live and fresh foreign ones; a dry run removes nothing", async () => {
     const dir = await mkdtemp(join(tmpdir(), "convoy-gc-temps-"));
     try {
-      const store = await openStore(`vfs://${dir}`);
+      const store = await openVfsStore(`vfs://${dir}`);
       await store.write(volumeConfigPath("vol1"), new TextEncoder().encode('{"Name":"vol1"}'));
       const blocks = join(dir, volumeDir("vol1"), "blocks", "ab", "cd");
       await mkdir(blocks, { recursive: true });

@@ -1,4 +1,5 @@
 import { describe, it } from "node:test";
+import { once } from "node:events";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
@@ -69,6 +70,56 @@ describe("collectGarbage() temp files", () => {
       assert.deepEqual(real.Volumes.vol1, dry.Volumes.vol1);
       const kept = Object.entries(files).filter(([w]) => !swept.includes(w)).map(([, n]) => n);
       assert.deepEqual((await readdir(blocks)).sort(), kept.sort());
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("collectGarbage() sweeps at once the temp file of a writer killed mid-write", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-gc-killed-"));
+    try {
+      const store = await openVfsStore(`vfs://${dir}`);
+      await store.write(volumeConfigPath("vol1"), new TextEncoder().encode('{"Name":"vol1"}'));
+      const key = `${volumeDir("vol1")}/blocks/ab/cd/${"ab".repeat(32)}.blk`;
+      // A writer whose body never ends: its temp file stays until it is killed.
+      const code = `
+        const { openVfsStore } = await import(${
+        JSON.stringify(import.meta.resolve("../store/vfs.ts"))
+      });
+        const store = await openVfsStore(${JSON.stringify(`vfs://${dir}`)});
+        const body = new ReadableStream({
+          start(c) { c.enqueue(new Uint8Array(1000)); console.log("writing"); },
+          pull() { return new Promise(() => {}); },
+        });
+        setInterval(() => {}, 1000); // keeps the process alive while the write waits
+        await store.write(${JSON.stringify(key)}, body);`;
+      const child = spawn(process.execPath, ["eval", code], {
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      await once(child.stdout!, "data");
+      const folder = join(dir, volumeDir("vol1"), "blocks", "ab", "cd");
+      let temps: string[] = [];
+      for (let i = 0; i < 200 && temps.length === 0; i++) {
+        temps = await readdir(folder).catch(() => []);
+        if (temps.length === 0) await new Promise((res) => setTimeout(res, 10));
+      }
+      assert.equal(temps.length, 1, "the writer's temp file exists");
+      const live = await collectGarbage(store, { log: silentLogger });
+      assert.equal(live.Volumes.vol1.StaleTemps, 0, "a live writer's temp is kept");
+      const exited = once(child, "exit");
+      child.kill("SIGKILL");
+      await exited;
+      const dry = await collectGarbage(store, { dryRun: true, log: silentLogger });
+      assert.equal(dry.Volumes.vol1.StaleTemps, 1);
+      assert.deepEqual(await readdir(folder), temps, "a dry run removes nothing");
+      const real = await collectGarbage(store, { log: silentLogger });
+      assert.deepEqual(real.Volumes.vol1, dry.Volumes.vol1);
+      assert.equal(real.Volumes.vol1.StaleTempBytes, 1000);
+      await assert.rejects(
+        readdir(folder),
+        { code: "ENOENT" },
+        "the temp and its folders are gone",
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

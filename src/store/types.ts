@@ -64,7 +64,8 @@ export interface ObjectStore {
   flush?(): Promise<void>;
   /**
    * Optional: removes the leftovers of interrupted writes under `prefix` (`""` = everywhere)
-   * that nothing has written to for `olderThanMs` or longer, and resolves to what it removed
+   * that nothing has written to for `olderThanMs` or longer (or that a writer known to be gone
+   * left, where the store can tell), and resolves to what it removed
    * (or would remove, with `dryRun`). Stores whose writes leave nothing behind lack it. Call it
    * through `sweepStaleTemps` (sweep.ts).
    */
@@ -77,6 +78,11 @@ export interface SweepOptions {
   olderThanMs: number;
   /** List what would be removed, remove nothing. */
   dryRun?: boolean;
+  /**
+   * Told each leftover removed (or found, with `dryRun`) and its size in bytes, as it goes; a
+   * retried sweep may tell a key again.
+   */
+  onSwept?: (key: string, bytes: number) => void;
 }
 
 /** Options of `StoreFactory.open`. */

@@ -458,7 +458,9 @@ export class S3Store implements ObjectStore {
               if (classifyS3Error(err) !== "not-found") throw err; // completed or aborted meanwhile
             });
           }
-          out.push(`${u.Key.slice(this.#dir("").length)}?uploadId=${u.UploadId}`);
+          const key = `${u.Key.slice(this.#dir("").length)}?uploadId=${u.UploadId}`;
+          out.push(key);
+          opts.onSwept?.(key, (parts.Parts ?? []).reduce((n, p) => n + (p.Size ?? 0), 0));
         }
         KeyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
         UploadIdMarker = page.NextUploadIdMarker;

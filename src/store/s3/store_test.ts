@@ -547,9 +547,12 @@ describe("S3Store.sweepTemps()", () => {
     });
     try {
       const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
-      assert.deepEqual(await sweepStaleTemps(store, { prefix: "v", dryRun: true }), [
+      const sizes: [string, number][] = [];
+      const onSwept = (key: string, bytes: number) => sizes.push([key, bytes]);
+      assert.deepEqual(await sweepStaleTemps(store, { prefix: "v", dryRun: true, onSwept }), [
         "v/a.bak?uploadId=idle",
       ]);
+      assert.deepEqual(sizes, [["v/a.bak?uploadId=idle", 5242880]], "the parts' size is told");
       assert.ok(!calls.some((c) => c.startsWith("DELETE")), "a dry run aborts nothing");
       calls.length = 0;
       assert.deepEqual(await sweepStaleTemps(store, { prefix: "v" }), ["v/a.bak?uploadId=idle"]);

@@ -6,6 +6,7 @@ import { createBackupStoreApi } from "../backup/store_api.ts";
 import { bundledPlugins } from "../plugins/bundled.ts";
 import { createPluginApi } from "../plugins/host_api.ts";
 import { loadPlugins } from "../plugins/loader.ts";
+import { builtinStoreRegistry } from "../store/registry.ts";
 import { createExec } from "../runtime/exec.ts";
 import {
   type HttpRequest,
@@ -127,7 +128,8 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
         mountinfo: typeof ns.mountInfo === "string" ? ns.mountInfo : "nsenter",
       });
     }
-    const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }) });
+    const stores = builtinStoreRegistry({ log: log.child({ pkg: "store" }) });
+    const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }), stores });
     const registry = await loadPlugins({
       bundled: bundledPlugins,
       folders: [join(cfg.root, "plugins"), ...cfg.config.Plugins.map((p) => resolve(p))],
@@ -163,6 +165,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
       state,
       config: cfg.config,
       backup,
+      stores,
       log,
       jobRetentionMs: retentionMs,
     });

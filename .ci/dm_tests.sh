@@ -65,7 +65,7 @@ if [ -z "$guest" ]; then
 		echo "::: guest: User-mode Linux (a trivial UML job booted)"
 	else
 		guest=qemu
-		why=$(grep -m1 -E 'failed|panic|error' "$out" | tr -d '\r')
+		why=$({ grep -m1 'fp regs' "$out" || grep -m1 -E 'panic|failed|error' "$out"; } | tr -d '\r')
 		echo "::: guest: QEMU, because User-mode Linux cannot boot here: ${why:-see below}"
 		grep -q . <<<"$why" || sed 's/^/    /' "$out" | tail -5
 	fi

@@ -1,7 +1,7 @@
 /**
  * The devicemapper driver runs the driver conformance suite (src/testing/conformance.ts) on a
  * real thin pool over loop devices; skipped, with the reason, where device-mapper has none
- * (.ci/dm_tests.sh runs it in a User-mode Linux guest).
+ * (.ci/dm_tests.sh runs it in a User-mode Linux or QEMU guest).
  */
 import { mkdtemp, open } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -43,5 +43,5 @@ driverConformance({
   }),
   prepare,
   cleanup: () => cleanup({ dir, pool, loops }),
-  skip: skipReason && `${skipReason}; .ci/dm_tests.sh runs it in a User-mode Linux guest`,
+  skip: skipReason && `${skipReason}; .ci/dm_tests.sh runs it in a User-mode Linux or QEMU guest`,
 });

@@ -4,7 +4,7 @@
  *
  * The tests that need a pool are skipped (with the reason in their names) where device-mapper
  * has no thin-pool target, e.g. on a host kernel without device-mapper; `.ci/dm_tests.sh` runs
- * them in a User-mode Linux guest that has one.
+ * them in a User-mode Linux (or QEMU) guest that has one.
  * @module
  */
 import assert from "node:assert/strict";
@@ -55,7 +55,7 @@ async function probeThinPool(): Promise<string | undefined> {
 export const skipReason: string | undefined = await probeThinPool();
 /** Options of a test that needs a thin pool: skipped, with the reason, where there is none. */
 export const needsPool: { skip?: string } = skipReason
-  ? { skip: `SKIPPED: ${skipReason}; .ci/dm_tests.sh runs it in a User-mode Linux guest` }
+  ? { skip: `SKIPPED: ${skipReason}; .ci/dm_tests.sh runs it in a User-mode Linux or QEMU guest` }
   : {};
 /** A suffix for suite names that tells why their tests are skipped. */
 export const skipNote = skipReason ? ` [SKIPPED here: ${skipReason}]` : "";

@@ -4,7 +4,6 @@
  * loads under deno run, Node and the single binaries.
  * @module
  */
-import type { FileHandle } from "node:fs/promises";
 import type { z } from "zod";
 import type {
   Awaitable,
@@ -18,15 +17,19 @@ import type {
   VolumeOperations,
 } from "./driver.ts";
 import type * as errors from "./errors.ts";
-import type { Exec } from "../runtime/exec.ts";
-import type { LogFields, Logger } from "../util/log.ts";
-import type { MountEntry } from "../util/mountinfo.ts";
-import type { OptionSchemas } from "../util/option_schemas.ts";
+import type { BlockDeviceInit } from "./block.ts";
+import type { Exec, LogFields, Logger, MountEntry, OptionSchemas, ReadableFile } from "./host.ts";
 
-export type { Exec, ExecOptions, ExecResult } from "../runtime/exec.ts";
-export type { LogFields, Logger } from "../util/log.ts";
-export type { MountEntry } from "../util/mountinfo.ts";
-export type { OptionSchemas } from "../util/option_schemas.ts";
+export type {
+  Exec,
+  ExecOptions,
+  ExecResult,
+  LogFields,
+  Logger,
+  MountEntry,
+  OptionSchemas,
+  ReadableFile,
+} from "./host.ts";
 
 /** The plugin API version this host implements. */
 export const PLUGIN_API_VERSION = 1;
@@ -44,6 +47,8 @@ export interface BackupVolume {
    * hosts, or a re-created volume) never merge each other's blocks.
    */
   uuid?: string;
+  /** "delta-block" (a block volume's image) or "single-file" (an archive, e.g. vfs). */
+  format?: "delta-block" | "single-file";
 }
 
 /** Options of `api.backup.createDeltaBackup`. */
@@ -133,9 +138,10 @@ export interface BackupStoreApi {
   /**
    * A driver's deleteBackup, getBackupInfo and listBackup, from their string options
    * (OPT_ENDPOINT_URL, OPT_VOLUME_NAME): it deletes only backups made by `driver`, inspects
-   * those of `driver` and of the drivers in `opts.readable`, and lists those of `driver`.
+   * those of `driver` and of the drivers in `opts.readable` (with `opts.blocks`, every
+   * delta-block backup), and lists those of `driver`.
    */
-  queries(driver: string, opts?: { readable?: string[] }): BackupQueries;
+  queries(driver: string, opts?: { readable?: string[]; blocks?: boolean }): BackupQueries;
 }
 
 /** Small helpers shared with drivers. */
@@ -190,7 +196,7 @@ export interface PluginUtil {
   /** 12 random hex digits, for the names of temporary files. */
   randomId(): string;
   /** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
-  readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): Promise<number>;
+  readFull(fh: ReadableFile, at: { buf: Uint8Array; pos: number }): Promise<number>;
   /**
    * The record of volume `of.volume` and its snapshot `snap` (a key of the record's Snapshots):
    * NotFoundError `Cannot <what> snapshot "<snap>" of volume "<volume>": ...` when either is
@@ -478,6 +484,11 @@ export interface PluginApi {
   apiVersion: number;
   /** Records a driver. A second registration of a name is an error. */
   register(name: string, init: InitFunc): void;
+  /**
+   * Records a block device adapter (src/api/block.ts): the host makes it a driver with
+   * records, mounts, snapshots, backups and restores. Names share one namespace with `register`.
+   */
+  registerBlockDevice(name: string, init: BlockDeviceInit): void;
   log: Logger;
   deps: { z: typeof z };
   /**

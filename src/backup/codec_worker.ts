@@ -176,8 +176,17 @@ export function codecWorker(deps: WorkerDeps, consts: WorkerConsts): void {
   const openTarget = (path: string) => openDirect(path, fs.constants.O_RDWR, "r+");
   const openSource = (path: string) => openDirect(path, fs.constants.O_RDONLY, "r");
   // Runs io(k) at the staging offset that file t accepts, found on its first block.
+  // A read of a hole is accepted at any offset (ext4 zero-fills it without checking alignment),
+  // so an offset that a later block refuses is looked for again.
   function staged<T>(t: OpenFile, io: (k: number) => T): T {
-    if (t.at !== undefined && t.at >= 0) return io(t.at);
+    if (t.at !== undefined && t.at >= 0) {
+      try {
+        return io(t.at);
+      } catch (err) {
+        if ((err as { code?: string }).code !== "EINVAL") throw err;
+        t.at = -1;
+      }
+    }
     for (let k = 0; k < STAGE_SLACK; k += 16) {
       try {
         const r = io(k);

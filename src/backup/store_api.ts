@@ -13,7 +13,7 @@ import type {
   BackupVolume,
 } from "../api/plugin.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
-import { parseOptions } from "../plugins/driver_util.ts";
+import { parseOptions } from "../util/parse_options.ts";
 import { builtinStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
@@ -57,8 +57,9 @@ function endpointOf(opts?: { endpoint?: string }): OpenStoreOptions {
 function backupQueries(
   api: Pick<BackupStoreApi, "getBackupVolume" | "deleteBackup" | "getBackupInfo" | "listBackup">,
   driver: string,
-  readable: string[],
+  opts: { readable?: string[]; blocks?: boolean },
 ): BackupQueries {
+  const readable = opts.readable ?? [];
   const parse = (raw: StringMap | undefined) => {
     const o = parseOptions(optionSchemas.backup, raw ?? {}, "backup options");
     return {
@@ -66,9 +67,13 @@ function backupQueries(
       volumeName: o[OPT_VOLUME_NAME] || undefined,
     };
   };
-  const check = async (url: string, what: string, drivers: string[], endpoint?: string) => {
-    const v = await api.getBackupVolume(url, { endpoint });
-    if (!drivers.includes(v.driver)) {
+  const check = async (
+    url: string,
+    what: string,
+    o: { drivers: string[]; blocks?: boolean; endpoint?: string },
+  ) => {
+    const v = await api.getBackupVolume(url, { endpoint: o.endpoint });
+    if (!o.drivers.includes(v.driver) && !(o.blocks && v.format === "delta-block")) {
       throw new InvalidArgumentError(
         `Cannot ${what} backup "${url}" with the ${driver} driver: it was made by driver "${v.driver}"`,
       );
@@ -77,12 +82,16 @@ function backupQueries(
   return {
     async deleteBackup(url, raw) {
       const { endpoint } = parse(raw);
-      await check(url, "delete", [driver], endpoint);
+      await check(url, "delete", { drivers: [driver], endpoint });
       await api.deleteBackup(url, { endpoint });
     },
     async getBackupInfo(url, raw) {
       const { endpoint } = parse(raw);
-      await check(url, "inspect", [driver, ...readable], endpoint);
+      await check(url, "inspect", {
+        drivers: [driver, ...readable],
+        blocks: opts.blocks,
+        endpoint,
+      });
       return await api.getBackupInfo(url, { endpoint });
     },
     async listBackup(destURL, raw) {
@@ -175,6 +184,7 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): HostBackupSto
         size: backupSize(volume, backup),
         createdTime: (backup as { VolumeCreatedAt?: string }).VolumeCreatedAt ?? volume.CreatedTime,
         ...(uuid ? { uuid } : {}),
+        format: isSingleFileBackup(backup) ? "single-file" : "delta-block",
       };
     },
 
@@ -253,7 +263,7 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): HostBackupSto
       return out;
     },
 
-    queries: (driver, qopts) => backupQueries(api, driver, qopts?.readable ?? []),
+    queries: (driver, qopts) => backupQueries(api, driver, qopts ?? {}),
   };
   return api;
 }

@@ -43,6 +43,7 @@ import {
   readFull,
 } from "./block_volumes.ts";
 import { isZero } from "../backup/codec.ts";
+import { blockDriverInit } from "./block/driver.ts";
 
 /**
  * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
@@ -68,6 +69,21 @@ export function createPluginApi(opts: {
   return {
     apiVersion: PLUGIN_API_VERSION,
     register: opts.register,
+    registerBlockDevice: (name, init) =>
+      opts.register(
+        name,
+        blockDriverInit(
+          {
+            exec: opts.exec,
+            log: opts.log,
+            mounts,
+            filesystems,
+            backup: opts.backup,
+          },
+          name,
+          init,
+        ),
+      ),
     log: opts.log,
     deps: { z },
     exec: opts.exec,

@@ -18,6 +18,7 @@ import type {
   VolumeOperations,
 } from "./driver.ts";
 import type * as errors from "./errors.ts";
+import type { AwsSdkDeps } from "./aws.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { LogFields, Logger } from "../util/log.ts";
 import type { MountEntry } from "../util/mountinfo.ts";
@@ -477,7 +478,8 @@ export interface PluginApi {
   /** Records a driver. A second registration of a name is an error. */
   register(name: string, init: InitFunc): void;
   log: Logger;
-  deps: { z: typeof z };
+  /** Libraries: zod, and the AWS SDK (imported on first use). */
+  deps: { z: typeof z; aws: AwsSdkDeps };
   /**
    * Runs a command with the daemon's `--cmd-timeout`. With `--mnt-ns`, the mount-point commands
    * (mount, umount, mkdir, stat, truncate, mknod, rm, fsfreeze) run in that namespace, through

@@ -43,6 +43,7 @@ import {
   readFull,
 } from "./block_volumes.ts";
 import { isZero } from "../backup/codec.ts";
+import { awsSdkDeps } from "./aws_deps.ts";
 
 /**
  * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
@@ -69,7 +70,7 @@ export function createPluginApi(opts: {
     apiVersion: PLUGIN_API_VERSION,
     register: opts.register,
     log: opts.log,
-    deps: { z },
+    deps: { z, aws: awsSdkDeps },
     exec: opts.exec,
     errors,
     util: {

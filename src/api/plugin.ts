@@ -19,6 +19,7 @@ import type {
 } from "./driver.ts";
 import type * as errors from "./errors.ts";
 import type { AwsSdkDeps } from "./aws.ts";
+import type { BlockDeviceInit } from "./block.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { LogFields, Logger } from "../util/log.ts";
 import type { MountEntry } from "../util/mountinfo.ts";
@@ -477,6 +478,11 @@ export interface PluginApi {
   apiVersion: number;
   /** Records a driver. A second registration of a name is an error. */
   register(name: string, init: InitFunc): void;
+  /**
+   * Records a block device adapter (src/api/block.ts): the host makes it a driver with
+   * records, mounts, snapshots, backups and restores. Names share one namespace with `register`.
+   */
+  registerBlockDevice(name: string, init: BlockDeviceInit): void;
   log: Logger;
   /** Libraries: zod, and the AWS SDK (imported on first use). */
   deps: { z: typeof z; aws: AwsSdkDeps };

@@ -69,6 +69,11 @@ export function createPluginApi(opts: {
   return {
     apiVersion: PLUGIN_API_VERSION,
     register: opts.register,
+    registerBlockDevice: (name) => {
+      throw new errors.NotSupportedError(
+        `Cannot register block device "${name}": the block framework is not built yet`,
+      );
+    },
     log: opts.log,
     deps: { z, aws: awsSdkDeps },
     exec: opts.exec,

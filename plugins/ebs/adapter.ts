@@ -58,7 +58,20 @@ export function parseEbsURL(url: string): { region: string; snapshotId: string }
 function rubyDate(d: Date | undefined): string {
   if (!d) return "";
   const days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-  const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  const months = [
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+  ];
   const p = (n: number) => String(n).padStart(2, "0");
   return `${days[d.getUTCDay()]} ${months[d.getUTCMonth()]} ${p(d.getUTCDate())} ${
     p(d.getUTCHours())
@@ -88,7 +101,9 @@ export async function createEbsAdapter(
       zone: config.Zone,
     }, { env });
   } catch (err) {
-    throw new errors.InvalidArgumentError(`Cannot start the ebs driver: ${errors.errorMessage(err)}`);
+    throw new errors.InvalidArgumentError(
+      `Cannot start the ebs driver: ${errors.errorMessage(err)}`,
+    );
   }
   const { instanceId, region, zone } = placement;
   const cloud = new Ec2Cloud(await api.deps.aws.ec2(), errors, region, deps);
@@ -247,7 +262,8 @@ export async function createEbsAdapter(
       v = await cloud.waitVolume(id, {
         what: `${what.replace(/^Cannot /, "")} (${id}): wait for the attachment`,
         prefix: what,
-        done: (x) => x.attachments.some((a) => a.instanceId === instanceId && a.state === "attached"),
+        done: (x) =>
+          x.attachments.some((a) => a.instanceId === instanceId && a.state === "attached"),
       });
     }
     const path = await findDevice(id, {
@@ -278,7 +294,11 @@ export async function createEbsAdapter(
     log.info("Deleted EBS volume", { volume: volume.name, ebsVolume: id });
   }
 
-  async function readyBlocks(volume: Volume, snapshot: Snapshot, prefix: string, signal?: AbortSignal) {
+  async function readyBlocks(
+    snapshot: Snapshot,
+    prefix: string,
+    signal?: AbortSignal,
+  ) {
     await cloud.waitSnapshot(snapshot.fields.EBSSnapshotID, { prefix, signal });
     return await direct().snapshotBlocks(snapshot.fields.EBSSnapshotID, { prefix, signal });
   }
@@ -338,8 +358,18 @@ export async function createEbsAdapter(
         },
         prefix: what,
       });
-      log.info("Created EBS snapshot", { volume: volume.name, snapshot: snapshot.name, ebsSnapshot: s.id });
-      return { fields: { EBSSnapshotID: s.id, EBSVolumeID: volume.fields.EBSVolumeID, KmsKeyId: s.kmsKeyId } };
+      log.info("Created EBS snapshot", {
+        volume: volume.name,
+        snapshot: snapshot.name,
+        ebsSnapshot: s.id,
+      });
+      return {
+        fields: {
+          EBSSnapshotID: s.id,
+          EBSVolumeID: volume.fields.EBSVolumeID,
+          KmsKeyId: s.kmsKeyId,
+        },
+      };
     },
 
     async removeSnapshot(volume, snapshot) {
@@ -356,7 +386,7 @@ export async function createEbsAdapter(
 
     async openSnapshot(volume, snapshot, c): Promise<SnapshotSource> {
       const prefix = `Cannot read snapshot "${snapshot.name}" of volume "${volume.name}"`;
-      const tokens = await readyBlocks(volume, snapshot, prefix, c?.signal);
+      const tokens = await readyBlocks(snapshot, prefix, c?.signal);
       const id = snapshot.fields.EBSSnapshotID;
       return {
         kind: "reader",
@@ -369,7 +399,7 @@ export async function createEbsAdapter(
       const prefix = `Cannot compare snapshot "${snapshot.name}" of volume "${volume.name}"`;
       const id = snapshot.fields.EBSSnapshotID;
       if (!base || base.fields.EBSVolumeID !== snapshot.fields.EBSVolumeID) {
-        const tokens = await readyBlocks(volume, snapshot, prefix, c?.signal);
+        const tokens = await readyBlocks(snapshot, prefix, c?.signal);
         return toBackupRanges(tokens.keys());
       }
       await cloud.waitSnapshot(base.fields.EBSSnapshotID, { prefix, signal: c?.signal });
@@ -428,19 +458,25 @@ export async function createEbsAdapter(
       async size(url) {
         const p = parseEbsURL(url);
         const what = `Cannot restore backup "${url}"`;
-        if (!p) throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        if (!p) {
+          throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        }
         return (await cloud.snapshot(p.snapshotId, what, p.region)).sizeGiB * GiB;
       },
       async delete(url) {
         const p = parseEbsURL(url);
         const what = `Cannot delete backup "${url}"`;
-        if (!p) throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        if (!p) {
+          throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        }
         await cloud.deleteSnapshot(p.snapshotId, what, p.region);
       },
       async inspect(url) {
         const p = parseEbsURL(url);
         const what = `Cannot inspect backup "${url}"`;
-        if (!p) throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        if (!p) {
+          throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        }
         const s = await cloud.snapshot(p.snapshotId, what, p.region);
         return {
           ...backupInfo(s, url),
@@ -473,4 +509,3 @@ export async function createEbsAdapter(
     },
   };
 }
-

@@ -147,6 +147,12 @@ function tagList(tags: Record<string, string>) {
   return Object.entries(tags).map(([Key, Value]) => ({ Key, Value }));
 }
 
+/** TagSpecifications for `type`; none for no tags (EC2 refuses an empty one). */
+function tagSpec(type: "volume" | "snapshot", tags: Record<string, string>) {
+  const list = tagList(tags);
+  return list.length ? { TagSpecifications: [{ ResourceType: type, Tags: list }] } : {};
+}
+
 /** EC2 calls of one account, in the daemon's region (and others, for copies and deletes). */
 export class Ec2Cloud {
   readonly region: string;
@@ -301,8 +307,11 @@ export class Ec2Cloud {
       }
       token = out.NextToken;
     } while (token);
-    const inst = await this.#call(prefix, () =>
-      this.client().send(new this.#sdk.DescribeInstancesCommand({ InstanceIds: [instanceId] })));
+    const inst = await this.#call(
+      prefix,
+      () =>
+        this.client().send(new this.#sdk.DescribeInstancesCommand({ InstanceIds: [instanceId] })),
+    );
     for (const r of inst.Reservations ?? []) {
       for (const i of r.Instances ?? []) {
         for (const m of i.BlockDeviceMappings ?? []) if (m.DeviceName) names.push(m.DeviceName);
@@ -327,7 +336,7 @@ export class Ec2Cloud {
           ...(req.encrypted || req.kmsKeyId ? { Encrypted: true } : {}),
           ...(req.kmsKeyId ? { KmsKeyId: req.kmsKeyId } : {}),
           ...(req.snapshotId ? { SnapshotId: req.snapshotId } : {}),
-          TagSpecifications: [{ ResourceType: "volume", Tags: tagList(req.tags) }],
+          ...tagSpec("volume", req.tags),
         }),
         { abortSignal: opts.signal },
       ));
@@ -443,7 +452,7 @@ export class Ec2Cloud {
         new this.#sdk.CreateSnapshotCommand({
           VolumeId: volumeId,
           Description: req.description,
-          TagSpecifications: [{ ResourceType: "snapshot", Tags: tagList(req.tags) }],
+          ...tagSpec("snapshot", req.tags),
         }),
       ));
     return this.#toSnapshot(s);
@@ -539,7 +548,7 @@ export class Ec2Cloud {
           SourceRegion: from.sourceRegion,
           SourceSnapshotId: sourceId,
           Description: from.description,
-          TagSpecifications: [{ ResourceType: "snapshot", Tags: tagList(from.tags) }],
+          ...tagSpec("snapshot", from.tags),
         }),
       ));
     return out.SnapshotId!;

@@ -47,7 +47,8 @@ export class EbsDirect {
   }
 
   #check(blockSize: number | undefined, prefix: string) {
-    if (blockSize !== undefined && blockSize !== EBS_BLOCK) {
+    // AWS reports bytes; moto 5 reports KiB (512)
+    if (blockSize !== undefined && blockSize !== EBS_BLOCK && blockSize * 1024 !== EBS_BLOCK) {
       throw new this.#errors.BackendError(
         `${prefix}: the EBS direct API reports blocks of ${blockSize} bytes, not ${EBS_BLOCK}`,
       );

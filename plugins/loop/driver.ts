@@ -1,17 +1,16 @@
 /**
- * The loop driver: every volume is a sparse image file holding a filesystem (ext4 or xfs),
- * attached to a loop device and mounted on demand. Snapshots are crash-consistent copies of the
- * image (the filesystem is frozen around the copy) that share every extent with it on
- * filesystems with reflinks (xfs with reflink=1, btrfs), and are sparse copies elsewhere.
- * Backups are Convoy's delta-block backups: the driver tells the engine which 2 MiB blocks
- * changed since the last backed-up snapshot by comparing extent maps (FIEMAP).
+ * The loop device adapter: every volume is a sparse image file holding a filesystem (ext4 or
+ * xfs), attached to a loop device. Snapshots are copies of the image that share every extent with
+ * it on filesystems with reflinks (xfs with reflink=1, btrfs), and are sparse copies elsewhere;
+ * the host freezes a mounted filesystem around the copy. Backups tell the host which 2 MiB
+ * blocks changed since the last backed-up snapshot by comparing extent maps (FIEMAP).
+ * Everything else (records, mkfs, mounts, backups, restores) is the host's block framework.
  *
  * On-disk layout:
  *
  * ```
  * <root>/loop.cfg                          {"Root","Path","SnapshotPath","DefaultVolumeSize","Filesystem","DirectIO"}
- * <root>/state/<volume>.json               the volume record: {"Name","UUID","Size","Filesystem",
- *                                          "CreatedTime","Path","Device","MountPoint","Snapshots"}
+ * <root>/state/<volume>.json               the host's volume record, with "Path" and each snapshot's "FilePath"
  * <root>/mounts/<volume>/                  the default mount point
  * <loop.path>/<volume>.img                 the volume image (sparse; loop.path defaults to <root>/volumes)
  * <loop.path>/.tmp-<volume>-<id>.img       an image being made (mkfs or restore), renamed into place
@@ -20,83 +19,45 @@
  * <SnapshotPath>/<volume>/.tmp-<snapshot>-<id>.img   a snapshot being copied
  * ```
  *
- * Crash safety: the record is written last on create and removed first on delete. Start-up
- * removes `.tmp-*` images and the snapshot folders of volumes without a record, re-attaches
- * every recorded image (reusing an existing attachment) and re-mounts recorded mounts at their
- * recorded mount points. An image without a record (kept by a reference-only delete) is adopted
- * by the next create of the same name.
+ * Crash safety: start-up removes `.tmp-*` images and the snapshot folders of volumes without a
+ * record. An image without a record (kept by a reference-only delete) is adopted by the next
+ * create of the same name.
  * @module
  */
-import { Buffer } from "node:buffer";
 import { open, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
-import type { FileHandle } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type {
-  ConvoyDriver,
-  DeltaBlockOperations,
-  KeyedLock,
+  BlockDeviceAdapter,
+  BlockDeviceContext,
+  BlockVolume,
   Logger,
-  Mappings,
-  OperationContext,
   PluginApi,
-  RecordStore,
-  StringMap,
-  UseCounter,
 } from "../../mod.ts";
-import { loadOrCreateConfig, type LoopConfig, roundSize } from "./config.ts";
-import {
-  BLOCK_SIZE,
-  blockMap,
-  blocksToMappings,
-  diffBlockMaps,
-  FILEFRAG_UNIT,
-  parseFilefrag,
-} from "./extents.ts";
-import { createSchemas, type Schemas, type SnapshotRecord, type VolumeRecord } from "./options.ts";
+import { loadOrCreateConfig, type LoopConfig, SIZE_ALIGNMENT } from "./config.ts";
+import { ImageComparer } from "./compare.ts";
+import { createSchemas } from "./options.ts";
+
+export type { CompareStats } from "./compare.ts";
 
 /** The driver's name. */
 export const DRIVER_NAME = "loop";
-/** Drivers whose backups are raw block images of a filesystem, restorable into a loop volume. */
-export const BLOCK_BACKUP_DRIVERS = ["loop", "devicemapper"];
 
-/** Copies, mkfs and long compares may take long: no short command timeout. */
+/** Copies and mkfs may take long: no short command timeout. */
 const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
 const TMP_PREFIX = ".tmp-";
 const IMAGE_FILE = /^(.+)\.img$/;
 
-/** What one compareSnapshot did (logged; tests read it). */
-export interface CompareStats {
-  /** "full" (base ""), "extents" (reflink: extent maps only) or "read" (read-compared). */
-  method: "full" | "extents" | "read";
-  /** Blocks of the snapshot. */
-  blocks: number;
-  /** Blocks reported. */
-  changed: number;
-  /** Blocks found equal because both files share their extents. */
-  shared: number;
-  /** Data bytes read from the two images to compare. */
-  bytesRead: number;
-  ms: number;
+/** The adapter's fields of a volume record. */
+interface VolumeFields extends Record<string, unknown> {
+  /** The image file. */
+  Path: string;
 }
-
-/**
- * Creates a loop driver instance (Convoy's InitFunc). `root` is `<daemon root>/loop`; `config`
- * is the `--driver-opts` map, read only on the first start.
- */
-export async function createLoopDriver(
-  api: PluginApi,
-  root: string,
-  config: StringMap,
-): Promise<ConvoyDriver> {
-  const log = api.log.child({ pkg: "loop", driver: DRIVER_NAME });
-  const driverRoot = resolve(root);
-  await api.util.ensureDir(driverRoot);
-  const schemas = createSchemas(api);
-  const cfg = await loadOrCreateConfig(api, schemas, { root: driverRoot, config, log });
-  const driver = new LoopDriver(api, { cfg, schemas, log });
-  await driver.init();
-  return driver.convoyDriver();
+/** The adapter's fields of a snapshot record. */
+interface SnapshotFields extends Record<string, unknown> {
+  /** The snapshot's image file. */
+  FilePath: string;
 }
+type Volume = BlockVolume<VolumeFields>;
 
 /** Creates a sparse file of `size` bytes; fails when it exists. */
 async function createSparse(path: string, size: number): Promise<void> {
@@ -117,65 +78,53 @@ async function fsyncFile(path: string): Promise<void> {
   }
 }
 
-class LoopDriver {
+/** Creates the loop adapter (the init of `api.registerBlockDevice`). */
+export async function createLoopAdapter(
+  api: PluginApi,
+  ctx: BlockDeviceContext,
+): Promise<BlockDeviceAdapter<VolumeFields, SnapshotFields>> {
+  const log = ctx.log;
+  const schemas = createSchemas(api);
+  const cfg = await loadOrCreateConfig(api, schemas, {
+    root: resolve(ctx.root),
+    config: ctx.options,
+    log,
+  });
+  const loop = new LoopDevices(api, { cfg, log });
+  await loop.init();
+  return loop.adapter();
+}
+
+class LoopDevices {
   #api: PluginApi;
   #cfg: LoopConfig;
-  #schemas: Schemas;
   #log: Logger;
-  #locks: KeyedLock;
-  #records: RecordStore<VolumeRecord>;
-  /** (volume, snapshot) pairs a backup is reading, with reader counts; they cannot be deleted. */
-  #inUse: UseCounter;
   #reflink = false;
+  #comparer: ImageComparer;
 
-  constructor(api: PluginApi, opts: { cfg: LoopConfig; schemas: Schemas; log: Logger }) {
+  constructor(api: PluginApi, opts: { cfg: LoopConfig; log: Logger }) {
     this.#api = api;
-    this.#locks = api.util.createLock();
-    this.#inUse = api.util.createUseCounter();
     this.#cfg = opts.cfg;
-    this.#schemas = opts.schemas;
     this.#log = opts.log;
-    this.#records = api.util.createRecordStore({
-      dir: join(opts.cfg.Root, "state"),
-      prefix: "",
-      schema: opts.schemas.volumeRecord,
-      nameField: "Name",
-      kind: "volume",
-      log: opts.log,
-    });
+    this.#comparer = new ImageComparer(api, { log: opts.log, reflink: () => this.#reflink });
   }
 
-  // ---- paths -------------------------------------------------------------------------------
-
-  get #stateDir(): string {
-    return join(this.#cfg.Root, "state");
-  }
   #imagePath(name: string): string {
     return join(this.#cfg.Path, `${name}.img`);
   }
   #snapshotDir(volume: string): string {
     return join(this.#cfg.SnapshotPath, volume);
   }
-  #snapshotFile(volume: string, snapshot: string): string {
-    return join(this.#snapshotDir(volume), `${snapshot}.img`);
-  }
-  get #mountsDir(): string {
-    return join(this.#cfg.Root, "mounts");
-  }
-  #defaultMountPoint(name: string): string {
-    return join(this.#mountsDir, name);
+  #tmpImage(name: string): string {
+    return join(this.#cfg.Path, `${TMP_PREFIX}${name}-${this.#api.util.randomId()}.img`);
   }
 
-  // ---- start-up ----------------------------------------------------------------------------
-
-  /** Creates the folders, detects reflinks, removes leftovers, re-attaches and re-mounts. */
+  /** Creates the folders and detects reflinks. */
   async init(): Promise<void> {
-    for (const dir of [this.#cfg.Path, this.#stateDir, this.#cfg.SnapshotPath, this.#mountsDir]) {
+    for (const dir of [this.#cfg.Path, this.#cfg.SnapshotPath]) {
       await this.#api.util.ensureDir(dir);
     }
     this.#reflink = await this.#probeReflink();
-    await this.#cleanLeftovers();
-    await this.#restoreVolumes();
   }
 
   /** True when a reflink copy from loop.path to the snapshot folder works. */
@@ -198,7 +147,8 @@ class LoopDriver {
     }
   }
 
-  async #cleanLeftovers(): Promise<void> {
+  /** Removes what interrupted operations left; `recorded` are the volumes with a record. */
+  async #cleanLeftovers(recorded: Set<string>): Promise<void> {
     // Images of interrupted creates and restores.
     for (const entry of await readdir(this.#cfg.Path)) {
       if (!entry.startsWith(TMP_PREFIX)) continue;
@@ -219,7 +169,7 @@ class LoopDriver {
         continue;
       }
       if (!(await stat(dir)).isDirectory()) continue;
-      if (!(await this.#statOrUndefined(this.#records.file(volume)))) {
+      if (!recorded.has(volume)) {
         this.#log.info(`Removing the snapshots of volume "${volume}": volume does not exist`, {
           path: dir,
         });
@@ -235,8 +185,7 @@ class LoopDriver {
     // Images without a record: kept by a reference-only delete (or a crash during delete).
     for (const entry of await readdir(this.#cfg.Path)) {
       const m = IMAGE_FILE.exec(entry);
-      if (!m || entry.startsWith(".")) continue;
-      if (await this.#statOrUndefined(this.#records.file(m[1]))) continue;
+      if (!m || entry.startsWith(".") || recorded.has(m[1])) continue;
       this.#log.info(
         `Image "${join(this.#cfg.Path, entry)}" belongs to no volume: ` +
           `creating volume "${m[1]}" adopts it`,
@@ -244,55 +193,6 @@ class LoopDriver {
       );
     }
   }
-
-  /** Re-attaches every recorded image and re-mounts recorded mounts; failures are logged. */
-  async #restoreVolumes(): Promise<void> {
-    for (const { name, record } of await this.#records.list()) {
-      try {
-        const { record: rec, device } = await this.#ensureAttached(record);
-        if (!rec.MountPoint) continue;
-        const entry = await this.#api.util.mounts.mountAt(rec.MountPoint);
-        if (entry?.source === device) continue;
-        if (entry) {
-          throw new this.#api.errors.ConflictError(
-            `"${rec.MountPoint}" is a mount point of "${entry.source}"`,
-          );
-        }
-        await this.#fs.mount(device, rec.MountPoint, { fs: rec.Filesystem });
-        this.#log.info(`Restored the mount of volume "${name}" at "${rec.MountPoint}"`, {
-          volume: name,
-          device,
-          mountpoint: rec.MountPoint,
-        });
-      } catch (err) {
-        this.#log.error(`Cannot restore volume "${name}": ${this.#api.errors.errorMessage(err)}`, {
-          volume: name,
-        });
-      }
-    }
-  }
-
-  // ---- records -----------------------------------------------------------------------------
-
-  #validVolumeName(id: unknown): string {
-    return this.#api.util.validateName(id, "volume");
-  }
-
-  async #writeRecord(r: VolumeRecord): Promise<void> {
-    await this.#records.write(r.Name, {
-      Name: r.Name,
-      UUID: r.UUID,
-      Size: r.Size,
-      Filesystem: r.Filesystem,
-      CreatedTime: r.CreatedTime,
-      Path: r.Path,
-      Device: r.Device,
-      MountPoint: r.MountPoint,
-      Snapshots: r.Snapshots,
-    });
-  }
-
-  // ---- helpers -----------------------------------------------------------------------------
 
   async #statOrUndefined(path: string) {
     try {
@@ -335,744 +235,178 @@ class LoopDriver {
     }
   }
 
-  /**
-   * The loop device of a volume: an existing attachment of its image (never a second one), or
-   * a new one. The record's Device is updated when it changed.
-   */
-  async #ensureAttached(rec: VolumeRecord): Promise<{ record: VolumeRecord; device: string }> {
-    if (!(await this.#statOrUndefined(rec.Path))) {
-      throw new this.#api.errors.BackendError(`the image "${rec.Path}" does not exist`);
+  /** An existing attachment of the volume's image (never a second one), or a new one. */
+  async #activate(vol: Volume): Promise<{ path: string }> {
+    const image = vol.fields.Path;
+    if (!(await this.#statOrUndefined(image))) {
+      throw new this.#api.errors.BackendError(`the image "${image}" does not exist`);
     }
-    const devices = await this.#findDevices(rec.Path);
+    const devices = await this.#findDevices(image);
     let device = devices[0];
     if (devices.length > 1) {
-      this.#log.warn(`Image "${rec.Path}" is attached more than once: using "${device}"`, {
-        volume: rec.Name,
+      this.#log.warn(`Image "${image}" is attached more than once: using "${device}"`, {
+        volume: vol.name,
         devices,
       });
     }
     if (!device) {
-      device = await this.#attach(rec.Path);
-      this.#log.info(`Attached volume "${rec.Name}" to "${device}"`, {
-        volume: rec.Name,
+      device = await this.#attach(image);
+      this.#log.info(`Attached volume "${vol.name}" to "${device}"`, {
+        volume: vol.name,
         device,
-        image: rec.Path,
-      });
-    }
-    if (device === rec.Device) return { record: rec, device };
-    const record = { ...rec, Device: device };
-    await this.#writeRecord(record);
-    return { record, device };
-  }
-
-  /** The filesystem on a volume's device: the host's helpers, shared by the block drivers. */
-  get #fs() {
-    return this.#api.util.filesystems;
-  }
-
-  // ---- volumes -----------------------------------------------------------------------------
-
-  async createVolume(id: string, opts: StringMap, ctx?: OperationContext): Promise<void> {
-    const name = this.#validVolumeName(id);
-    const o = this.#api.util.parseOptions(
-      this.#api.util.schemas.createVolume,
-      opts ?? {},
-      `options of volume "${name}"`,
-    );
-    await this.#locks.run(name, async () => {
-      if (await this.#records.read(name)) {
-        throw new this.#api.errors.AlreadyExistsError(
-          `Cannot create volume "${name}": volume already exists`,
-        );
-      }
-      // Snapshots left by an older volume of the same name are not this volume's.
-      await rm(this.#snapshotDir(name), { recursive: true, force: true });
-      if (o.BackupURL) {
-        await this.#createFromBackup(name, {
-          url: o.BackupURL,
-          endpoint: o.EndpointURL || undefined,
-          size: o.Size || 0,
-          ctx,
-        });
-      } else await this.#createEmpty(name, o.Size || 0);
-    });
-  }
-
-  async #createEmpty(name: string, requested: number): Promise<void> {
-    const what = `Cannot create volume "${name}"`;
-    const image = this.#imagePath(name);
-    const size = requested ? roundSize(requested) : this.#cfg.DefaultVolumeSize;
-    if (requested && size !== requested) {
-      this.#log.warn(`Size of volume "${name}" rounded up from ${requested} to ${size} bytes`, {
-        volume: name,
-      });
-    }
-    const kept = await this.#statOrUndefined(image);
-    if (kept) {
-      if (!kept.isFile()) {
-        throw new this.#api.errors.ConflictError(`${what}: "${image}" exists and is not a file`);
-      }
-      if (requested && size !== kept.size) {
-        throw new this.#api.errors.InvalidArgumentError(
-          `${what}: the image "${image}" kept from an earlier volume is ${kept.size} bytes, not ${size}`,
-        );
-      }
-      let fs = await this.#fs.detect(image);
-      if (!fs) {
-        try {
-          await this.#fs.mkfs(image, this.#cfg.Filesystem, { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
-        } catch (err) {
-          throw this.#api.errors.wrapError(err, what);
-        }
-        fs = this.#cfg.Filesystem;
-      }
-      this.#log.info(`Adopting the image "${image}" kept from an earlier volume "${name}"`, {
-        volume: name,
-        size: kept.size,
-        filesystem: fs,
-      });
-      await this.#finishCreate(name, { size: kept.size, fs, created: false, what });
-      return;
-    }
-    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${this.#api.util.randomId()}.img`);
-    try {
-      await createSparse(tmp, size);
-      await this.#fs.mkfs(tmp, this.#cfg.Filesystem, { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
-      await rename(tmp, image);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw this.#api.errors.wrapError(err, what);
-    }
-    await this.#finishCreate(name, { size, fs: this.#cfg.Filesystem, created: true, what });
-  }
-
-  /**
-   * Restores a delta-block backup of a loop or devicemapper volume: a sparse image of the
-   * backup's size receives the blocks (no mkfs), then it is renamed into place and attached.
-   * A failed or cancelled (`src.ctx.signal`) restore removes the image it was writing.
-   */
-  async #createFromBackup(
-    name: string,
-    src: { url: string; endpoint?: string; size: number; ctx?: OperationContext },
-  ): Promise<void> {
-    const { url, endpoint } = src;
-    const signal = src.ctx?.signal;
-    const what = `Cannot create volume "${name}" from backup "${url}"`;
-    let size: number;
-    try {
-      const bv = await this.#api.backup.getBackupVolume(url, { endpoint });
-      if (!BLOCK_BACKUP_DRIVERS.includes(bv.driver)) {
-        throw new this.#api.errors.InvalidArgumentError(
-          `${what}: it was made by driver "${bv.driver}"; only loop and devicemapper backups ` +
-            `restore into loop volumes`,
-        );
-      }
-      if (!Number.isSafeInteger(bv.size) || bv.size <= 0) {
-        throw new this.#api.errors.InvalidArgumentError(
-          `${what}: the backup's volume has no size`,
-        );
-      }
-      if (src.size && src.size !== bv.size) {
-        throw new this.#api.errors.InvalidArgumentError(
-          `${what}: size must match the backup's size ${bv.size}`,
-        );
-      }
-      size = bv.size;
-    } catch (err) {
-      throw this.#api.errors.wrapError(err, what);
-    }
-    const image = this.#imagePath(name);
-    if (await this.#statOrUndefined(image)) {
-      throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
-    }
-    const tmp = join(this.#cfg.Path, `${TMP_PREFIX}${name}-${this.#api.util.randomId()}.img`);
-    let fs: string;
-    try {
-      await createSparse(tmp, size);
-      await this.#api.backup.restoreDeltaBackup(url, tmp, {
-        endpoint,
-        signal,
-        progress: src.ctx?.progress,
-      });
-      await fsyncFile(tmp);
-      fs = await this.#fs.detect(tmp);
-      if (signal?.aborted) throw new this.#api.errors.CancelledError(`${what}: cancelled`);
-      if (await this.#statOrUndefined(image)) {
-        throw new this.#api.errors.ConflictError(`${what}: the image "${image}" exists`);
-      }
-      await rename(tmp, image);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw this.#api.errors.wrapError(err, what);
-    }
-    if (!fs) {
-      this.#log.warn(`No filesystem recognised in the restored volume "${name}"`, {
-        volume: name,
-        url,
-      });
-    }
-    await this.#finishCreate(name, { size, fs, created: true, what });
-    this.#log.info(`Restored backup "${url}" into volume "${name}"`, { volume: name, size });
-  }
-
-  /** Attaches the image in place and writes the record (last). On failure nothing is left. */
-  async #finishCreate(
-    name: string,
-    v: { size: number; fs: string; created: boolean; what: string },
-  ): Promise<void> {
-    const image = this.#imagePath(name);
-    try {
-      const devices = await this.#findDevices(image);
-      const device = devices[0] ?? await this.#attach(image);
-      await this.#writeRecord({
-        Name: name,
-        UUID: crypto.randomUUID(),
-        Size: v.size,
-        Filesystem: v.fs,
-        CreatedTime: this.#api.util.now(),
-        Path: image,
-        Device: device,
-        MountPoint: "",
-        Snapshots: {},
-      });
-      this.#log.info(`Created volume "${name}"`, {
-        volume: name,
         image,
-        device,
-        size: v.size,
-        filesystem: v.fs,
       });
-    } catch (err) {
-      await this.#records.remove(name).catch(() => {});
-      await this.#detachAll(image).catch((e) =>
-        this.#log.warn(`Cannot detach "${image}": ${this.#api.errors.errorMessage(e)}`, {
-          volume: name,
-        })
-      );
-      if (v.created) await rm(image, { force: true });
-      throw this.#api.errors.wrapError(err, v.what);
     }
+    return { path: device };
   }
 
-  async deleteVolume(id: string, opts: StringMap): Promise<void> {
-    const name = this.#validVolumeName(id);
-    const o = this.#api.util.parseOptions(
-      this.#api.util.schemas.deleteVolume,
-      opts ?? {},
-      `options of volume "${name}"`,
-    );
-    const what = `Cannot delete volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.must(name, "delete volume");
-      if (rec.MountPoint) {
-        throw new this.#api.errors.ConflictError(
-          `${what}: volume is mounted at "${rec.MountPoint}"`,
-        );
-      }
-      for (const snap of Object.keys(rec.Snapshots)) {
-        if (this.#inUse.inUse(name, snap)) {
-          throw new this.#api.errors.ConflictError(
-            `${what}: its snapshot "${snap}" is being backed up`,
-          );
-        }
-      }
-      try {
-        const devices = await this.#findDevices(rec.Path);
-        for (const device of devices) {
-          const mounts = await this.#api.util.mounts.mountsOf(device);
-          if (mounts.length) {
-            throw new this.#api.errors.ConflictError(
-              `${what}: its device "${device}" is mounted at "${mounts[0]}"`,
-            );
-          }
-        }
-        for (const device of devices) {
-          await this.#api.exec("losetup", ["--detach", device]);
-        }
-        // The record goes first: a crash afterwards leaves files without a record, which the
-        // next start (snapshots) or the next create of the name (the image) takes care of.
-        await this.#records.remove(name);
-        for (const s of Object.values(rec.Snapshots)) await rm(s.FilePath, { force: true });
-        await rm(this.#snapshotDir(name), { recursive: true, force: true });
-        if (!o.ReferenceOnly) await rm(rec.Path, { force: true });
-      } catch (err) {
-        throw this.#api.errors.wrapError(err, what);
-      }
-      this.#log.info(`Deleted volume "${name}"${o.ReferenceOnly ? ", kept its image" : ""}`, {
-        volume: name,
-        image: rec.Path,
-        referenceOnly: o.ReferenceOnly,
-      });
-    });
-  }
-
-  async mountVolume(id: string, opts: StringMap): Promise<string> {
-    const name = this.#validVolumeName(id);
-    const wanted = this.#api.util.requestedMountPoint(opts, name);
-    return await this.#locks.run(name, async () => {
-      let rec = await this.#records.must(name, "mount volume");
-      return await this.#api.util.mountBlockVolume(name, {
-        current: rec.MountPoint,
-        wanted,
-        defaultMountPoint: this.#defaultMountPoint(name),
-        fs: rec.Filesystem,
-        activate: async () => {
-          const attached = await this.#ensureAttached(rec);
-          rec = attached.record;
-          return { path: attached.device };
-        },
-        save: (mountPoint) => this.#writeRecord({ ...rec, MountPoint: mountPoint }),
-        log: this.#log,
-      });
-    });
-  }
-
-  async umountVolume(id: string): Promise<void> {
-    const name = this.#validVolumeName(id);
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.must(name, "unmount volume");
-      await this.#api.util.umountBlockVolume(name, {
-        mountPoint: rec.MountPoint,
-        defaultMountPoint: this.#defaultMountPoint(name),
-        isMountOf: (entry) => entry.source === rec.Device || !rec.Device,
-        save: () => this.#writeRecord({ ...rec, MountPoint: "" }),
-        log: this.#log,
-      });
-    });
-  }
-
-  async mountPoint(id: string): Promise<string> {
-    const name = this.#validVolumeName(id);
-    return (await this.#records.must(name, "find the mount point of volume")).MountPoint;
-  }
-
-  #volumeInfo(rec: VolumeRecord): StringMap {
+  /** A staged image of `size` bytes, renamed to `image` by commit. */
+  async #stage(image: string, size: number, what: string) {
+    const tmp = this.#tmpImage(image.slice(this.#cfg.Path.length + 1, -4));
+    await createSparse(tmp, size);
     return {
-      Device: rec.Device,
-      Size: String(rec.Size),
-      Filesystem: rec.Filesystem,
-      MountPoint: rec.MountPoint,
-      VolumeName: rec.Name,
-      VolumeCreatedAt: rec.CreatedTime,
-      Path: rec.Path,
+      path: tmp,
+      commit: async () => {
+        await fsyncFile(tmp);
+        if (await this.#statOrUndefined(image)) {
+          throw new this.#api.errors.ConflictError(`${what}the image "${image}" exists`);
+        }
+        await rename(tmp, image);
+      },
+      discard: () => rm(tmp, { force: true }),
     };
   }
 
-  async getVolumeInfo(id: string): Promise<StringMap> {
-    const name = this.#validVolumeName(id);
-    return this.#volumeInfo(await this.#records.must(name, "inspect volume"));
-  }
-
-  async listVolume(_opts: StringMap): Promise<Record<string, StringMap>> {
-    const out: Record<string, StringMap> = {};
-    for (const { name, record } of await this.#records.list()) out[name] = this.#volumeInfo(record);
-    return out;
-  }
-
-  // ---- snapshots ---------------------------------------------------------------------------
-
-  async createSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const rec = await this.#records.must(name, `create snapshot "${snap}" of volume`);
-      if (rec.Snapshots[snap]) {
-        throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
-      }
-      const dir = this.#snapshotDir(name);
-      const final = this.#snapshotFile(name, snap);
-      const tmp = join(dir, `${TMP_PREFIX}${snap}-${this.#api.util.randomId()}.img`);
-      const started = performance.now();
-      try {
-        await this.#api.util.ensureDir(dir);
-        // A file without a record entry is left from a crash: it was never a snapshot.
-        await rm(final, { force: true });
-        const mounted = rec.MountPoint &&
-          (await this.#api.util.mounts.mountAt(rec.MountPoint))?.source === rec.Device;
-        await this.#copyImage(rec.Path, tmp, { freeze: mounted ? rec.MountPoint : "" });
-        await fsyncFile(tmp);
-        await rename(tmp, final);
-      } catch (err) {
-        await rm(tmp, { force: true });
-        throw this.#api.errors.wrapError(err, what);
-      }
-      const entry: SnapshotRecord = {
-        Name: snap,
-        CreatedTime: this.#api.util.now(),
-        Size: rec.Size,
-        FilePath: final,
-      };
-      try {
-        await this.#writeRecord({ ...rec, Snapshots: { ...rec.Snapshots, [snap]: entry } });
-      } catch (err) {
-        await rm(final, { force: true });
-        throw this.#api.errors.wrapError(err, what);
-      }
-      this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-        reflink: this.#reflink,
-        ms: Math.round(performance.now() - started),
-      });
-    });
-  }
-
   /**
-   * Copies an image: a reflink (or, failing that, a sparse) copy, with the filesystem mounted at
-   * `opts.freeze` frozen for the copy, and always thawed afterwards.
+   * A reflink (or, failing that, a sparse) copy of an image; the host has frozen a mounted
+   * filesystem.
    */
-  async #copyImage(src: string, dst: string, opts: { freeze: string }): Promise<void> {
-    const { freeze } = opts;
-    if (freeze) await this.#api.exec("fsfreeze", ["--freeze", freeze]);
-    try {
-      if (this.#reflink) {
-        try {
-          await this.#api.exec("cp", ["--reflink=always", src, dst], {
-            timeoutMs: LONG_COMMAND_TIMEOUT_MS,
-          });
-          return;
-        } catch (err) {
-          this.#log.warn(
-            `Reflink copy of "${src}" failed, making a sparse copy: ${
-              this.#api.errors.errorMessage(err)
-            }`,
-          );
-          await rm(dst, { force: true });
-        }
-      }
-      await this.#api.exec("cp", ["--sparse=always", src, dst], {
-        timeoutMs: LONG_COMMAND_TIMEOUT_MS,
-      });
-    } finally {
-      if (freeze) await this.#thaw(freeze);
-    }
-  }
-
-  /** `fsfreeze --unfreeze`, retried; an error that is left is thrown. */
-  async #thaw(mountPoint: string): Promise<void> {
-    for (let attempt = 1;; attempt++) {
+  async #copyImage(src: string, dst: string): Promise<void> {
+    if (this.#reflink) {
       try {
-        await this.#api.exec("fsfreeze", ["--unfreeze", mountPoint]);
+        await this.#api.exec("cp", ["--reflink=always", src, dst], {
+          timeoutMs: LONG_COMMAND_TIMEOUT_MS,
+        });
         return;
       } catch (err) {
-        if (attempt >= 3) {
-          this.#log.error(
-            `Cannot thaw the filesystem at "${mountPoint}": ${this.#api.errors.errorMessage(err)}`,
-            {
-              mountpoint: mountPoint,
-            },
-          );
-          throw err;
-        }
-        await new Promise((r) => setTimeout(r, 100 * attempt));
+        this.#log.warn(
+          `Reflink copy of "${src}" failed, making a sparse copy: ${
+            this.#api.errors.errorMessage(err)
+          }`,
+        );
+        await rm(dst, { force: true });
       }
     }
-  }
-
-  /** What the snapshot helpers of `api.util` use of this driver. */
-  get #snapshotHelperSpec() {
-    return { records: this.#records, locks: this.#locks, inUse: this.#inUse, log: this.#log };
-  }
-
-  async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    await this.#api.util.deleteSnapshot({ id, volumeID }, {
-      ...this.#snapshotHelperSpec,
-      remove: async ({ snapshot, unrecorded }) => {
-        await this.#writeRecord(unrecorded);
-        await rm(snapshot.FilePath, { force: true });
-      },
+    await this.#api.exec("cp", ["--sparse=always", src, dst], {
+      timeoutMs: LONG_COMMAND_TIMEOUT_MS,
     });
   }
 
-  #snapshotInfo(volume: string, s: SnapshotRecord): StringMap {
-    return {
-      SnapshotName: s.Name,
-      SnapshotCreatedAt: s.CreatedTime,
-      VolumeUUID: volume,
-      Size: String(s.Size),
-      FilePath: s.FilePath,
-    };
-  }
-
-  async #mustSnapshot(snap: string, of: { volume: string; what: string }) {
-    return await this.#api.util.mustSnapshot(this.#records, snap, of);
-  }
-
-  async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const { snapshot } = await this.#mustSnapshot(snap, { volume: name, what: "inspect" });
-    return this.#snapshotInfo(name, snapshot);
-  }
-
-  async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
-    const volumes = await this.#records.select(opts?.VolumeName, "list the snapshots of volume");
-    const out: Record<string, StringMap> = {};
-    for (const { name, record } of volumes) {
-      for (const s of Object.values(record.Snapshots)) out[s.Name] = this.#snapshotInfo(name, s);
-    }
-    return out;
-  }
-
-  // ---- delta-block operations --------------------------------------------------------------
-
-  /** The image of a recorded snapshot; NotFoundError when either is missing. */
-  async #snapshotImage(snap: string, of: { volume: string; what: string }): Promise<string> {
-    const { volume, what } = of;
-    const { snapshot } = await this.#mustSnapshot(snap, of);
-    if (!(await this.#statOrUndefined(snapshot.FilePath))) {
+  /** A snapshot's image; NotFoundError when it is gone. */
+  async #snapshotImage(vol: Volume, snap: { name: string; fields: SnapshotFields }) {
+    const file = snap.fields.FilePath;
+    if (!(await this.#statOrUndefined(file))) {
       throw new this.#api.errors.NotFoundError(
-        `Cannot ${what} snapshot "${snap}" of volume "${volume}": its image "${snapshot.FilePath}" does not exist`,
+        `Cannot read snapshot "${snap.name}" of volume "${vol.name}": its image "${file}" does not exist`,
       );
     }
-    return snapshot.FilePath;
+    return { file, name: snap.name };
   }
 
-  /** The block map of `file` from filefrag, or undefined when FIEMAP is not available. */
-  async #blockMap(file: string, size: number): Promise<Map<number, string> | undefined> {
-    try {
-      const { stdout } = await this.#api.exec(
-        "filefrag",
-        ["-s", "-v", `-b${FILEFRAG_UNIT}`, file],
-        { timeoutMs: LONG_COMMAND_TIMEOUT_MS },
-      );
-      const extents = parseFilefrag(stdout);
-      if (extents) return blockMap(extents, { size });
-      this.#log.warn(`No extent map of "${file}": unexpected filefrag output`);
-    } catch (err) {
-      this.#log.warn(`No extent map of "${file}": ${this.#api.errors.errorMessage(err)}`);
-    }
-    return undefined;
-  }
-
-  /**
-   * The 2 MiB ranges of snapshot `snap` that differ from snapshot `base` (every range holding
-   * data when `base` is "" or `snap`). With reflinks, blocks whose extents are shared are equal
-   * and every other block with data is reported without reading anything; without reflinks the
-   * extent maps only rule out holes, and the remaining blocks are read and compared.
-   */
-  async compareSnapshot(
-    snap: string,
-    opts: { base: string; volume: string; signal?: AbortSignal },
-  ): Promise<Mappings & { stats: CompareStats }> {
-    const { base, volume } = opts;
-    const started = performance.now();
-    const fileA = await this.#snapshotImage(snap, { volume, what: "compare" });
-    const sizeA = (await stat(fileA)).size;
-    if (!base || base === snap) {
-      const blocks = Math.ceil(sizeA / BLOCK_SIZE);
-      const map = await this.#blockMap(fileA, sizeA);
-      const list = map
-        ? [...map.keys()].sort((x, y) => x - y)
-        : Array.from({ length: blocks }, (_, i) => i);
-      const stats: CompareStats = {
-        method: "full",
-        blocks,
-        changed: list.length,
-        shared: 0,
-        bytesRead: 0,
-        ms: Math.round(performance.now() - started),
-      };
-      this.#logCompare({ volume, snap, base, stats });
-      return { mappings: blocksToMappings(list), blockSize: BLOCK_SIZE, stats };
-    }
-    const release = this.#inUse.use(volume, base);
-    try {
-      const fileB = await this.#snapshotImage(base, { volume, what: "compare" });
-      const sizeB = (await stat(fileB)).size;
-      const size = Math.max(sizeA, sizeB);
-      const blocks = Math.ceil(size / BLOCK_SIZE);
-      const [mapA, mapB] = [await this.#blockMap(fileA, sizeA), await this.#blockMap(fileB, sizeB)];
-      let candidates: number[];
-      let shared = 0;
-      if (mapA && mapB) {
-        ({ differ: candidates, shared } = diffBlockMaps(mapA, mapB));
-      } else candidates = Array.from({ length: blocks }, (_, i) => i);
-      let changed = candidates;
-      let bytesRead = 0;
-      const method = this.#reflink && mapA && mapB ? "extents" : "read";
-      if (method === "read") {
-        ({ changed, bytesRead } = await this.#readCompare(
-          { a: fileA, b: fileB, candidates },
-          { mapA, mapB, signal: opts.signal },
-        ));
-      }
-      const stats: CompareStats = {
-        method,
-        blocks,
-        changed: changed.length,
-        shared,
-        bytesRead,
-        ms: Math.round(performance.now() - started),
-      };
-      this.#logCompare({ volume, snap, base, stats });
-      return { mappings: blocksToMappings(changed), blockSize: BLOCK_SIZE, stats };
-    } finally {
-      release();
-    }
-  }
-
-  #logCompare(c: { volume: string; snap: string; base: string; stats: CompareStats }): void {
-    this.#log.info(
-      `Compared snapshot "${c.snap}" of volume "${c.volume}" with ${
-        c.base && c.base !== c.snap ? `"${c.base}"` : "nothing (full)"
-      }`,
-      { volume: c.volume, snapshot: c.snap, base: c.base, ...c.stats },
-    );
-  }
-
-  /** The candidate blocks whose bytes differ; a side with no data extents there reads as zeros. */
-  async #readCompare(
-    files: { a: string; b: string; candidates: number[] },
-    opts: {
-      mapA?: Map<number, string>;
-      mapB?: Map<number, string>;
-      signal?: AbortSignal;
-    },
-  ): Promise<{ changed: number[]; bytesRead: number }> {
-    const changed: number[] = [];
-    let bytesRead = 0;
-    const fa = await open(files.a, "r");
-    try {
-      const fb = await open(files.b, "r");
-      try {
-        const bufA = new Uint8Array(BLOCK_SIZE);
-        const bufB = new Uint8Array(BLOCK_SIZE);
-        for (const block of files.candidates) {
-          if (opts.signal?.aborted) {
-            throw new this.#api.errors.CancelledError("Cancelled comparing snapshots");
-          }
-          const pos = block * BLOCK_SIZE;
-          const hasA = !opts.mapA || opts.mapA.has(block);
-          const hasB = !opts.mapB || opts.mapB.has(block);
-          if (hasA) bytesRead += await this.#api.util.readFull(fa, { buf: bufA, pos });
-          if (hasB) bytesRead += await this.#api.util.readFull(fb, { buf: bufB, pos });
-          const same = hasA && hasB
-            ? Buffer.from(bufA.buffer).equals(Buffer.from(bufB.buffer))
-            : this.#api.util.isZero(hasA ? bufA : bufB);
-          if (!same) changed.push(block);
-        }
-      } finally {
-        await fb.close();
-      }
-    } finally {
-      await fa.close();
-    }
-    return { changed, bytesRead };
-  }
-
-  /** The DeltaBlockOperations of one backup: its own file handles, closed at the end. */
-  #deltaSession(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> } {
-    const handles = new Map<string, Promise<FileHandle>>();
-    const key = (id: string, volumeID: string) => `${volumeID}\u0000${id}`;
-    const handle = (id: string, volumeID: string) => {
-      let fh = handles.get(key(id, volumeID));
-      if (!fh) {
-        fh = this.#snapshotImage(id, { volume: volumeID, what: "read" }).then((file) =>
-          open(file, "r")
-        );
-        fh.catch(() => handles.delete(key(id, volumeID)));
-        handles.set(key(id, volumeID), fh);
-      }
-      return fh;
-    };
-    const ops: DeltaBlockOperations = {
-      hasSnapshot: async (id, volumeID) => {
-        const rec = await this.#records.read(this.#validVolumeName(volumeID));
-        const s = rec?.Snapshots[id];
-        return !!s && (await this.#statOrUndefined(s.FilePath))?.isFile() === true;
-      },
-      compareSnapshot: async (id, compareID, volumeID) => {
-        const { mappings, blockSize } = await this.compareSnapshot(id, {
-          base: compareID,
-          volume: volumeID,
-          signal: ctx?.signal,
-        });
-        return { mappings, blockSize };
-      },
-      openSnapshot: async (id, volumeID) => {
-        await handle(id, volumeID);
-      },
-      readSnapshot: async (id, volumeID, start, data) => {
-        await this.#api.util.readFull(await handle(id, volumeID), { buf: data, pos: start });
-      },
-      snapshotFile: (id, volumeID) => this.#snapshotImage(id, { volume: volumeID, what: "read" }),
-      closeSnapshot: async (id, volumeID) => {
-        const fh = handles.get(key(id, volumeID));
-        handles.delete(key(id, volumeID));
-        if (fh) await (await fh).close();
-      },
-    };
-    return {
-      ops,
-      close: async () => {
-        for (const fh of handles.values()) await (await fh.catch(() => undefined))?.close();
-        handles.clear();
-      },
-    };
-  }
-
-  // ---- backups -----------------------------------------------------------------------------
-
-  async createBackup(
-    snapshotID: string,
-    volumeID: string,
-    destURL: string,
-    opts: StringMap,
-    ctx?: OperationContext,
-  ): Promise<string> {
-    return await this.#api.util.backUpSnapshot(
-      { snapshotID, volumeID, destURL, opts, ctx },
-      {
-        ...this.#snapshotHelperSpec,
-        driver: DRIVER_NAME,
-        session: (ctx) => this.#deltaSession(ctx),
-      },
-    );
-  }
-
-  /** DeltaBlockOperations outside a backup (tests, tools); the caller closes what it opens. */
-  deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> } {
-    return this.#deltaSession(ctx);
-  }
-
-  /** Deleting, inspecting and listing backups need nothing of this driver but its name. */
-  get #queries() {
-    return this.#api.backup.queries(DRIVER_NAME, { readable: BLOCK_BACKUP_DRIVERS });
-  }
-
-  async deleteBackup(url: string, opts?: StringMap): Promise<void> {
-    await this.#queries.deleteBackup(url, opts ?? {});
-  }
-
-  async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
-    return await this.#queries.getBackupInfo(url, opts ?? {});
-  }
-
-  async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
-    return await this.#queries.listBackup(destURL, opts ?? {});
-  }
-
-  // ---- the ConvoyDriver object -------------------------------------------------------------
-
-  convoyDriver(): LoopConvoyDriver {
+  adapter(): BlockDeviceAdapter<VolumeFields, SnapshotFields> {
+    const z = this.#api.deps.z;
+    const errors = this.#api.errors;
     const cfg = this.#cfg;
-    const driver = this.#api.util.convoyDriver(DRIVER_NAME, this, () => ({
-      Root: cfg.Root,
-      Path: cfg.Path,
-      SnapshotPath: cfg.SnapshotPath,
-      DefaultVolumeSize: String(cfg.DefaultVolumeSize),
-      Filesystem: cfg.Filesystem,
-      DirectIO: String(cfg.DirectIO),
-      Reflink: String(this.#reflink),
-    }));
-    return { ...driver, deltaOps: (ctx) => this.deltaOps(ctx) };
-  }
-}
+    return {
+      capabilities: {
+        filesystem: cfg.Filesystem,
+        sizeAlignment: SIZE_ALIGNMENT,
+        defaultSize: cfg.DefaultVolumeSize,
+      },
+      volumeFields: z.looseObject({ Path: z.string() }),
+      snapshotFields: z.looseObject({ FilePath: z.string() }),
 
-/** The loop ConvoyDriver, with its delta-block operations reachable for tests and tools. */
-export interface LoopConvoyDriver extends ConvoyDriver {
-  /** A DeltaBlockOperations session (what a backup uses); call close() when done. */
-  deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> };
+      start: async (volumes) => {
+        await this.#cleanLeftovers(new Set(volumes.map((v) => v.name)));
+      },
+
+      createDevice: async (req) => {
+        const { name, size } = req;
+        const image = this.#imagePath(name);
+        // Snapshots left by an older volume of the same name are not this volume's.
+        await rm(this.#snapshotDir(name), { recursive: true, force: true });
+        const kept = await this.#statOrUndefined(image);
+        if (req.restore) {
+          if (kept) throw new errors.ConflictError(`the image "${image}" exists`);
+          return { fields: { Path: image }, size, staging: await this.#stage(image, size, "") };
+        }
+        if (!kept) {
+          return { fields: { Path: image }, size, staging: await this.#stage(image, size, "") };
+        }
+        if (!kept.isFile()) throw new errors.ConflictError(`"${image}" exists and is not a file`);
+        if (req.sizeRequested && size !== kept.size) {
+          throw new errors.InvalidArgumentError(
+            `the image "${image}" kept from an earlier volume is ${kept.size} bytes, not ${size}`,
+          );
+        }
+        this.#log.info(`Adopting the image "${image}" kept from an earlier volume "${name}"`, {
+          volume: name,
+          size: kept.size,
+        });
+        return { fields: { Path: image }, size: kept.size, adopted: true };
+      },
+
+      removeDevice: async (vol, { keepData }) => {
+        await this.#detachAll(vol.fields.Path);
+        await rm(this.#snapshotDir(vol.name), { recursive: true, force: true });
+        if (!keepData) await rm(vol.fields.Path, { force: true });
+      },
+
+      activate: (vol) => this.#activate(vol),
+      deactivate: (vol) => this.#detachAll(vol.fields.Path),
+
+      createSnapshot: async (vol, { name: snap }) => {
+        const dir = this.#snapshotDir(vol.name);
+        const final = join(dir, `${snap}.img`);
+        const tmp = join(dir, `${TMP_PREFIX}${snap}-${this.#api.util.randomId()}.img`);
+        try {
+          await this.#api.util.ensureDir(dir);
+          // A file without a record entry is left from a crash: it was never a snapshot.
+          await rm(final, { force: true });
+          await this.#copyImage(vol.fields.Path, tmp);
+          await fsyncFile(tmp);
+          await rename(tmp, final);
+        } catch (err) {
+          await rm(tmp, { force: true });
+          throw err;
+        }
+        return { fields: { FilePath: final } };
+      },
+      removeSnapshot: async (_vol, snap) => {
+        await rm(snap.fields.FilePath, { force: true });
+      },
+
+      openSnapshot: async (vol, snap) => {
+        const { file } = await this.#snapshotImage(vol, snap);
+        return { kind: "file", path: file };
+      },
+      compareSnapshots: async (vol, snap, base, ctx) => {
+        const a = await this.#snapshotImage(vol, snap);
+        const b = base ? await this.#snapshotImage(vol, base) : undefined;
+        return await this.#comparer.compare(a, b, { volume: vol.name, signal: ctx?.signal });
+      },
+
+      info: () => ({
+        Root: cfg.Root,
+        Path: cfg.Path,
+        SnapshotPath: cfg.SnapshotPath,
+        DefaultVolumeSize: String(cfg.DefaultVolumeSize),
+        Filesystem: cfg.Filesystem,
+        DirectIO: String(cfg.DirectIO),
+        Reflink: String(this.#reflink),
+      }),
+      volumeInfo: (vol) => ({ Path: vol.fields.Path }),
+      snapshotInfo: (_vol, snap) => ({ FilePath: snap.fields.FilePath }),
+    };
+  }
 }

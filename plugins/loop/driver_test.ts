@@ -24,7 +24,8 @@ import { registeredInit } from "../../src/plugins/testing.ts";
 import { createExec } from "../../src/runtime/exec.ts";
 import { mountAt, parseMountInfo } from "../../src/util/mountinfo.ts";
 import setup from "./mod.ts";
-import type { CompareStats, LoopConvoyDriver } from "./driver.ts";
+import type { CompareStats } from "./driver.ts";
+import type { BlockDriver as LoopConvoyDriver } from "../../src/plugins/block/driver.ts";
 import { blockMap, blocksToMappings, diffBlockMaps, parseFilefrag } from "./extents.ts";
 
 const exec = createExec({ timeoutMs: 120_000 });
@@ -786,7 +787,7 @@ for (const xfs of [true, false]) {
         ]);
         await snaps.createSnapshot("s2", "vol1");
 
-        const { ops: delta, close } = d.deltaOps();
+        const { ops: delta, close } = d.block.deltaOps();
         try {
           const r = await delta.compareSnapshot("s2", "s1", "vol1");
           assert.equal(r.blockSize, BLOCK);
@@ -834,7 +835,7 @@ for (const xfs of [true, false]) {
         await writeBlocks(dev, [[17 * BLOCK, pattern(17)], [18 * BLOCK + 8192, pattern(2, 512)]]);
         await snaps.createSnapshot("s1", "vol1");
         const file = (await snaps.getSnapshotInfo("s1", "vol1")).FilePath;
-        const { ops: delta, close } = d.deltaOps();
+        const { ops: delta, close } = d.block.deltaOps();
         try {
           const { mappings } = await delta.compareSnapshot("s1", "", "vol1");
           assert.ok(mappings.length > 0);
@@ -876,7 +877,7 @@ describe("loop driver: reading snapshots", () => {
       await snaps.createSnapshot("s1", "vol1");
       await writeBlocks(dev, [[BLOCK, pattern(99)]]);
 
-      const { ops: delta, close } = d.deltaOps();
+      const { ops: delta, close } = d.block.deltaOps();
       try {
         assert.equal(await delta.hasSnapshot("s1", "vol1"), true);
         assert.equal(await delta.hasSnapshot("s9", "vol1"), false);
@@ -1111,7 +1112,7 @@ describe("loop driver: backups", () => {
       await vols.umountVolume("dmvol");
       await snaps.createSnapshot("dmsnap", "dmvol");
       // What the devicemapper driver would store: same format, another driver name.
-      const { ops: delta, close } = d.deltaOps();
+      const { ops: delta, close } = d.block.deltaOps();
       let url: string;
       try {
         url = await backup.createDeltaBackup(delta, {
@@ -1144,9 +1145,9 @@ describe("loop driver: backups", () => {
     });
   });
 
-  it("createVolume() refuses a backup of another driver and a size other than the backup's", async () => {
+  it("createVolume() refuses a file-level backup and a size other than the backup's", async () => {
     await withEnv({}, async (env) => {
-      const { backup, dest, vols } = await backupEnv(env);
+      const { backup, dest, vols, snaps, backups } = await backupEnv(env);
       const archive = join(env.dir, "archive.tar.gz");
       await writeFile(archive, "not a block image");
       const vfsURL = await backup.createSingleFileBackup(archive, {
@@ -1157,21 +1158,23 @@ describe("loop driver: backups", () => {
       await rejectsWith(() => vols.createVolume("res1", { BackupURL: vfsURL }), {
         type: InvalidArgumentError,
         message:
-          `Cannot create volume "res1" from backup "${vfsURL}": it was made by driver "vfs"; ` +
-          `only loop and devicemapper backups restore into loop volumes`,
+          `Cannot create volume "res1" from backup "${vfsURL}": it was made by driver "vfs" as ` +
+          `a file-level backup; only block backups restore into loop volumes`,
       });
-      const dmURL = await backup.createSingleFileBackup(archive, {
-        volume: { name: "dmvol", driver: "devicemapper", size: GiB, createdTime: "x" },
-        snapshot: { name: "snap", createdTime: "y" },
-        destURL: dest,
-      });
-      await rejectsWith(() => vols.createVolume("res2", { BackupURL: dmURL, Size: "512M" }), {
+      await vols.createVolume("src", { Size: "32M" });
+      await snaps.createSnapshot("srcsnap", "src");
+      const blockURL = await backups.createBackup("srcsnap", "src", dest, {});
+      await rejectsWith(() => vols.createVolume("res2", { BackupURL: blockURL, Size: "16M" }), {
         type: InvalidArgumentError,
         message:
-          `Cannot create volume "res2" from backup "${dmURL}": size must match the backup's size 1073741824`,
+          `Cannot create volume "res2" from backup "${blockURL}": size must match the backup's size ${
+            32 * MiB
+          }`,
       });
-      assert.deepEqual(await vols.listVolume({}), {});
-      assert.deepEqual(await readdir(env.path), []);
+      assert.deepEqual(Object.keys(await vols.listVolume({})), ["src"]);
+      assert.deepEqual(await readdir(env.path), ["src.img"]);
+      await snaps.deleteSnapshot("srcsnap", "src");
+      await vols.deleteVolume("src", {});
     });
   });
 

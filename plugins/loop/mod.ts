@@ -16,9 +16,9 @@
  * @module
  */
 import type { PluginApi } from "../../mod.ts";
-import { createLoopDriver } from "./driver.ts";
+import { createLoopAdapter } from "./driver.ts";
 
-/** Registers the "loop" driver. */
+/** Registers the "loop" device adapter. */
 export default function setup(api: PluginApi): void {
-  api.register("loop", (root, config) => createLoopDriver(api, root, config));
+  api.registerBlockDevice("loop", (ctx) => createLoopAdapter(api, ctx));
 }

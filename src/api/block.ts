@@ -128,6 +128,13 @@ export interface CreatedDevice<V extends AdapterFields> {
    * volume): a failed create then calls `removeDevice` with `keepData: true`.
    */
   adopted?: boolean;
+  /**
+   * A regular file of `size` bytes that the host fills before the device is activated (mkfs, or
+   * the blocks of a restored backup), so that a crash meanwhile leaves no half-made device that
+   * a later create could adopt: `commit` then puts it in place (e.g. a rename) and may give new
+   * fields; `discard` removes it when the create fails. Without it the host writes to the device.
+   */
+  staging?: { path: string; commit(): Promise<V | void>; discard(): Promise<void> };
 }
 
 /** What `activate` gives: the device node, and fields to record when they changed. */

@@ -46,6 +46,8 @@ export interface BackupVolume {
    * hosts, or a re-created volume) never merge each other's blocks.
    */
   uuid?: string;
+  /** "delta-block" (a block volume's image) or "single-file" (an archive, e.g. vfs). */
+  format?: "delta-block" | "single-file";
 }
 
 /** Options of `api.backup.createDeltaBackup`. */
@@ -133,9 +135,10 @@ export interface BackupStoreApi {
   /**
    * A driver's deleteBackup, getBackupInfo and listBackup, from their string options
    * (OPT_ENDPOINT_URL, OPT_VOLUME_NAME): it deletes only backups made by `driver`, inspects
-   * those of `driver` and of the drivers in `opts.readable`, and lists those of `driver`.
+   * those of `driver` and of the drivers in `opts.readable` (with `opts.blocks`, every
+   * delta-block backup), and lists those of `driver`.
    */
-  queries(driver: string, opts?: { readable?: string[] }): BackupQueries;
+  queries(driver: string, opts?: { readable?: string[]; blocks?: boolean }): BackupQueries;
 }
 
 /** Small helpers shared with drivers. */

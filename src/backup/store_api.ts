@@ -53,8 +53,9 @@ function endpointOf(opts?: { endpoint?: string }): OpenStoreOptions {
 function backupQueries(
   api: Pick<BackupStoreApi, "getBackupVolume" | "deleteBackup" | "getBackupInfo" | "listBackup">,
   driver: string,
-  readable: string[],
+  opts: { readable?: string[]; blocks?: boolean },
 ): BackupQueries {
+  const readable = opts.readable ?? [];
   const parse = (raw: StringMap | undefined) => {
     const o = parseOptions(optionSchemas.backup, raw ?? {}, "backup options");
     return {
@@ -62,9 +63,13 @@ function backupQueries(
       volumeName: o[OPT_VOLUME_NAME] || undefined,
     };
   };
-  const check = async (url: string, what: string, drivers: string[], endpoint?: string) => {
-    const v = await api.getBackupVolume(url, { endpoint });
-    if (!drivers.includes(v.driver)) {
+  const check = async (
+    url: string,
+    what: string,
+    o: { drivers: string[]; blocks?: boolean; endpoint?: string },
+  ) => {
+    const v = await api.getBackupVolume(url, { endpoint: o.endpoint });
+    if (!o.drivers.includes(v.driver) && !(o.blocks && v.format === "delta-block")) {
       throw new InvalidArgumentError(
         `Cannot ${what} backup "${url}" with the ${driver} driver: it was made by driver "${v.driver}"`,
       );
@@ -73,12 +78,12 @@ function backupQueries(
   return {
     async deleteBackup(url, raw) {
       const { endpoint } = parse(raw);
-      await check(url, "delete", [driver], endpoint);
+      await check(url, "delete", { drivers: [driver], endpoint });
       await api.deleteBackup(url, { endpoint });
     },
     async getBackupInfo(url, raw) {
       const { endpoint } = parse(raw);
-      await check(url, "inspect", [driver, ...readable], endpoint);
+      await check(url, "inspect", { drivers: [driver, ...readable], blocks: opts.blocks, endpoint });
       return await api.getBackupInfo(url, { endpoint });
     },
     async listBackup(destURL, raw) {
@@ -153,6 +158,7 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
         size: backupSize(volume, backup),
         createdTime: (backup as { VolumeCreatedAt?: string }).VolumeCreatedAt ?? volume.CreatedTime,
         ...(uuid ? { uuid } : {}),
+        format: isSingleFileBackup(backup) ? "single-file" : "delta-block",
       };
     },
 
@@ -231,7 +237,7 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
       return out;
     },
 
-    queries: (driver, qopts) => backupQueries(api, driver, qopts?.readable ?? []),
+    queries: (driver, qopts) => backupQueries(api, driver, qopts ?? {}),
   };
   return api;
 }

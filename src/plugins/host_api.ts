@@ -44,6 +44,7 @@ import {
 } from "./block_volumes.ts";
 import { isZero } from "../backup/codec.ts";
 import { awsSdkDeps } from "./aws_deps.ts";
+import { blockDriverInit } from "./block/driver.ts";
 
 /**
  * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
@@ -69,11 +70,17 @@ export function createPluginApi(opts: {
   return {
     apiVersion: PLUGIN_API_VERSION,
     register: opts.register,
-    registerBlockDevice: (name) => {
-      throw new errors.NotSupportedError(
-        `Cannot register block device "${name}": the block framework is not built yet`,
-      );
-    },
+    registerBlockDevice: (name, init) =>
+      opts.register(
+        name,
+        blockDriverInit({
+          exec: opts.exec,
+          log: opts.log,
+          mounts,
+          filesystems,
+          backup: opts.backup,
+        }, name, init),
+      ),
     log: opts.log,
     deps: { z, aws: awsSdkDeps },
     exec: opts.exec,

@@ -79,7 +79,13 @@ export async function startMoto(): Promise<MotoServer> {
  * An HTTP proxy in front of `target` that answers EC2 calls of `action` with an error while
  * `failures[action]` is positive (decremented per answer), and forwards everything else.
  */
-export async function startFaultProxy(target: string) {
+export async function startFaultProxy(
+  target: string,
+  opts: {
+    /** Runs before EC2's answer to `action` reaches the client (a successful one only). */
+    tap?: (action: string, params: URLSearchParams, answer: string) => Promise<void>;
+  } = {},
+) {
   const failures: Record<string, { left: number; status: number; code: string }> = {};
   const seen: string[] = [];
   const server = createServer((req, res) => {
@@ -87,7 +93,8 @@ export async function startFaultProxy(target: string) {
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
       const body = Buffer.concat(chunks);
-      const action = new URLSearchParams(body.toString("utf8")).get("Action") ?? "";
+      const params = new URLSearchParams(body.toString("utf8"));
+      const action = params.get("Action") ?? "";
       seen.push(action);
       const f = failures[action];
       if (f && f.left > 0) {
@@ -101,8 +108,27 @@ export async function startFaultProxy(target: string) {
       }
       const url = new URL(req.url ?? "/", target);
       const up = httpRequest(url, { method: req.method, headers: req.headers }, (r) => {
-        res.writeHead(r.statusCode ?? 502, r.headers);
-        r.pipe(res);
+        const parts: Uint8Array[] = [];
+        r.on("data", (c) => parts.push(c));
+        r.on("end", async () => {
+          const answer = Buffer.concat(parts);
+          const status = r.statusCode ?? 502;
+          try {
+            if (opts.tap && status === 200 && action) {
+              await opts.tap(action, params, answer.toString("utf8"));
+            }
+            res.writeHead(status, r.headers);
+            res.end(answer);
+          } catch (err) {
+            res.writeHead(500, { "content-type": "text/xml" });
+            res.end(
+              `<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>FakeHost</Code>` +
+                `<Message>${
+                  String(err).replace(/[<&]/g, " ")
+                }</Message></Error></Errors></Response>`,
+            );
+          }
+        });
       });
       up.on("error", (e) => {
         res.writeHead(502);
@@ -123,4 +149,28 @@ export async function startFaultProxy(target: string) {
         server.close(() => r());
       }),
   };
+}
+
+/** Starts an instance in us-east-1a (moto's metadata instance, i-fake, is unknown to its EC2). */
+export async function runInstance(env: Record<string, string>): Promise<string> {
+  const sdk = await import("@aws-sdk/client-ec2");
+  const c = new sdk.EC2Client({
+    region: "us-east-1",
+    endpoint: env.AWS_ENDPOINT_URL,
+    credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY },
+  });
+  try {
+    const images = await c.send(new sdk.DescribeImagesCommand({ Owners: ["amazon"] }));
+    const out = await c.send(
+      new sdk.RunInstancesCommand({
+        ImageId: images.Images![0].ImageId!,
+        MinCount: 1,
+        MaxCount: 1,
+        Placement: { AvailabilityZone: "us-east-1a" },
+      }),
+    );
+    return out.Instances![0].InstanceId!;
+  } finally {
+    c.destroy();
+  }
 }

@@ -30,30 +30,6 @@ after(async () => {
   await moto?.close();
 });
 
-/** Starts an instance in us-east-1a (moto's metadata instance, i-fake, is unknown to its EC2). */
-export async function runInstance(env: Record<string, string>): Promise<string> {
-  const sdk = await awsSdkDeps.ec2();
-  const c = new sdk.EC2Client({
-    region: "us-east-1",
-    endpoint: env.AWS_ENDPOINT_URL,
-    credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY },
-  });
-  try {
-    const images = await c.send(new sdk.DescribeImagesCommand({ Owners: ["amazon"] }));
-    const out = await c.send(
-      new sdk.RunInstancesCommand({
-        ImageId: images.Images![0].ImageId!,
-        MinCount: 1,
-        MaxCount: 1,
-        Placement: { AvailabilityZone: "us-east-1a" },
-      }),
-    );
-    return out.Instances![0].InstanceId!;
-  } finally {
-    c.destroy();
-  }
-}
-
 async function putSnapshot(
   env: Record<string, string>,
   blocks: Map<number, Uint8Array>,
@@ -351,5 +327,3 @@ describe("EbsDirect", () => {
     }
   });
 });
-
-void motoEnv;

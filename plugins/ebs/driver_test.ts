@@ -1,0 +1,203 @@
+// The ebs driver through the host's block framework, against moto_server (EC2 API, metadata
+// service) and loop devices. moto attaches no disk: tests/ebs_fake_host.ts, a proxy in front of
+// moto, stands a loop device in for each attached volume at the path a Nitro instance shows
+// (/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id>), and copies its image on
+// CreateSnapshot so a volume made from the snapshot holds its data. moto's metadata instance
+// (i-fake) is unknown to its EC2, so the tests start an instance and pass ebs.instanceid.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import * as errors from "../../mod.ts";
+import type { InitFunc, PluginApi, VolumeOperations } from "../../mod.ts";
+import { awsSdkDeps } from "../../src/plugins/aws_deps.ts";
+import type { BlockDriver } from "../../src/plugins/block/driver.ts";
+import { registeredInit, withTempDir } from "../../src/plugins/testing.ts";
+import { createExec } from "../../src/runtime/exec.ts";
+import { startFakeHost } from "../../tests/ebs_fake_host.ts";
+import { type MotoServer, runInstance, startMoto } from "../../tests/moto_helper.ts";
+import { createEbsAdapter } from "./adapter.ts";
+import { Ec2Cloud } from "./cloud.ts";
+
+const exec = createExec({ timeoutMs: 120_000 });
+let moto: MotoServer;
+let host: Awaited<ReturnType<typeof startFakeHost>>;
+let instanceId: string;
+let env: Record<string, string>;
+let tmp: string;
+let cloud: Ec2Cloud;
+
+before(async () => {
+  moto = await startMoto();
+  tmp = (await exec("mktemp", ["-d", "/tmp/convoy-ebs-XXXXXX"])).stdout.trim();
+  host = await startFakeHost(moto.endpoint, { dir: join(tmp, "host"), exec });
+  env = { ...moto.env, AWS_ENDPOINT_URL: host.endpoint };
+  instanceId = await runInstance(moto.env);
+  cloud = new Ec2Cloud(await awsSdkDeps.ec2(), errors, "us-east-1", { env });
+});
+
+after(async () => {
+  cloud?.close();
+  await host?.close();
+  await moto?.close();
+  if (tmp) await exec("rm", ["-rf", tmp]);
+});
+
+function ebsInit(): InitFunc {
+  const setup = (api: PluginApi) =>
+    api.registerBlockDevice("ebs", (ctx) =>
+      createEbsAdapter(api, ctx, {
+        env,
+        maxAttempts: 2,
+        waits: { initialDelayMs: 20, maxDelayMs: 200 },
+        deviceTimeoutMs: 5000,
+      }));
+  return registeredInit(setup, "ebs", { exec });
+}
+
+async function start(root: string, opts: Record<string, string> = {}) {
+  return await ebsInit()(root, { "ebs.instanceid": instanceId, ...opts }) as BlockDriver;
+}
+
+/** True when `path` can be written within 3 s (a frozen filesystem blocks writes). */
+async function writable(path: string): Promise<boolean> {
+  try {
+    await exec("timeout", ["3", "sh", "-c", `echo x > '${path}' && sync '${path}'`]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("ebs driver", () => {
+  it("reports Convoy's info fields, the metadata service's placement and gp3 by default", async () => {
+    await withTempDir(async (root) => {
+      const d = await start(root);
+      const info = await d.info();
+      assert.equal(info.InstanceID, instanceId);
+      assert.equal(info.Region, "us-east-1");
+      assert.equal(info.AvailiablityZone, "us-east-1a");
+      assert.equal(info.DefaultVolumeType, "gp3");
+      assert.equal(info.DefaultVolumeSize, String(4 * 1024 ** 3));
+      await d.shutdown?.();
+    });
+  });
+
+  it("creates, mounts, snapshots (frozen, then thawed), backs up to ebs:// and restores, keeps the EBS volume on --reference and adopts it with --id", async () => {
+    await withTempDir(async (root) => {
+      const d = await start(root, { "ebs.fsfreeze": "true", "ebs.defaultvolumesize": "1G" });
+      const v: VolumeOperations = await d.volumeOps();
+      try {
+        await v.createVolume("e1", { VolumeType: "gp3" });
+        const info = await v.getVolumeInfo("e1");
+        const volId = info.EBSVolumeID;
+        assert.match(volId, /^vol-/);
+        assert.equal(info.Type, "gp3");
+        assert.equal(info.AvailiablityZone, "us-east-1a");
+        const tagged = await cloud.volume(volId, "x");
+        assert.equal(tagged.tags.Name, "e1");
+        assert.equal(tagged.sizeGiB, 1);
+
+        const mp = await v.mountVolume("e1", {});
+        await writeFile(join(mp, "hello.txt"), "hello ebs");
+        const s = await d.snapshotOps();
+        await s.createSnapshot("s1", "e1");
+        assert.ok(await writable(join(mp, "after.txt")), "thawed after the snapshot");
+        const snapInfo = await s.getSnapshotInfo("s1", "e1");
+        assert.match(snapInfo.EBSSnapshotID, /^snap-/);
+        assert.equal(snapInfo.EBSVolumeID, volId);
+
+        // a failed CreateSnapshot leaves the filesystem thawed
+        host.failures.CreateSnapshot = { left: 1, status: 403, code: "UnauthorizedOperation" };
+        const failed = await Promise.resolve(s.createSnapshot("s2", "e1")).catch((e) => e);
+        assert.match(
+          String(failed),
+          /Cannot create snapshot "s2" of volume "e1".*UnauthorizedOperation/,
+        );
+        assert.ok(await writable(join(mp, "after2.txt")), "thawed after a failed snapshot");
+
+        const url = await d.block.backUp("s1", "e1", { destURL: "ebs://" });
+        assert.equal(url, `ebs://us-east-1/${snapInfo.EBSSnapshotID}`);
+        const b = await d.backupOps();
+        const binfo = await b.getBackupInfo(url);
+        assert.equal(binfo.EBSVolumeID, volId);
+        assert.equal(binfo.VolumeName, "e1");
+        const listed = await b.listBackup("ebs://us-east-1", { VolumeName: "e1" });
+        assert.deepEqual(Object.keys(listed), [url]);
+
+        await v.createVolume("e2", { BackupURL: url });
+        const mp2 = await v.mountVolume("e2", {});
+        assert.equal(await readFile(join(mp2, "hello.txt"), "utf8"), "hello ebs");
+        const e2 = await v.getVolumeInfo("e2");
+        assert.equal((await cloud.volume(e2.EBSVolumeID, "x")).snapshotId, snapInfo.EBSSnapshotID);
+
+        // delete refuses while mounted
+        await assert.rejects(Promise.resolve(v.deleteVolume("e1", {})), errors.ConflictError);
+        await v.umountVolume("e1");
+        await v.deleteVolume("e1", { ReferenceOnly: "true" });
+        assert.equal((await cloud.volume(volId, "x")).state, "available", "kept by --reference");
+        assert.equal(host.attached(volId), false, "detached by the delete");
+
+        await v.createVolume("e3", { VolumeDriverID: volId });
+        const mp3 = await v.mountVolume("e3", {});
+        assert.equal(
+          await readFile(join(mp3, "hello.txt"), "utf8"),
+          "hello ebs",
+          "adopted, no mkfs",
+        );
+
+        for (const name of ["e2", "e3"]) {
+          const id = (await v.getVolumeInfo(name)).EBSVolumeID;
+          await v.umountVolume(name);
+          await v.deleteVolume(name, {});
+          assert.equal(await cloud.findVolume(id, "x"), undefined, `${name} deleted`);
+        }
+        await b.deleteBackup(url);
+        assert.equal(await cloud.findSnapshot(snapInfo.EBSSnapshotID, "x"), undefined);
+      } finally {
+        for (const name of ["e1", "e2", "e3"]) {
+          await Promise.resolve(v.umountVolume(name)).catch(() => {});
+        }
+        await d.shutdown?.();
+      }
+    });
+  });
+
+  it("refuses to adopt a volume attached to another instance, and bad types and IOPS", async () => {
+    await withTempDir(async (root) => {
+      const d = await start(root);
+      const v = await d.volumeOps();
+      const other = await runInstance(moto.env);
+      const vol = await cloud.createVolume({
+        zone: "us-east-1a",
+        sizeGiB: 1,
+        type: "gp3",
+        tags: {},
+      }, {
+        prefix: "x",
+      });
+      await cloud.attachVolume(vol.id, { instanceId: other, device: "/dev/sdf", prefix: "x" });
+      const err = await Promise.resolve(v.createVolume("a1", { VolumeDriverID: vol.id })).catch((
+        e,
+      ) => e);
+      assert.ok(err instanceof errors.ConflictError, String(err));
+      assert.match(err.message, new RegExp(`attached to instance ${other}`));
+      await assert.rejects(
+        Promise.resolve(v.createVolume("a2", { VolumeType: "io2" })),
+        /volume type "io2" needs --iops/,
+      );
+      await assert.rejects(
+        Promise.resolve(v.createVolume("a3", { VolumeType: "gp2", VolumeIOPS: "100" })),
+        /takes no --iops/,
+      );
+      await assert.rejects(
+        Promise.resolve(v.createVolume("a4", { VolumeType: "floppy" })),
+        /VolumeType/,
+      );
+      assert.deepEqual(Object.keys(await v.listVolume({})), []);
+      await cloud.detachVolume(vol.id, { instanceId: other, prefix: "x" });
+      await cloud.deleteVolume(vol.id, "x");
+      await d.shutdown?.();
+    });
+  });
+});

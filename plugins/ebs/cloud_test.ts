@@ -6,7 +6,12 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import * as errors from "../../mod.ts";
 import { awsSdkDeps } from "../../src/plugins/aws_deps.ts";
-import { motoEnv, type MotoServer, startFaultProxy, startMoto } from "../../tests/moto_helper.ts";
+import {
+  type MotoServer,
+  runInstance,
+  startFaultProxy,
+  startMoto,
+} from "../../tests/moto_helper.ts";
 import { awsError, Ec2Cloud } from "./cloud.ts";
 import { chooseDeviceName, deviceCandidates } from "./devices.ts";
 import { blocksToRanges, EBS_BLOCK, EbsDirect } from "./direct.ts";

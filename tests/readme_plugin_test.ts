@@ -121,3 +121,88 @@ describe("the README's plugin example", () => {
     assert.ok((await stat(join(d.root, "mydriver", "volumes", "rv2"))).isDirectory());
   });
 });
+
+/** The ```ts block that follows the README's block-adapter-example marker. */
+export async function readmeAdapterExample(): Promise<string> {
+  const readme = await readFile(join(REPO, "README.md"), "utf8");
+  const marker = readme.indexOf("<!-- block-adapter-example:");
+  assert.ok(marker >= 0, "README.md has no <!-- block-adapter-example: --> marker");
+  const m = /```ts\n([\s\S]*?)```\n/.exec(readme.slice(marker));
+  assert.ok(m, "no ```ts block after the block-adapter-example marker");
+  return m[1];
+}
+
+describe("the README's block device adapter example", () => {
+  let d: TestDaemon;
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let plugins: string;
+  const okc = (args: string[]) => ok(args, { socket: d.socket });
+
+  before(async () => {
+    ({ dir, cleanup } = await tempDir("convoy-readme-adapter-"));
+    plugins = join(dir, "plugins");
+    await mkdir(plugins);
+    await writeFile(join(plugins, "sparsedev.ts"), await readmeAdapterExample());
+    d = await startDaemon({
+      root: join(dir, "root"),
+      args: ["--plugins", plugins, "--drivers", "vfs", "--drivers", "sparsedev"],
+    });
+  });
+  after(async () => {
+    await d?.stop();
+    await cleanup();
+  });
+
+  it("type-checks against the plugin API (mod.ts)", async () => {
+    const importMap = join(dir, "import_map.json");
+    const modUrl = pathToFileURL(join(REPO, "mod.ts")).href;
+    await writeFile(importMap, JSON.stringify({ imports: { "convoy/plugin-api": modUrl } }));
+    const r = await run(DENO, [
+      "check",
+      "--quiet",
+      "--config",
+      join(REPO, "deno.json"),
+      "--import-map",
+      importMap,
+      join(plugins, "sparsedev.ts"),
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
+  it("makes block volumes: mkfs, mount, snapshot, backup, restore into a new volume, delete", async () => {
+    const info = JSON.parse(await okc(["info"]));
+    assert.equal(info.sparsedev.Path, join(d.root, "sparsedev", "files"));
+    assert.equal(await okc(["create", "b1", "--driver", "sparsedev", "--size", "64M"]), "b1");
+    const inspected = JSON.parse(await okc(["inspect", "b1"]));
+    assert.equal(inspected.DriverInfo.Filesystem, "ext4");
+    assert.equal(inspected.DriverInfo.Size, String(64 * 1024 * 1024));
+    assert.equal(inspected.DriverInfo.File, join(d.root, "sparsedev", "files", "b1.img"));
+    assert.match(inspected.DriverInfo.Device, /^\/dev\/loop\d+$/);
+
+    const mp = await okc(["mount", "b1"]);
+    assert.equal(mp, join(d.root, "sparsedev", "mounts", "b1"));
+    await writeFile(join(mp, "hello.txt"), "block adapter data");
+    await okc(["snapshot", "create", "b1", "--name", "s1"]);
+    const store = join(dir, "backups");
+    await mkdir(store);
+    const url = await okc(["backup", "create", "s1", "--dest", `vfs://${store}`]);
+    assert.match(url, /^vfs:\/\/.*\?backup=backup-[0-9a-f]+&volume=b1$/);
+    const backup = JSON.parse(await okc(["backup", "inspect", url]));
+    assert.equal(backup.DriverName, "sparsedev");
+
+    assert.equal(await okc(["create", "b2", "--backup", url, "--driver", "sparsedev"]), "b2");
+    const mp2 = await okc(["mount", "b2"]);
+    assert.equal(await readFile(join(mp2, "hello.txt"), "utf8"), "block adapter data");
+
+    for (const v of ["b1", "b2"]) await okc(["umount", v]);
+    await okc(["snapshot", "delete", "s1"]);
+    await okc(["delete", "b1", "b2"]);
+    await assert.rejects(stat(join(d.root, "sparsedev", "files", "b1.img")), { code: "ENOENT" });
+    await assert.rejects(stat(join(d.root, "sparsedev", "files", "b1@s1.img")), {
+      code: "ENOENT",
+    });
+    assert.deepEqual(JSON.parse(await okc(["list"])), {});
+    await okc(["backup", "delete", url]);
+  });
+});

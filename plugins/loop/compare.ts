@@ -165,7 +165,9 @@ export class ImageComparer {
 
 /** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
 async function readFull(
-  fh: { read(buf: Uint8Array, off: number, len: number, pos: number): Promise<{ bytesRead: number }> },
+  fh: {
+    read(buf: Uint8Array, off: number, len: number, pos: number): Promise<{ bytesRead: number }>;
+  },
   at: { buf: Uint8Array; pos: number },
 ): Promise<number> {
   const { buf, pos } = at;

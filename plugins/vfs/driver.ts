@@ -923,10 +923,12 @@ class VfsDriver {
 
   convoyDriver(): ConvoyDriver {
     const cfg = this.#cfg;
-    return this.#api.util.convoyDriver(DRIVER_NAME, this, () => ({
+    const driver = this.#api.util.convoyDriver(DRIVER_NAME, this, () => ({
       Root: cfg.Root,
       Path: cfg.Path,
       DefaultVolumeSize: String(cfg.DefaultVolumeSize),
     }));
+    // Docker's Remove keeps the folder: other hosts may share vfs.path (Convoy v0.5.2).
+    return { ...driver, capabilities: { dockerRemoveKeepsData: true } };
   }
 }

@@ -21,7 +21,7 @@
  */
 import type { z } from "zod";
 import type { Awaitable, Mapping, OperationContext, StringMap } from "./driver.ts";
-import type { Exec, Logger, MountEntry } from "./plugin.ts";
+import type { Exec, Logger, MountEntry } from "./host.ts";
 
 /** Fields an adapter keeps about a volume or a snapshot (saved as JSON in the host's record). */
 export type AdapterFields = Record<string, unknown>;

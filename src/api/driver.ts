@@ -36,6 +36,17 @@ export interface ConvoyDriver {
   backupOps(): Awaitable<BackupOperations>;
   /** Optional: release resources when the daemon stops. Volumes stay mounted. */
   shutdown?(): Awaitable<void>;
+  /** Optional: what the driver declares about its volumes. */
+  capabilities?: DriverCapabilities;
+}
+
+/** What a driver declares about its volumes; every field is optional. */
+export interface DriverCapabilities {
+  /**
+   * Docker's Remove only forgets a volume and keeps its data (a reference-only delete), as
+   * Convoy v0.5.2 did for vfs (a folder other hosts may share) and ebs (a cloud volume).
+   */
+  dockerRemoveKeepsData?: boolean;
 }
 
 /** Volume operations; every driver implements them. */

@@ -4,7 +4,6 @@
  * loads under deno run, Node and the single binaries.
  * @module
  */
-import type { FileHandle } from "node:fs/promises";
 import type { z } from "zod";
 import type {
   Awaitable,
@@ -20,15 +19,18 @@ import type {
 import type * as errors from "./errors.ts";
 import type { AwsSdkDeps } from "./aws.ts";
 import type { BlockDeviceInit } from "./block.ts";
-import type { Exec } from "../runtime/exec.ts";
-import type { LogFields, Logger } from "../util/log.ts";
-import type { MountEntry } from "../util/mountinfo.ts";
-import type { OptionSchemas } from "../util/option_schemas.ts";
+import type { Exec, LogFields, Logger, MountEntry, OptionSchemas, ReadableFile } from "./host.ts";
 
-export type { Exec, ExecOptions, ExecResult } from "../runtime/exec.ts";
-export type { LogFields, Logger } from "../util/log.ts";
-export type { MountEntry } from "../util/mountinfo.ts";
-export type { OptionSchemas } from "../util/option_schemas.ts";
+export type {
+  Exec,
+  ExecOptions,
+  ExecResult,
+  LogFields,
+  Logger,
+  MountEntry,
+  OptionSchemas,
+  ReadableFile,
+} from "./host.ts";
 
 /** The plugin API version this host implements. */
 export const PLUGIN_API_VERSION = 1;
@@ -193,7 +195,7 @@ export interface PluginUtil {
   /** 12 random hex digits, for the names of temporary files. */
   randomId(): string;
   /** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
-  readFull(fh: FileHandle, at: { buf: Uint8Array; pos: number }): Promise<number>;
+  readFull(fh: ReadableFile, at: { buf: Uint8Array; pos: number }): Promise<number>;
   /**
    * The record of volume `of.volume` and its snapshot `snap` (a key of the record's Snapshots):
    * NotFoundError `Cannot <what> snapshot "<snap>" of volume "<volume>": ...` when either is

@@ -61,9 +61,18 @@ function openDirect(path, flags, fallback) {
 }
 const openTarget = (path) => openDirect(path, fs.constants.O_RDWR, "r+");
 const openSource = (path) => openDirect(path, fs.constants.O_RDONLY, "r");
-// Runs io(k) at the staging offset that file t accepts, found on its first block.
+// Runs io(k) at the staging offset that file t accepts, found on its first block. A read of a
+// hole is accepted at any offset (ext4 zero-fills it without checking alignment), so an offset
+// that a later block refuses is looked for again.
 function staged(t, io) {
-  if (t.at >= 0) return io(t.at);
+  if (t.at >= 0) {
+    try {
+      return io(t.at);
+    } catch (err) {
+      if (err.code !== "EINVAL") throw err;
+      t.at = -1;
+    }
+  }
   for (let k = 0; k < STAGE_SLACK; k += 16) {
     try {
       const r = io(k);

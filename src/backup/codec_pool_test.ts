@@ -124,4 +124,43 @@ describe("codec worker pool", () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it("readSourceBlock() reads data blocks with direct I/O after a worker first read a hole", async () => {
+    // A direct read of a hole succeeds at any buffer alignment, so it cannot tell a worker the
+    // alignment that data blocks need: the first 8 blocks are holes, the next 8 hold data.
+    const dir = await mkdtemp(join("/var/tmp", "convoy-holes-"));
+    const file = join(dir, "sparse.img");
+    try {
+      const fh = await (await import("node:fs/promises")).open(file, "w");
+      await fh.truncate(16 * BLOCK_SIZE);
+      for (let i = 8; i < 16; i++) {
+        await fh.write(new Uint8Array(BLOCK_SIZE).fill(i), 0, BLOCK_SIZE, i * BLOCK_SIZE);
+      }
+      await fh.close();
+      const results = await Promise.all(
+        Array.from(
+          { length: 16 },
+          (_, i) =>
+            readSourceBlock({ path: file, offset: i * BLOCK_SIZE, length: BLOCK_SIZE }, {
+              algo: "sha256",
+              into: new Uint8Array(BLOCK_SIZE),
+            }).then(async (r) => {
+              if (r.zero) return "zero";
+              const sum = r.hashed.checksum;
+              await r.hashed.drop();
+              return sum;
+            }),
+        ),
+      );
+      for (let i = 0; i < 16; i++) {
+        const want = i < 8
+          ? "zero"
+          : createHash("sha256").update(new Uint8Array(BLOCK_SIZE).fill(i)).digest("hex");
+        assert.equal(results[i], want, `block ${i}`);
+      }
+    } finally {
+      await closeFile(file);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

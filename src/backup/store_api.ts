@@ -83,7 +83,11 @@ function backupQueries(
     },
     async getBackupInfo(url, raw) {
       const { endpoint } = parse(raw);
-      await check(url, "inspect", { drivers: [driver, ...readable], blocks: opts.blocks, endpoint });
+      await check(url, "inspect", {
+        drivers: [driver, ...readable],
+        blocks: opts.blocks,
+        endpoint,
+      });
       return await api.getBackupInfo(url, { endpoint });
     },
     async listBackup(destURL, raw) {

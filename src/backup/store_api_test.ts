@@ -113,7 +113,7 @@ describe("createBackupStoreApi()", () => {
       });
       assert.deepEqual(await api.listBackup(dest, { driver: "devicemapper" }), {});
       assert.deepEqual(await api.getBackupInfo(url), info);
-      assert.deepEqual(await api.getBackupVolume(url), VOL1);
+      assert.deepEqual(await api.getBackupVolume(url), { ...VOL1, format: "single-file" });
 
       const target = join(dir, "local", "restored.tar.gz");
       await api.restoreSingleFileBackup(url, target);
@@ -198,6 +198,7 @@ describe("createBackupStoreApi()", () => {
         driver: "vfs",
         size: 0,
         createdTime: "Tue Mar 01 10:00:00 +0000 2016",
+        format: "single-file",
       });
     });
   });

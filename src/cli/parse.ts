@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { unescapeBackupURL } from "../backup/url.ts";
 import { InvalidArgumentError as CommanderArgumentError } from "@commander-js/extra-typings";
 import { errorMessage } from "../api/errors.ts";
 import { validateName } from "../util/names.ts";
@@ -79,11 +80,9 @@ export function checkName(name: string, kind: string): string {
 
 /**
  * Accepts the escaped form of a backup URL that Convoy printed (`\u0026` for "&"), and the form
- * a shell leaves when the backslash was not quoted (`u0026` before `backup=` or `volume=`).
+ * a shell leaves when the backslash was not quoted (see unescapeBackupURL).
  */
-export function normalizeBackupUrl(url: string): string {
-  return url.replaceAll("\\u0026", "&").replace(/u0026(?=(?:backup|volume)=)/g, "&");
-}
+export const normalizeBackupUrl = unescapeBackupURL;
 
 /**
  * Replaces the `\u0026` escape of "&" in daemon output, so backup URLs are printed as they are

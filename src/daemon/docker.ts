@@ -137,7 +137,7 @@ async function createFromSnapshot(
       `${action}: the snapshot belongs to a "${src.Driver}" volume and cannot be restored into driver "${driver}"`,
     );
   }
-  if (svc.state.nameTaken(name)) throw new AlreadyExistsError(`${action}: the name is taken`);
+  if (svc.nameTaken(name)) throw new AlreadyExistsError(`${action}: the name is taken`);
   try {
     await svc.backupOps(driver, action);
   } catch (err) {
@@ -148,7 +148,7 @@ async function createFromSnapshot(
     }
     throw err;
   }
-  const store = join(svc.config.Root, "docker-snapshot-copies", randomBytes(8).toString("hex"));
+  const store = join(svc.root, "docker-snapshot-copies", randomBytes(8).toString("hex"));
   await mkdir(store, { recursive: true, mode: 0o700 });
   try {
     const url = await svc.createBackup(snapshot, { destURL: `vfs://${store}` });
@@ -190,16 +190,8 @@ function inUse(n: number): string {
 
 /** Waits until a create of `name` in progress (e.g. by a concurrent Mount) has finished. */
 async function settled(svc: VolumeService, name: string): Promise<void> {
-  if (svc.state.volumes.get(name)?.Status === "creating") await svc.locks.run(name, async () => {});
+  if (svc.volumeStatus(name) === "creating") await svc.settled(name);
 }
-
-/**
- * Drivers whose volumes Docker's Remove only forgets, keeping the data, as Convoy v0.5.2 did
- * (a reference-only delete): a vfs folder may be in use by other hosts sharing vfs.path, and an
- * ebs volume is detached, not destroyed. Other drivers' volumes are deleted with their data, as
- * Convoy's devicemapper ones were.
- */
-const DOCKER_REMOVE_KEEPS_DATA = new Set(["vfs", "ebs"]);
 
 type DockerRoute = (svc: VolumeService, req: DockerReq) => Promise<Record<string, unknown>>;
 
@@ -210,7 +202,7 @@ const dockerRoutes: Record<string, DockerRoute> = {
     await settled(svc, name);
     // Docker calls Create only after Get found nothing; an existing volume is success, whatever
     // the options (Convoy's behaviour): they are checked only for a volume still to be made.
-    if (svc.state.volumes.get(name)?.Status === "ready") return { Err: "" };
+    if (svc.volumeStatus(name) === "ready") return { Err: "" };
     const { request, snapshot } = parseCreateOptions(name, r.Opts);
     if (snapshot) await createFromSnapshot(svc, request, snapshot);
     else await svc.createVolume(request);
@@ -218,18 +210,19 @@ const dockerRoutes: Record<string, DockerRoute> = {
   },
 
   "/VolumeDriver.Remove": async (svc, r) => {
-    const v = svc.state.volumes.get(r.Name);
-    if (svc.config.IgnoreDockerDelete) {
+    const v = svc.volumeStatus(r.Name);
+    if (svc.dockerOptions.ignoreDockerDelete) {
       svc.log.info("docker remove ignored (--ignore-docker-delete)", { volume: r.Name });
       return { Err: "" };
     }
     if (!v) return { Err: "" };
     await settled(svc, r.Name);
-    if (svc.state.volumes.get(r.Name)?.Status !== "ready") return { Err: "" };
+    if (svc.volumeStatus(r.Name) !== "ready") return { Err: "" };
     const live = await svc.releaseStaleMounts(r.Name);
     if (live) throw new ConflictError(`Cannot remove volume "${r.Name}": ${inUse(live)}`);
-    const driver = svc.state.volumes.get(r.Name)?.Driver ?? "";
-    await svc.deleteVolume(r.Name, { referenceOnly: DOCKER_REMOVE_KEEPS_DATA.has(driver) });
+    // Drivers that declare it (vfs: a folder other hosts may share; ebs: a cloud volume) only
+    // forget the volume, as Convoy v0.5.2 did; others delete it with its data.
+    await svc.deleteVolume(r.Name, { referenceOnly: svc.dockerRemoveKeepsData(r.Name) });
     return { Err: "" };
   },
 
@@ -237,8 +230,8 @@ const dockerRoutes: Record<string, DockerRoute> = {
     const name = validateName(r.Name, "volume");
     await svc.refreshIfUnknown(name);
     await settled(svc, name);
-    if (!svc.state.volumes.has(name)) {
-      if (!svc.config.CreateOnDockerMount) {
+    if (!svc.volumeStatus(name)) {
+      if (!svc.dockerOptions.createOnDockerMount) {
         throw new NotFoundError(`Cannot mount volume "${name}": volume "${name}" does not exist`);
       }
       await svc.createVolume({ name }).catch((err) => {
@@ -252,7 +245,7 @@ const dockerRoutes: Record<string, DockerRoute> = {
 
   "/VolumeDriver.Unmount": async (svc, r) => {
     await settled(svc, r.Name);
-    if (svc.state.volumes.get(r.Name)?.Status !== "ready") return { Err: "" };
+    if (svc.volumeStatus(r.Name) !== "ready") return { Err: "" };
     try {
       await svc.umountVolume(r.Name, { mountID: r.ID || NO_ID });
     } catch (err) {
@@ -298,7 +291,7 @@ const dockerRoutes: Record<string, DockerRoute> = {
 
   "/VolumeDriver.List": async (svc) => {
     await svc.refreshVolumes();
-    const vols = [...svc.state.volumes.values()].filter((v) => v.Status === "ready")
+    const vols = svc.readyVolumes()
       .sort((a, b) => a.Name.localeCompare(b.Name));
     const list = await Promise.all(vols.map(async (v) => {
       let mp = v.MountPoint;

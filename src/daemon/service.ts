@@ -32,8 +32,9 @@ import {
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
 import type { BackupStoreApi, VerifyReport } from "../api/plugin.ts";
-import { decodeBackupURL } from "../backup/url.ts";
+import { decodeBackupURL, unescapeBackupURL } from "../backup/url.ts";
 import { Jobs } from "./jobs.ts";
+import { isBlockDriver } from "../plugins/block/driver.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
 import type { DaemonConfig } from "./config.ts";
@@ -79,12 +80,18 @@ export function sortedMap<T>(m: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]]));
 }
 
-/** Replaces every escaped "&" Convoy's CLI printed (`\u0026` or `u0026`). */
-export function unescapeURL(url: string): string {
-  return url.replaceAll("\\u0026", "&").replaceAll("u0026", "&");
-}
+/** Replaces every escaped "&" Convoy's CLI printed (see unescapeBackupURL). */
+export const unescapeURL = unescapeBackupURL;
 
 const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
+
+function schemeOf(url: string): string {
+  try {
+    return new URL(url).protocol.replace(/:$/, "");
+  } catch {
+    return "";
+  }
+}
 
 /** Marks a Docker mount ID in VolumeRecord.MountIDs taken before Docker last activated the plugin. */
 export const STALE_MOUNT_PREFIX = "stale:";
@@ -193,6 +200,47 @@ export class VolumeService {
       throw new NotFoundError(`${action}: snapshot "${name}" does not exist`);
     }
     return { volume: v, snapshot: s };
+  }
+
+  // ---- what the Docker adapter asks ---------------------------------------------------------
+
+  /** The daemon root. */
+  get root(): string {
+    return this.config.Root;
+  }
+
+  /** The Docker flags of the daemon's configuration. */
+  get dockerOptions(): { ignoreDockerDelete: boolean; createOnDockerMount: boolean } {
+    return {
+      ignoreDockerDelete: !!this.config.IgnoreDockerDelete,
+      createOnDockerMount: !!this.config.CreateOnDockerMount,
+    };
+  }
+
+  /** The status of volume `name` in the index, or undefined when there is none. */
+  volumeStatus(name: string): VolumeRecord["Status"] | undefined {
+    return this.state.volumes.get(name)?.Status;
+  }
+
+  /** True when a volume or a snapshot has the name. */
+  nameTaken(name: string): boolean {
+    return this.state.nameTaken(name);
+  }
+
+  /** Resolves once every operation on volume `name` started before has finished. */
+  async settled(name: string): Promise<void> {
+    await this.locks.run(name, async () => {});
+  }
+
+  /** The ready volumes of the index. */
+  readyVolumes(): VolumeRecord[] {
+    return [...this.state.volumes.values()].filter((v) => v.Status === "ready");
+  }
+
+  /** True when Docker's Remove of volume `name` keeps its data (its driver declares it). */
+  dockerRemoveKeepsData(name: string): boolean {
+    const driver = this.state.volumes.get(name)?.Driver;
+    return !!(driver && this.drivers.get(driver)?.capabilities?.dockerRemoveKeepsData);
   }
 
   // ---- info and listing ----------------------------------------------------------------------
@@ -614,13 +662,24 @@ export class VolumeService {
       id: opts.jobID,
     });
     try {
-      const url = await bops.createBackup(snapshotName, v.Name, unescapeURL(opts.destURL), {
-        [OPT_VOLUME_NAME]: v.Name,
-        [OPT_VOLUME_CREATED_TIME]: v.CreatedTime,
-        [OPT_SNAPSHOT_CREATED_TIME]: s.CreatedTime,
-        [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
-        [OPT_COMPRESSION]: opts.compression ?? "",
-      }, { signal: job.signal, progress: job.progress });
+      const destURL = unescapeURL(opts.destURL);
+      const d = this.driver(v.Driver, action);
+      // Block drivers take the typed request; other drivers get Convoy's string map.
+      const url = isBlockDriver(d)
+        ? await d.block.backUp(snapshotName, v.Name, {
+          destURL,
+          endpoint: opts.endpoint || undefined,
+          compression: opts.compression || undefined,
+          signal: job.signal,
+          progress: job.progress,
+        })
+        : await bops.createBackup(snapshotName, v.Name, destURL, {
+          [OPT_VOLUME_NAME]: v.Name,
+          [OPT_VOLUME_CREATED_TIME]: v.CreatedTime,
+          [OPT_SNAPSHOT_CREATED_TIME]: s.CreatedTime,
+          [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
+          [OPT_COMPRESSION]: opts.compression ?? "",
+        }, { signal: job.signal, progress: job.progress });
       job.finish();
       this.log.info("backup created", { snapshot: snapshotName, url });
       return url;
@@ -675,12 +734,18 @@ export class VolumeService {
     return (await this.backup.getBackupVolume(url, { endpoint })).driver;
   }
 
+  /**
+   * Backups in a store (vfs://, s3://) are deleted and inspected by the daemon itself, once the
+   * driver that made them is known to be enabled with backups; other URLs (a driver's own kind,
+   * e.g. ebs://) go to that driver.
+   */
   async deleteBackup(url: string, opts: { endpoint?: string } = {}): Promise<void> {
     url = unescapeURL(url);
     const action = `Cannot delete backup "${url}"`;
     const driver = await this.#backupDriver(url, opts.endpoint, action);
     const bops = await this.backupOps(driver, action);
-    await bops.deleteBackup(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
+    if (STORE_SCHEMES.has(schemeOf(url))) await this.backup.deleteBackup(url, opts);
+    else await bops.deleteBackup(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
     this.log.info("backup deleted", { url });
   }
 
@@ -689,6 +754,7 @@ export class VolumeService {
     const action = `Cannot inspect backup "${url}"`;
     const driver = await this.#backupDriver(url, opts.endpoint, action);
     const bops = await this.backupOps(driver, action);
+    if (STORE_SCHEMES.has(schemeOf(url))) return await this.backup.getBackupInfo(url, opts);
     return await bops.getBackupInfo(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
   }
 
@@ -699,6 +765,8 @@ export class VolumeService {
   ): Promise<Record<string, StringMap>> {
     if (!destURL) throw new InvalidArgumentError("Cannot list backups: no destination URL given");
     if (opts.volumeName) validateName(opts.volumeName, "volume");
+    destURL = unescapeURL(destURL);
+    const inStore = STORE_SCHEMES.has(schemeOf(destURL));
     const out: Record<string, StringMap> = {};
     for (const [name, d] of this.drivers) {
       let bops: BackupOperations;
@@ -710,10 +778,16 @@ export class VolumeService {
       }
       Object.assign(
         out,
-        await bops.listBackup(unescapeURL(destURL), {
-          [OPT_VOLUME_NAME]: opts.volumeName ?? "",
-          [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
-        }),
+        inStore
+          ? await this.backup.listBackup(destURL, {
+            driver: name,
+            volumeName: opts.volumeName || undefined,
+            endpoint: opts.endpoint || undefined,
+          })
+          : await bops.listBackup(destURL, {
+            [OPT_VOLUME_NAME]: opts.volumeName ?? "",
+            [OPT_ENDPOINT_URL]: opts.endpoint ?? "",
+          }),
       );
       this.log.debug("backups listed", { driver: name });
     }

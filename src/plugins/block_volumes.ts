@@ -4,7 +4,6 @@
  * and the small file helpers they share.
  * @module
  */
-import type { FileHandle } from "node:fs/promises";
 import { rmdir } from "node:fs/promises";
 import * as errors from "../api/errors.ts";
 import { ensureDir } from "../util/fs.ts";
@@ -15,6 +14,7 @@ import type {
   BlockMountSpec,
   BlockUmountSpec,
   PluginMounts,
+  ReadableFile,
   RecordStore,
   SnapshotBackupRequest,
   SnapshotBackupSpec,
@@ -40,7 +40,7 @@ export function randomId(): string {
  * file reads as zeros. Resolves to the bytes read.
  */
 export async function readFull(
-  fh: FileHandle,
+  fh: ReadableFile,
   at: { buf: Uint8Array; pos: number },
 ): Promise<number> {
   const { buf, pos } = at;

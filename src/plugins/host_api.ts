@@ -73,13 +73,17 @@ export function createPluginApi(opts: {
     registerBlockDevice: (name, init) =>
       opts.register(
         name,
-        blockDriverInit({
-          exec: opts.exec,
-          log: opts.log,
-          mounts,
-          filesystems,
-          backup: opts.backup,
-        }, name, init),
+        blockDriverInit(
+          {
+            exec: opts.exec,
+            log: opts.log,
+            mounts,
+            filesystems,
+            backup: opts.backup,
+          },
+          name,
+          init,
+        ),
       ),
     log: opts.log,
     deps: { z, aws: awsSdkDeps },

@@ -2,25 +2,9 @@ import { spawn } from "node:child_process";
 import { BackendError, CancelledError, TimeoutError } from "../api/errors.ts";
 import { deno } from "./deno.ts";
 
-/** Options of one external command. */
-export interface ExecOptions {
-  /** Kill the command after this many milliseconds (default: the daemon's --cmd-timeout). */
-  timeoutMs?: number;
-  /** Written to the command's stdin. */
-  input?: string | Uint8Array;
-  signal?: AbortSignal;
-  cwd?: string;
-  env?: Record<string, string>;
-}
+import type { Exec, ExecOptions, ExecResult } from "../api/host.ts";
 
-/** What a finished command printed. */
-export interface ExecResult {
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs one external command; the signature of the exec helper handed to drivers. */
-export type Exec = (cmd: string, args: string[], opts?: ExecOptions) => Promise<ExecResult>;
+export type { Exec, ExecOptions, ExecResult };
 
 const decoder = new TextDecoder();
 

@@ -1,16 +1,8 @@
 import { appendFileSync } from "node:fs";
 
-/** Structured fields of a log line. */
-export type LogFields = Record<string, unknown>;
+import type { LogFields, Logger } from "../api/host.ts";
 
-/** A structured logger; `child()` adds fields to every line. */
-export interface Logger {
-  debug(msg: string, fields?: LogFields): void;
-  info(msg: string, fields?: LogFields): void;
-  warn(msg: string, fields?: LogFields): void;
-  error(msg: string, fields?: LogFields): void;
-  child(fields: LogFields): Logger;
-}
+export type { LogFields, Logger };
 
 type Level = "debug" | "info" | "warn" | "error";
 const RANK: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };

@@ -5,6 +5,7 @@
  * namespace (see mount_namespace.ts).
  * @module
  */
+import type { MountEntry } from "../api/host.ts";
 import { readFile, realpath } from "node:fs/promises";
 import { resolve } from "node:path";
 
@@ -14,14 +15,7 @@ export const MOUNTINFO = "/proc/self/mountinfo";
 /** Where a mount table is read from: a mountinfo file, or a function resolving to its text. */
 export type MountInfoSource = string | (() => Promise<string>);
 
-/** One line of mountinfo. */
-export interface MountEntry {
-  /** Where it is mounted (field 5). */
-  mountPoint: string;
-  /** The mount source after the " - " separator, e.g. "/dev/loop3". */
-  source: string;
-  fstype: string;
-}
+export type { MountEntry };
 
 /** Decodes the octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash) of a mountinfo field. */
 export function unescapeMountField(field: string): string {

@@ -3,6 +3,7 @@
  * @module
  */
 import { z } from "zod";
+import type { OptionSchemas } from "../api/host.ts";
 import {
   OPT_BACKUP_URL,
   OPT_COMPRESSION,
@@ -30,7 +31,7 @@ const size = z.string().transform((s, ctx) => {
  * The schemas; combine them with `.optional()`, `.prefault()`, `.refine()`, `.extend()`. The
  * request schemas accept keys they do not name (a driver may read more).
  */
-export const optionSchemas = {
+export const optionSchemas: OptionSchemas = {
   flag,
   size,
   /** createVolume's common options: size, and the backup to restore from. */
@@ -50,4 +51,4 @@ export const optionSchemas = {
 };
 
 /** The type of `api.util.schemas`. */
-export type OptionSchemas = typeof optionSchemas;
+export type { OptionSchemas };

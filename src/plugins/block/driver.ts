@@ -44,7 +44,13 @@ import {
   requestedMountPoint,
 } from "../driver_util.ts";
 import { createBlockVolumeHelpers, deleteSnapshot, readFull } from "../block_volumes.ts";
-import { toRecord, toSnapshot, toVolume, type VolumeRecord, volumeRecordSchema } from "./records.ts";
+import {
+  toRecord,
+  toSnapshot,
+  toVolume,
+  type VolumeRecord,
+  volumeRecordSchema,
+} from "./records.ts";
 
 /** The delta-block engine's block size. */
 const BLOCK_SIZE = 2 * 1024 * 1024;
@@ -73,13 +79,16 @@ export interface BlockDriver extends ConvoyDriver {
   readonly block: {
     /** Backs up a snapshot; resolves to the backup URL. */
     backUp(snapshot: string, volume: string, req: BlockBackupRequest): Promise<string>;
-    /** Whether Docker's Remove keeps the data (the adapter's capability). */
-    dockerRemoveKeepsData: boolean;
     /** URL schemes of the adapter's own backups. */
     nativeSchemes: string[];
     /** The DeltaBlockOperations a backup uses (tests, tools); close() when done. */
     deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> };
   };
+}
+
+/** True for a driver made by the block framework. */
+export function isBlockDriver(d: ConvoyDriver): d is BlockDriver {
+  return typeof (d as Partial<BlockDriver>).block?.backUp === "function";
 }
 
 /** The InitFunc of a block adapter: the driver the daemon sees. */
@@ -583,9 +592,7 @@ class BlockVolumes {
       const started = performance.now();
       let fields;
       try {
-        const entry = vol.mountPoint
-          ? await this.#host.mounts.mountAt(vol.mountPoint)
-          : undefined;
+        const entry = vol.mountPoint ? await this.#host.mounts.mountAt(vol.mountPoint) : undefined;
         const freeze = this.#caps.freezeForSnapshot !== false && entry &&
             await this.#isMountOf(vol, entry)
           ? vol.mountPoint
@@ -880,9 +887,9 @@ class BlockVolumes {
     return {
       ...d,
       shutdown: async () => await this.#a.shutdown?.(),
+      capabilities: { dockerRemoveKeepsData: this.#caps.dockerRemoveKeepsData ?? false },
       block: {
         backUp: (snap, vol, req) => this.backUp(snap, vol, req),
-        dockerRemoveKeepsData: this.#caps.dockerRemoveKeepsData ?? false,
         nativeSchemes: this.#a.nativeBackups?.schemes ?? [],
         deltaOps: (ctx) => this.#deltaSession(ctx),
       },

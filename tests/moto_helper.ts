@@ -82,8 +82,11 @@ export async function startMoto(): Promise<MotoServer> {
 export async function startFaultProxy(
   target: string,
   opts: {
-    /** Runs before EC2's answer to `action` reaches the client (a successful one only). */
-    tap?: (action: string, params: URLSearchParams, answer: string) => Promise<void>;
+    /**
+     * Runs before EC2's answer to `action` reaches the client (a successful one only); a string
+     * it returns replaces the answer.
+     */
+    tap?: (action: string, params: URLSearchParams, answer: string) => Promise<string | void>;
   } = {},
 ) {
   const failures: Record<string, { left: number; status: number; code: string }> = {};
@@ -95,7 +98,7 @@ export async function startFaultProxy(
       const body = Buffer.concat(chunks);
       const params = new URLSearchParams(body.toString("utf8"));
       const action = params.get("Action") ?? "";
-      seen.push(action);
+      seen.push(action || `${req.method} ${new URL(req.url ?? "/", target).pathname}`);
       const f = failures[action];
       if (f && f.left > 0) {
         f.left--;
@@ -111,13 +114,17 @@ export async function startFaultProxy(
         const parts: Uint8Array[] = [];
         r.on("data", (c) => parts.push(c));
         r.on("end", async () => {
-          const answer = Buffer.concat(parts);
+          let answer = Buffer.concat(parts);
           const status = r.statusCode ?? 502;
           try {
             if (opts.tap && status === 200 && action) {
-              await opts.tap(action, params, answer.toString("utf8"));
+              const replaced = await opts.tap(action, params, answer.toString("utf8"));
+              if (typeof replaced === "string") answer = Buffer.from(replaced);
             }
-            res.writeHead(status, r.headers);
+            const headers = { ...r.headers };
+            delete headers["content-length"];
+            delete headers["transfer-encoding"];
+            res.writeHead(status, { ...headers, "content-length": String(answer.length) });
             res.end(answer);
           } catch (err) {
             res.writeHead(500, { "content-type": "text/xml" });

@@ -349,6 +349,9 @@ export async function createEbsAdapter(
 
     async createSnapshot(volume, snapshot) {
       const what = `Cannot create snapshot "${snapshot.name}" of volume "${volume.name}"`;
+      // As Convoy: flush a mounted filesystem's dirty data to the disk first (a frozen one is
+      // flushed by the freeze). EBS snapshots are crash-consistent at the call.
+      if (volume.mountPoint && !config.FSFreeze) await ctx.exec("sync", []);
       const s = await cloud.createSnapshot(volume.fields.EBSVolumeID, {
         description: "Convoy snapshot",
         tags: {

@@ -6,13 +6,17 @@
 // (i-fake) is unknown to its EC2, so the tests start an instance and pass ebs.instanceid.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import * as errors from "../../mod.ts";
 import type { InitFunc, PluginApi, VolumeOperations } from "../../mod.ts";
 import { awsSdkDeps } from "../../src/plugins/aws_deps.ts";
 import type { BlockDriver } from "../../src/plugins/block/driver.ts";
 import { registeredInit, withTempDir } from "../../src/plugins/testing.ts";
+import { createBackupStoreApi } from "../../src/backup/store_api.ts";
+import { silentLogger } from "../../src/util/log.ts";
+import loopSetup from "../loop/mod.ts";
 import { createExec } from "../../src/runtime/exec.ts";
 import { startFakeHost } from "../../tests/ebs_fake_host.ts";
 import { type MotoServer, runInstance, startMoto } from "../../tests/moto_helper.ts";
@@ -30,7 +34,7 @@ let cloud: Ec2Cloud;
 before(async () => {
   moto = await startMoto();
   tmp = (await exec("mktemp", ["-d", "/tmp/convoy-ebs-XXXXXX"])).stdout.trim();
-  host = await startFakeHost(moto.endpoint, { dir: join(tmp, "host"), exec });
+  host = await startFakeHost(moto.endpoint, { dir: join(tmp, "host"), exec, env: moto.env });
   env = { ...moto.env, AWS_ENDPOINT_URL: host.endpoint };
   instanceId = await runInstance(moto.env);
   cloud = new Ec2Cloud(await awsSdkDeps.ec2(), errors, "us-east-1", { env });
@@ -43,6 +47,8 @@ after(async () => {
   if (tmp) await exec("rm", ["-rf", tmp]);
 });
 
+const backup = createBackupStoreApi({ log: silentLogger });
+
 function ebsInit(): InitFunc {
   const setup = (api: PluginApi) =>
     api.registerBlockDevice("ebs", (ctx) =>
@@ -52,7 +58,7 @@ function ebsInit(): InitFunc {
         waits: { initialDelayMs: 20, maxDelayMs: 200 },
         deviceTimeoutMs: 5000,
       }));
-  return registeredInit(setup, "ebs", { exec });
+  return registeredInit(setup, "ebs", { exec, backup });
 }
 
 async function start(root: string, opts: Record<string, string> = {}) {
@@ -120,7 +126,9 @@ describe("ebs driver", () => {
         assert.equal(url, `ebs://us-east-1/${snapInfo.EBSSnapshotID}`);
         const b = await d.backupOps();
         const binfo = await b.getBackupInfo(url);
-        assert.equal(binfo.EBSVolumeID, volId);
+        // (EC2 names another EBSVolumeID: the fake host wrote the snapshot with StartSnapshot)
+        assert.equal(binfo.EBSSnapshotID, snapInfo.EBSSnapshotID);
+        assert.equal(binfo.State, "completed");
         assert.equal(binfo.VolumeName, "e1");
         const listed = await b.listBackup("ebs://us-east-1", { VolumeName: "e1" });
         assert.deepEqual(Object.keys(listed), [url]);
@@ -198,6 +206,65 @@ describe("ebs driver", () => {
       await cloud.detachVolume(vol.id, { instanceId: other, prefix: "x" });
       await cloud.deleteVolume(vol.id, "x");
       await d.shutdown?.();
+    });
+  });
+
+  it("backs up to vfs:// through the EBS direct APIs, incrementally by changed blocks, and restores into ebs and loop", async () => {
+    await withTempDir(async (root) => {
+      const store = join(root, "store");
+      await mkdir(store);
+      const d = await start(join(root, "ebs"), { "ebs.defaultvolumesize": "1G" });
+      const v = await d.volumeOps();
+      const s = await d.snapshotOps();
+      const loop = await registeredInit(loopSetup, "loop", { exec, backup })(join(root, "loop"), {
+        "loop.defaultvolumesize": "64M",
+      });
+      const lv = await loop.volumeOps();
+      const reads = () =>
+        host.seen.filter((x) => /^GET \/snapshots\/[^/]+\/blocks\/\d+$/.test(x)).length;
+      const big = randomBytes(4 * 1024 * 1024);
+      try {
+        await v.createVolume("d1", {});
+        const mp = await v.mountVolume("d1", {});
+        await writeFile(join(mp, "big.bin"), big);
+        await s.createSnapshot("d1s1", "d1");
+        const r0 = reads();
+        const url1 = await d.block.backUp("d1s1", "d1", { destURL: `vfs://${store}` });
+        const full = reads() - r0;
+        assert.ok(full >= 8, `the full backup read the snapshot's blocks (${full})`);
+        await writeFile(join(mp, "small.txt"), "changed");
+        await s.createSnapshot("d1s2", "d1");
+        const r1 = reads();
+        host.seen.length = 0;
+        const url2 = await d.block.backUp("d1s2", "d1", { destURL: `vfs://${store}` });
+        const incremental = reads();
+        assert.ok(
+          host.seen.some((x) => x.endsWith("/changedblocks")),
+          "the incremental asked ListChangedBlocks",
+        );
+        assert.ok(incremental < full / 2, `incremental read ${incremental} blocks, full ${full}`);
+        assert.notEqual(url1, url2);
+        void r1;
+
+        await v.createVolume("d2", { BackupURL: url2 });
+        const mp2 = await v.mountVolume("d2", {});
+        assert.deepEqual(await readFile(join(mp2, "big.bin")), big);
+        assert.equal(await readFile(join(mp2, "small.txt"), "utf8"), "changed");
+
+        await lv.createVolume("l1", { BackupURL: url2 });
+        const lmp = await lv.mountVolume("l1", {});
+        assert.deepEqual(await readFile(join(lmp, "big.bin")), big);
+        assert.equal(await readFile(join(lmp, "small.txt"), "utf8"), "changed");
+        const listed = await (await d.backupOps()).listBackup(`vfs://${store}`, {});
+        assert.ok(Object.keys(listed).every((u) => u.startsWith("vfs://")), "no EBS snapshots");
+      } finally {
+        for (const n of ["d1", "d2"]) await Promise.resolve(v.umountVolume(n)).catch(() => {});
+        await Promise.resolve(lv.umountVolume("l1")).catch(() => {});
+        for (const n of ["d1", "d2"]) await Promise.resolve(v.deleteVolume(n, {})).catch(() => {});
+        await Promise.resolve(lv.deleteVolume("l1", {})).catch(() => {});
+        await d.shutdown?.();
+        await loop.shutdown?.();
+      }
     });
   });
 });

@@ -330,6 +330,24 @@ export async function createEbsAdapter(
     };
   }
 
+  /**
+   * The host puts its own `Cannot <op> volume "x": ` before a BackendError of the methods it
+   * calls; give it the AWS part only, so messages read `Cannot create volume "db1": <AWS code>:
+   * <message>` once. Other typed errors keep their message (the host keeps one that starts
+   * with "Cannot ").
+   */
+  function bare<A extends unknown[], R>(fn: (...a: A) => Promise<R>): (...a: A) => Promise<R> {
+    return async (...a: A) => {
+      try {
+        return await fn(...a);
+      } catch (err) {
+        const m = err instanceof errors.BackendError && /^Cannot .*?": (.*)$/s.exec(err.message);
+        if (m) throw new errors.BackendError(m[1], { cause: err });
+        throw err;
+      }
+    };
+  }
+
   return {
     capabilities: {
       freezeForSnapshot: config.FSFreeze,
@@ -342,12 +360,12 @@ export async function createEbsAdapter(
     volumeFields: schemas.volumeFields,
     snapshotFields: schemas.snapshotFields,
     volumeOptions: schemas.volumeOptions,
-    createDevice,
-    removeDevice,
-    activate,
-    deactivate,
+    createDevice: bare(createDevice),
+    removeDevice: bare(removeDevice),
+    activate: bare(activate),
+    deactivate: bare(deactivate),
 
-    async createSnapshot(volume, snapshot) {
+    createSnapshot: bare(async function createSnapshot(volume, snapshot) {
       const what = `Cannot create snapshot "${snapshot.name}" of volume "${volume.name}"`;
       // As Convoy: flush a mounted filesystem's dirty data to the disk first (a frozen one is
       // flushed by the freeze). EBS snapshots are crash-consistent at the call.
@@ -373,9 +391,9 @@ export async function createEbsAdapter(
           KmsKeyId: s.kmsKeyId,
         },
       };
-    },
+    }),
 
-    async removeSnapshot(volume, snapshot) {
+    removeSnapshot: bare(async function removeSnapshot(volume, snapshot) {
       if (!config.DeleteSnapshots) return; // Convoy: only the reference goes
       const what = `Cannot delete snapshot "${snapshot.name}" of volume "${volume.name}"`;
       const s = await cloud.findSnapshot(snapshot.fields.EBSSnapshotID, what);
@@ -385,9 +403,9 @@ export async function createEbsAdapter(
         return;
       }
       await cloud.deleteSnapshot(s.id, what);
-    },
+    }),
 
-    async openSnapshot(volume, snapshot, c): Promise<SnapshotSource> {
+    openSnapshot: bare(async function openSnapshot(volume, snapshot, c): Promise<SnapshotSource> {
       const prefix = `Cannot read snapshot "${snapshot.name}" of volume "${volume.name}"`;
       const tokens = await readyBlocks(snapshot, prefix, c?.signal);
       const id = snapshot.fields.EBSSnapshotID;
@@ -396,23 +414,25 @@ export async function createEbsAdapter(
         read: (offset, data, rc) =>
           direct().readRange(id, tokens, { offset, data, prefix, signal: rc?.signal ?? c?.signal }),
       };
-    },
+    }),
 
-    async compareSnapshots(volume, snapshot, base, c): Promise<ChangedRanges> {
-      const prefix = `Cannot compare snapshot "${snapshot.name}" of volume "${volume.name}"`;
-      const id = snapshot.fields.EBSSnapshotID;
-      if (!base || base.fields.EBSVolumeID !== snapshot.fields.EBSVolumeID) {
-        const tokens = await readyBlocks(snapshot, prefix, c?.signal);
-        return toBackupRanges(tokens.keys());
-      }
-      await cloud.waitSnapshot(base.fields.EBSSnapshotID, { prefix, signal: c?.signal });
-      await cloud.waitSnapshot(id, { prefix, signal: c?.signal });
-      const changed = await direct().changedBlocks(base.fields.EBSSnapshotID, id, {
-        prefix,
-        signal: c?.signal,
-      });
-      return toBackupRanges(changed.keys());
-    },
+    compareSnapshots: bare(
+      async function compareSnapshots(volume, snapshot, base, c): Promise<ChangedRanges> {
+        const prefix = `Cannot compare snapshot "${snapshot.name}" of volume "${volume.name}"`;
+        const id = snapshot.fields.EBSSnapshotID;
+        if (!base || base.fields.EBSVolumeID !== snapshot.fields.EBSVolumeID) {
+          const tokens = await readyBlocks(snapshot, prefix, c?.signal);
+          return toBackupRanges(tokens.keys());
+        }
+        await cloud.waitSnapshot(base.fields.EBSSnapshotID, { prefix, signal: c?.signal });
+        await cloud.waitSnapshot(id, { prefix, signal: c?.signal });
+        const changed = await direct().changedBlocks(base.fields.EBSSnapshotID, id, {
+          prefix,
+          signal: c?.signal,
+        });
+        return toBackupRanges(changed.keys());
+      },
+    ),
 
     info: () => ({
       DefaultVolumeSize: String(config.DefaultVolumeSize),
@@ -449,7 +469,7 @@ export async function createEbsAdapter(
 
     nativeBackups: {
       schemes: ["ebs"],
-      async create(volume, snapshot, dest) {
+      create: bare(async function create(volume, snapshot, dest) {
         const what = `Cannot back up snapshot "${snapshot.name}" of volume "${volume.name}"`;
         const s = await cloud.waitSnapshot(snapshot.fields.EBSSnapshotID, {
           prefix: what,
@@ -457,7 +477,7 @@ export async function createEbsAdapter(
         });
         await cloud.createTags([s.id], { ConvoyBackup: "true" }, what);
         return `ebs://${region}/${s.id}`;
-      },
+      }),
       async size(url) {
         const p = parseEbsURL(url);
         const what = `Cannot restore backup "${url}"`;

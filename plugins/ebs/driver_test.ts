@@ -118,7 +118,7 @@ describe("ebs driver", () => {
         const failed = await Promise.resolve(s.createSnapshot("s2", "e1")).catch((e) => e);
         assert.match(
           String(failed),
-          /Cannot create snapshot "s2" of volume "e1".*UnauthorizedOperation/,
+          /^BackendError: Cannot create snapshot "s2" of volume "e1": UnauthorizedOperation: Injected/,
         );
         assert.ok(await writable(join(mp, "after2.txt")), "thawed after a failed snapshot");
 
@@ -202,6 +202,20 @@ describe("ebs driver", () => {
         Promise.resolve(v.createVolume("a4", { VolumeType: "floppy" })),
         /VolumeType/,
       );
+      host.failures.CreateVolume = { left: 1, status: 400, code: "InvalidParameterValue" };
+      const aws = await Promise.resolve(v.createVolume("a5", {})).catch((e) => e);
+      assert.ok(aws instanceof errors.InvalidArgumentError, String(aws));
+      assert.equal(
+        aws.message,
+        'Cannot create volume "a5": InvalidParameterValue: Injected InvalidParameterValue',
+      );
+      host.failures.CreateVolume = { left: 1, status: 400, code: "UnauthorizedOperation" };
+      const denied = await Promise.resolve(v.createVolume("a6", {})).catch((e) => e);
+      assert.equal(
+        denied.message,
+        'Cannot create volume "a6": UnauthorizedOperation: Injected UnauthorizedOperation',
+      );
+      assert.doesNotMatch(denied.message, /AKIA|convoy-test-secret/);
       assert.deepEqual(Object.keys(await v.listVolume({})), []);
       await cloud.detachVolume(vol.id, { instanceId: other, prefix: "x" });
       await cloud.deleteVolume(vol.id, "x");

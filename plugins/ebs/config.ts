@@ -94,14 +94,16 @@ export function createSchemas(api: PluginApi) {
   });
 
   /** Per volume: createVolume's string map (Convoy's keys). */
+  // The daemon passes "0" for an --iops not given, as Convoy did
+  const unsetZero = (v: unknown) => (typeof v === "string" && /^\s*0?\s*$/.test(v) ? undefined : v);
   const volumeOptions = z.looseObject({
     VolumeType: z.preprocess(blank, volumeType.optional()),
     VolumeIOPS: z.preprocess(
-      blank,
+      unsetZero,
       z.coerce.number().int("must be a whole number").positive().optional(),
     ),
     VolumeThroughput: z.preprocess(
-      blank,
+      unsetZero,
       z.coerce.number().int("must be a whole number").positive().optional(),
     ),
     VolumeDriverID: z.preprocess(

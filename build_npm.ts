@@ -1,7 +1,8 @@
 /**
  * Builds the npm package for Node into dist/npm: tsc emits JavaScript and .d.ts files (relative
  * `.ts` imports rewritten to `.js`), then a package.json with the `convoy` bin and the
- * `convoy/plugin-api` types export. `npm pack dist/npm` makes the tarball.
+ * `convoy/plugin-api` types export and the `convoy/conformance` driver test suite.
+ * `npm pack ./dist/npm` makes the tarball.
  */
 import { spawnSync } from "node:child_process";
 import { cp, readFile, rm, writeFile } from "node:fs/promises";
@@ -25,15 +26,16 @@ const npmPkg = {
   description: pkg.description,
   license: pkg.license,
   type: "module",
-  engines: { node: ">=20" },
+  engines: pkg.engines,
   bin: { convoy: "./src/bin.js" },
   exports: {
     ".": { types: "./mod.d.ts", default: "./mod.js" },
     "./plugin-api": { types: "./mod.d.ts", default: "./mod.js" },
+    "./conformance": { types: "./conformance.d.ts", default: "./conformance.js" },
   },
   types: "./mod.d.ts",
   dependencies: pkg.dependencies,
 };
 await writeFile(join(out, "package.json"), JSON.stringify(npmPkg, null, 2) + "\n");
 await cp(join(root, "README.md"), join(out, "README.md"));
-console.log(`built ${out} (npm pack ${out})`);
+console.log(`built ${out} (npm pack ${out.startsWith("/") ? out : `./${out}`})`);

@@ -1,6 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { convoy, ok, rawRequest, startDaemon, tempDir, type TestDaemon } from "./helpers.ts";
 
@@ -109,6 +109,53 @@ describe("convoy CLI against the real daemon (vfs driver)", () => {
     assert.equal((await cli(["snapshot", "inspect", "snap1"])).code, 1);
     await okc(["delete", "vol.1_1-0", "restored"]);
     assert.deepEqual(JSON.parse(await okc(["list"])), {});
+  });
+
+  it("backup list reports an unreadable record (stderr, exit 1) and backup gc collects an orphan block, --dry-run nothing", async () => {
+    const store = join(dir, "gc-store");
+    await mkdir(store);
+    await okc(["create", "gcvol"]);
+    await okc(["snapshot", "create", "gcvol", "--name", "gcsnap"]);
+    const url = await okc(["backup", "create", "gcsnap", "--dest", `vfs://${store}`]);
+    const volDir = join(store, "convoy-objectstore/volumes/gc/vo/gcvol");
+    const sum = "ab".repeat(32);
+    const block = join(volDir, "blocks/ab/ab", `${sum}.blk`);
+    await mkdir(join(volDir, "blocks/ab/ab"), { recursive: true });
+    await writeFile(block, "orphan");
+
+    const dry = await cli(["backup", "gc", `vfs://${store}`, "--dry-run"]);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.ok(dry.stdout.startsWith('{\n\t"DryRun": true'), dry.stdout);
+    assert.deepEqual(JSON.parse(dry.stdout).Volumes.gcvol, {
+      UnreferencedBlocks: 1,
+      UnreferencedBlockBytes: 6,
+      StaleTemps: 0,
+      StaleTempBytes: 0,
+    });
+    await stat(block);
+    const gc = JSON.parse(await okc(["backup", "gc", `vfs://${store}`, "--volume-name", "gcvol"]));
+    assert.equal(gc.DryRun, false);
+    assert.equal(gc.Volumes.gcvol.UnreferencedBlocks, 1);
+    await assert.rejects(stat(block), { code: "ENOENT" });
+
+    const bad = join(volDir, "backups/backup_backup-0000000000000bad.cfg");
+    await writeFile(bad, "{not json");
+    const listed = await cli(["backup", "list", `vfs://${store}`]);
+    assert.equal(listed.code, 1);
+    const list = JSON.parse(listed.stdout);
+    assert.deepEqual(list[url].SnapshotName, "gcsnap", "the readable backup is still listed");
+    const badURL = `vfs://${store}?backup=backup-0000000000000bad&volume=gcvol`;
+    assert.match(list[badURL].Error, /not valid JSON/);
+    assert.match(
+      listed.stderr,
+      /backup ".*backup-0000000000000bad.*" cannot be read: .*not valid JSON/,
+    );
+    const kept = JSON.parse(await okc(["backup", "gc", `vfs://${store}`]));
+    assert.match(kept.Volumes.gcvol.Skipped, /blocks kept: .*backup-0000000000000bad/);
+    await rm(bad);
+    await okc(["backup", "delete", url]);
+    await okc(["snapshot", "delete", "gcsnap"]);
+    await okc(["delete", "gcvol"]);
   });
 
   it("delete --reference keeps the data", async () => {

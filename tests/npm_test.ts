@@ -1,8 +1,9 @@
 /** The npm build on Node: tsc output runs the daemon and CLI, and loads .ts plugins (type-stripped). */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readFile, symlink } from "node:fs/promises";
+import { mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import {
   canConnect,
   DENO,
@@ -26,6 +27,8 @@ describe("npm package on Node", () => {
     assert.equal(r.code, 0, r.stderr + r.stdout);
     const pkg = JSON.parse(await readFile(join(out, "package.json"), "utf8"));
     assert.equal(pkg.bin.convoy, "./src/bin.js");
+    const root = JSON.parse(await readFile(join(REPO, "package.json"), "utf8"));
+    assert.deepEqual(pkg.engines, root.engines, "the package states the engines it was built for");
     node = ["node", join(out, "src", "bin.js")];
     // What `npm install` would put beside the package: its dependencies.
     await symlink(join(REPO, "node_modules"), join(out, "node_modules"));
@@ -34,8 +37,29 @@ describe("npm package on Node", () => {
 
   it("runs the daemon and CLI under node, with the vfs and loop drivers and .ts/.js plugins", async () => {
     assert.match(await ok(["--version"], { command: node }), /^Convoy version v/);
-    // Node 20 has no zstd: the loop volume's blocks are stored with gzip.
+    // A node without zstd in node:zlib stores the loop volume's blocks with gzip.
     await servesBundledAndPluginDrivers(node, { dir, text: "on node" });
+  });
+
+  it("exports convoy/conformance: a plugin author's node --test runs the suite on a driver", async () => {
+    const author = join(dir, "author");
+    await mkdir(join(author, "node_modules"), { recursive: true });
+    await symlink(join(dir, "pkg"), join(author, "node_modules", "convoy"));
+    await writeFile(
+      join(author, "vfs.test.mjs"),
+      [
+        `import { driverConformance, pluginInit } from "convoy/conformance";`,
+        `import setup from ${
+          JSON.stringify(pathToFileURL(join(dir, "pkg/plugins/vfs/mod.js")).href)
+        };`,
+        `driverConformance({ name: "vfs", init: pluginInit(setup, "vfs") });`,
+      ].join("\n"),
+    );
+    const r = await run("node", ["--test", join(author, "vfs.test.mjs")]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /driver conformance: vfs/);
+    assert.match(r.stdout, /# pass 11\n/);
+    assert.match(r.stdout, /# fail 0\n/);
   });
 
   it("runs the daemon with V8's young generation capped, and stops it with its launcher", async () => {

@@ -5,9 +5,13 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { driverConformance, pluginInit } from "../conformance.ts";
+import type { PluginSetup } from "../mod.ts";
+import { importPlugin } from "../src/plugins/loader.ts";
 import { convoy, DENO, ok, REPO, run, startDaemon, tempDir, type TestDaemon } from "./helpers.ts";
 
 /** The ```ts block that follows the README's plugin-example marker. */
@@ -205,4 +209,16 @@ describe("the README's block device adapter example", () => {
     assert.deepEqual(JSON.parse(await okc(["list"])), {});
     await okc(["backup", "delete", url]);
   });
+});
+
+// The README's plugin example passes the driver conformance suite, as the README shows a plugin
+// author how to run it: the example has no snapshots, no backups and no --mountpoint.
+const exampleDir = await mkdtemp(join(tmpdir(), "convoy-readme-conformance-"));
+await writeFile(join(exampleDir, "mydriver.ts"), await readmePluginExample());
+const example = await importPlugin(join(exampleDir, "mydriver.ts"), { forceDataUrl: true });
+driverConformance({
+  name: "mydriver",
+  init: pluginInit(example.default as PluginSetup, "mydriver"),
+  capabilities: { snapshots: false, backups: false, customMountPoint: false },
+  cleanup: () => rm(exampleDir, { recursive: true, force: true }),
 });

@@ -4,7 +4,7 @@
  * @module
  */
 import type { StringMap } from "../api/driver.ts";
-import { isErrorCode } from "../api/errors.ts";
+import { BackendError, isErrorCode } from "../api/errors.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { isValidName } from "../util/names.ts";
@@ -21,10 +21,12 @@ import {
   type BackupRecord,
   parseBackupRecord,
   parseVolumeRecord,
+  recordChecksumProblem,
   RecordParseError,
   serializeBackupRecord,
   serializeVolumeRecord,
   type VolumeRecord,
+  withRecordChecksum,
 } from "./records.ts";
 import { encodeBackupURL } from "./url.ts";
 
@@ -65,9 +67,31 @@ export async function loadBackupRecord(
   return data && parseBackupRecord(data, `${store.url}/${key}`);
 }
 
-/** Writes backups/backup_<Name>.cfg of `b.VolumeName`. */
+/** Writes backups/backup_<Name>.cfg of `b.VolumeName`, with its RecordChecksum. */
 export async function saveBackupRecord(store: ObjectStore, b: BackupRecord): Promise<void> {
-  await store.write(backupConfigPath(b.VolumeName, b.Name), enc.encode(serializeBackupRecord(b)));
+  await store.write(
+    backupConfigPath(b.VolumeName, b.Name),
+    enc.encode(serializeBackupRecord(withRecordChecksum(b))),
+  );
+}
+
+/**
+ * Throws BackendError `Cannot <action> backup "<url>": backup record "<key>" …` when the record's
+ * RecordChecksum does not match its content (see records.ts); records without one pass.
+ */
+export function checkBackupRecord(
+  store: ObjectStore,
+  b: BackupRecord,
+  ref: { volume: string; backup: string; url: string; action: string },
+): void {
+  const problem = recordChecksumProblem(b);
+  if (problem) {
+    throw new BackendError(
+      `Cannot ${ref.action} backup "${ref.url}": backup record "${store.url}/${
+        backupConfigPath(ref.volume, ref.backup)
+      }" is corrupt: ${problem}`,
+    );
+  }
 }
 
 /** Names of the backups recorded for `volume` (from backup_<name>.cfg files), sorted. */
@@ -92,6 +116,26 @@ export function backupInfo(
     SnapshotName: b.SnapshotName,
     SnapshotCreatedAt: b.SnapshotCreatedAt,
     CreatedTime: b.CreatedTime,
+  };
+}
+
+/** The field of a `backup list` entry that reports a record which cannot be read. */
+export const LIST_ERROR_FIELD = "Error";
+
+/**
+ * The `backup list` entry of a backup whose record cannot be read: the names known from its path
+ * and the volume record, and `Error` (all strings, like BackupInfo).
+ */
+export function unreadableInfo(
+  destURL: string,
+  rec: { volume: VolumeRecord; backup: string; error: string },
+): StringMap {
+  return {
+    BackupName: rec.backup,
+    BackupURL: encodeBackupURL({ backup: rec.backup, volume: rec.volume.Name, destURL }),
+    DriverName: rec.volume.Driver,
+    VolumeName: rec.volume.Name,
+    [LIST_ERROR_FIELD]: rec.error,
   };
 }
 
@@ -149,8 +193,9 @@ export async function walkVolumes(store: ObjectStore, log: Logger): Promise<Volu
 }
 
 /**
- * The BackupInfo maps of every backup of `volume`, keyed by backup URL. Unreadable or
- * misnamed backup records are logged and skipped; a record deleted meanwhile is ignored.
+ * The BackupInfo maps of every backup of `volume`, keyed by backup URL. An unreadable record is
+ * listed as `{"BackupName","BackupURL","DriverName","VolumeName","Error"}` (see unreadableInfo)
+ * and logged; misnamed records are logged and skipped; a record deleted meanwhile is ignored.
  */
 export async function volumeBackupInfos(
   store: ObjectStore,
@@ -164,12 +209,14 @@ export async function volumeBackupInfos(
       b = await loadBackupRecord(store, { volume: volume.Name, backup: name });
     } catch (err) {
       if (!(err instanceof RecordParseError)) throw err;
-      log.warn("Skipping unreadable backup record", {
+      log.warn("Listing unreadable backup record with an Error", {
         store: store.url,
         volume: volume.Name,
         backup: name,
         error: err.message,
       });
+      const info = unreadableInfo(store.url, { volume, backup: name, error: err.message });
+      out[info.BackupURL] = info;
       continue;
     }
     if (!b) continue;

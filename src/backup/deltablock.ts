@@ -27,6 +27,7 @@ import { pool } from "../util/pool.ts";
 import { generateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
+  checkBackupRecord,
   listBackupNames,
   loadBackupRecord,
   loadVolumeRecord,
@@ -51,10 +52,20 @@ import {
   unpackBlockTo,
 } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
-import { liveLeases, takeBackupLease, takeLease } from "./leases.ts";
+import { clearLeftovers, removeBlocks, sweepUnreferenced } from "./gc.ts";
+import {
+  describeLease,
+  leaseStates,
+  liveLeases,
+  noteSweepNeeded,
+  sweepNotes,
+  takeBackupLease,
+  takeLease,
+} from "./leases.ts";
 import {
   type BackupRecord,
   type BlockMapping,
+  recordChecksumProblem,
   RecordParseError,
   type VolumeRecord,
 } from "./records.ts";
@@ -123,6 +134,7 @@ async function findBase(
   const { volume, record } = opts;
   if (!record) return undefined;
   const sameVolume = (b: BackupRecord) => {
+    if (recordChecksumProblem(b)) return false; // never build on an altered block map
     const uuid = (b as BackupExtra).VolumeUUID;
     if (volume.uuid && uuid) return uuid === volume.uuid;
     // Records without an identity (Convoy's): trust them only if volume.cfg describes this volume.
@@ -143,10 +155,13 @@ async function findBase(
     if (!best || Date.parse(b.CreatedTime) > Date.parse(best.CreatedTime)) best = b;
   }
   if (!best && last) {
-    opts.log.info("last backup belongs to another volume of the same name; doing a full backup", {
-      volume: volume.name,
-      last: last.Name,
-    });
+    opts.log.info(
+      "last backup belongs to another volume of the same name, or its record was altered; doing a full backup",
+      {
+        volume: volume.name,
+        last: last.Name,
+      },
+    );
   }
   return best;
 }
@@ -210,6 +225,10 @@ async function discardUploads(
 ): Promise<void> {
   const { volume, log } = opts;
   if (opts.sums.size === 0) return;
+  // Blocks kept here are referenced by no record: a note makes the next delete sweep them.
+  const leaveNote = () =>
+    noteSweepNeeded(store, volume, { id: opts.backup, why: `backup "${opts.backup}" failed` })
+      .catch(() => {});
   let lease;
   try {
     lease = await takeLease(store, volume, { kind: "gc", id: generateName("gc", 16) });
@@ -218,6 +237,7 @@ async function discardUploads(
       blocks: opts.sums.size,
       error: errorMessage(err),
     });
+    await leaveNote();
     return;
   }
   try {
@@ -226,6 +246,7 @@ async function discardUploads(
       log.info("another backup of this volume is running; the failed backup's blocks are kept", {
         blocks: opts.sums.size,
       });
+      await leaveNote();
       return;
     }
     const referenced = await referencedBlocks(store, volume);
@@ -242,6 +263,7 @@ async function discardUploads(
       blocks: opts.sums.size,
       error: errorMessage(err),
     });
+    await leaveNote();
   } finally {
     await lease.release().catch(() => {});
   }
@@ -274,7 +296,7 @@ export async function createDeltaBackup(
   const vol = volume.name;
   const log = opts.log.child({ volume: vol, snapshot: snapshot.name });
   const name = generateName("backup", 16);
-  const lease = await takeBackupLease(store, vol, { id: name, signal });
+  const lease = await takeBackupLease(store, vol, { id: name, signal, log });
   /** Checksums of the blocks this backup wrote. */
   const own = new Set<string>();
   let recorded = false;
@@ -489,6 +511,7 @@ async function loadDelta(
       }" does not exist`,
     );
   }
+  if (ref.action !== "delete") checkBackupRecord(store, backup, ref);
   const volume = await loadVolumeRecord(store, ref.volume);
   if (!volume) {
     throw new NotFoundError(
@@ -731,7 +754,9 @@ export async function verifyDeltaBackup(
 /**
  * Deletes a delta-block backup: its record, then (unless a backup of the volume is running,
  * here or on another host) the blocks no remaining backup uses; the whole volume folder when it
- * was the last backup.
+ * was the last backup. When a crashed or failed holder left a lease or a sweep note behind, or
+ * a delete had to skip its sweep, every unreferenced block of the volume is swept, not only the
+ * deleted backup's. A skipped sweep leaves a note for the next delete or `backup gc`.
  */
 export async function deleteDeltaBackup(
   store: ObjectStore,
@@ -747,8 +772,16 @@ export async function deleteDeltaBackup(
   const lease = await takeLease(store, opts.volume, { kind: "gc", id: gcID });
   let released = false;
   try {
-    if ((await liveLeases(store, opts.volume, { kind: "backup" })).length > 0) {
-      log.info("a backup of this volume is running; its unused blocks are kept");
+    const notes = await sweepNotes(store, opts.volume);
+    const backups = await leaseStates(store, opts.volume, { kind: "backup" });
+    if (backups.live.length > 0) {
+      log.info("a backup of this volume is running; unused blocks are kept until a later sweep", {
+        running: backups.live.map(describeLease),
+      });
+      await noteSweepNeeded(store, opts.volume, {
+        id: gcID,
+        why: `delete of backup "${opts.backup}" skipped its sweep`,
+      });
       return;
     }
     const remaining = await listBackupNames(store, opts.volume);
@@ -761,17 +794,38 @@ export async function deleteDeltaBackup(
       }
       return;
     }
+    const leftovers = notes.length > 0 || backups.dead.length > 0 ||
+      (await leaseStates(store, opts.volume, { kind: "gc", exceptID: gcID })).dead.length > 0;
+    if (leftovers) {
+      const swept = await sweepUnreferenced(store, opts.volume, {});
+      if ("unreadable" in swept) {
+        log.warn("unused blocks are kept: a backup record cannot be read", {
+          error: swept.unreadable,
+        });
+        return;
+      }
+      await clearLeftovers(store, opts.volume, { notes, exceptID: gcID });
+      log.info("deleted backup; swept every unreferenced block", { blocksRemoved: swept.count });
+      return;
+    }
     const discard = new Set(backup.Blocks.map((b) => b.BlockChecksum));
     for (const name of remaining) {
       if (discard.size === 0) break;
-      const other = await loadBackupRecord(store, { volume: opts.volume, backup: name });
+      let other: BackupRecord | undefined;
+      try {
+        other = await loadBackupRecord(store, { volume: opts.volume, backup: name });
+      } catch (err) {
+        if (!(err instanceof RecordParseError)) throw err;
+        log.warn("unused blocks are kept: a backup record cannot be read", {
+          error: errorMessage(err),
+        });
+        await noteSweepNeeded(store, opts.volume, { id: gcID, why: errorMessage(err) });
+        return;
+      }
       for (const b of other?.Blocks ?? []) discard.delete(b.BlockChecksum);
     }
     const keys = [...discard].map((sum) => blockPath(opts.volume, sum));
-    for (let i = 0; i < keys.length; i += 1000) {
-      const batch = keys.slice(i, i + 1000);
-      await (store.removeObjects ? store.removeObjects(...batch) : store.remove(...batch));
-    }
+    await removeBlocks(store, keys);
     log.info("deleted backup", { blocksRemoved: keys.length });
   } finally {
     if (!released) await lease.release().catch(() => {});

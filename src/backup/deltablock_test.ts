@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
 import { closeSync, constants, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { spawn } from "node:child_process";
 import {
   mkdir,
   mkdtemp,
@@ -29,7 +30,10 @@ import {
   restoreDeltaBackup,
   verifyDeltaBackup,
 } from "./deltablock.ts";
-import { takeLease } from "./leases.ts";
+import { loadBackupRecord } from "./catalog.ts";
+import { collectGarbage } from "./gc.ts";
+import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
+import { leasesDir, processStart, takeLease, thisHolder } from "./leases.ts";
 import { openStore } from "../store/registry.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
@@ -808,6 +812,19 @@ describe("delta-block engine on S3 (local S3 server)", () => {
           .length,
         0,
       );
+      const orphan = blockPath("vol1", "e".repeat(64));
+      await store.write(orphan, gzipSync(new Uint8Array(10)));
+      const dry = await collectGarbage(store, { dryRun: true, log: silentLogger });
+      assert.equal(dry.Volumes.vol1.UnreferencedBlocks, 1);
+      assert.ok(await store.stat(orphan), "a dry run removes nothing");
+      const gc = await collectGarbage(store, { log: silentLogger });
+      assert.equal(gc.Volumes.vol1.UnreferencedBlocks, 1);
+      assert.equal(await store.stat(orphan), undefined);
+      assert.equal(
+        (await verifyDeltaBackup(store, { volume: "vol1", backup: second, url: "u" })).problems
+          .length,
+        0,
+      );
       await deleteDeltaBackup(store, {
         volume: "vol1",
         backup: second,
@@ -818,5 +835,210 @@ describe("delta-block engine on S3 (local S3 server)", () => {
     } finally {
       await s3.close();
     }
+  });
+});
+
+describe("delta-block garbage collection", () => {
+  /** Three backups of vol1, each with a block of its own (blocks 0, 1, 2 differ per backup). */
+  async function threeBackups(store: ObjectStore): Promise<string[]> {
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    const names: string[] = [];
+    for (const seed of [1, 2, 3]) {
+      fill(img, 0, seed);
+      disk.snapshot(`s${seed}`, img);
+      names.push(
+        await createDeltaBackup(store, disk, {
+          volume,
+          snapshot: { name: `s${seed}`, createdTime: "t" },
+          destURL: store.url,
+          log: silentLogger,
+        }),
+      );
+    }
+    return names;
+  }
+
+  /** The block checksums the backup record references. */
+  async function refs(store: ObjectStore, name: string): Promise<string[]> {
+    const rec = await loadBackupRecord(store, { volume: "vol1", backup: name });
+    return rec!.Blocks.map((b) => b.BlockChecksum).sort();
+  }
+
+  /** An orphan block object (as a backup killed before its record leaves), keyed by `seed`. */
+  async function orphan(store: ObjectStore, seed: string): Promise<string> {
+    const sum = createHash("sha256").update(seed).digest("hex");
+    await store.write(blockPath("vol1", sum), gzipSync(new Uint8Array(4096).fill(7)));
+    return sum;
+  }
+
+  const sumsIn = (keys: string[]) =>
+    keys.filter((k) => k.endsWith(".blk")).map((k) => k.replace(/^.*\/|\.blk$/g, "")).sort();
+
+  it("deleteDeltaBackup() collects, on a later delete, the blocks a delete had to keep while a backup lease was held", async () => {
+    const store = new MemoryStore("skipped");
+    const [b1, b2, b3] = await threeBackups(store);
+    const lease = await takeLease(store, "vol1", { kind: "backup", id: "running" });
+    await deleteDeltaBackup(store, { volume: "vol1", backup: b1, url: "u", log: silentLogger });
+    assert.equal(blockKeys(store).length, 3, "kept while the backup ran");
+    await lease.release();
+    await deleteDeltaBackup(store, { volume: "vol1", backup: b2, url: "u", log: silentLogger });
+    assert.deepEqual(sumsIn(store.keys()), await refs(store, b3), "b1's block went too");
+    assert.deepEqual(store.keys().filter((k) => k.includes("/leases/")), [], "no note left");
+  });
+
+  it("deleteDeltaBackup() collects the blocks of a killed backup at once: its lease names a process that is gone", async () => {
+    const store = new MemoryStore("killed");
+    const [b1, b2, b3] = await threeBackups(store);
+    const child = spawn("sleep", ["30"], { stdio: "ignore" });
+    await new Promise((res) => child.once("spawn", res));
+    const me = await thisHolder();
+    await store.write(
+      `${leasesDir("vol1")}/backup-killed.json`,
+      new TextEncoder().encode(JSON.stringify({
+        Kind: "backup",
+        ID: "killed",
+        Host: me.host,
+        Pid: child.pid,
+        Expires: new Date(Date.now() + 300_000).toISOString(),
+        Boot: me.boot,
+        PidNS: me.pidNS,
+        Start: await processStart(child.pid!),
+      })),
+    );
+    await orphan(store, "uploaded by the killed backup");
+    const exited = new Promise((res) => child.once("exit", res));
+    child.kill("SIGKILL");
+    await exited;
+    await deleteDeltaBackup(store, { volume: "vol1", backup: b1, url: "u", log: silentLogger });
+    const left = [...new Set([...(await refs(store, b2)), ...(await refs(store, b3))])].sort();
+    assert.deepEqual(sumsIn(store.keys()), left, "only referenced blocks are left");
+    assert.deepEqual(store.keys().filter((k) => k.includes("/leases/")), [], "dead lease removed");
+  });
+
+  it("collectGarbage() removes unreferenced blocks and stale temp files of a vfs store; a dry run removes nothing", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "convoy-gc-"));
+    try {
+      const store = await openStore(`vfs://${dir}`);
+      const [b1, b2] = await threeBackups(store);
+      const kept = sumsIn(await filesUnder(dir));
+      await orphan(store, "one");
+      await orphan(store, "two");
+      const blocksDir = join(dir, volumeDir("vol1"), "blocks");
+      const temp = join(blocksDir, ".x.blk.tmp-0123abcd");
+      await writeFile(temp, "half a block");
+      const old = new Date(Date.now() - 2 * 3600_000);
+      await utimes(temp, old, old);
+      const fresh = join(blocksDir, ".y.blk.tmp-4567abcd");
+      await writeFile(fresh, "a write in progress");
+
+      const dry = await collectGarbage(store, { dryRun: true, log: silentLogger });
+      assert.equal(dry.DryRun, true);
+      assert.equal(dry.Volumes.vol1.UnreferencedBlocks, 2);
+      assert.ok(dry.Volumes.vol1.UnreferencedBlockBytes > 0);
+      assert.equal(dry.Volumes.vol1.StaleTemps, 1);
+      assert.equal(dry.Volumes.vol1.StaleTempBytes, "half a block".length);
+      assert.equal(
+        sumsIn(await filesUnder(dir)).length,
+        kept.length + 2,
+        "dry run removed nothing",
+      );
+      await stat(temp);
+
+      const real = await collectGarbage(store, { log: silentLogger });
+      assert.equal(real.DryRun, false);
+      assert.deepEqual(real.Volumes.vol1, dry.Volumes.vol1);
+      assert.deepEqual(sumsIn(await filesUnder(dir)), kept);
+      await assert.rejects(stat(temp), { code: "ENOENT" });
+      await stat(fresh);
+      for (const b of [b1, b2]) {
+        const report = await verifyDeltaBackup(store, { volume: "vol1", backup: b, url: "u" });
+        assert.deepEqual(report.problems, []);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("deleteDeltaBackup() and collectGarbage() keep every block while a remaining record cannot be read", async () => {
+    const store = new MemoryStore("unreadable");
+    const [b1, , b3] = await threeBackups(store);
+    await store.write(backupConfigPath("vol1", b3), new TextEncoder().encode("{not json"));
+    await deleteDeltaBackup(store, { volume: "vol1", backup: b1, url: "u", log: silentLogger });
+    assert.equal(blockKeys(store).length, 3, "b1's block may be b3's: kept");
+    const report = await collectGarbage(store, { log: silentLogger });
+    assert.match(report.Volumes.vol1.Skipped ?? "", /blocks kept: .*not valid JSON/);
+    assert.equal(blockKeys(store).length, 3);
+  });
+
+  it("collectGarbage() skips a volume while a backup of it runs, and says so", async () => {
+    const store = new MemoryStore("gc-running");
+    await threeBackups(store);
+    await orphan(store, "orphan");
+    const lease = await takeLease(store, "vol1", { kind: "backup", id: "running" });
+    const report = await collectGarbage(store, { log: silentLogger });
+    assert.match(
+      report.Volumes.vol1.Skipped ?? "",
+      /a backup of the volume is running: backup lease of host/,
+    );
+    assert.equal(blockKeys(store).length, 4);
+    await lease.release();
+    const again = await collectGarbage(store, { volume: "vol1", log: silentLogger });
+    assert.equal(again.Volumes.vol1.UnreferencedBlocks, 1);
+    assert.equal(blockKeys(store).length, 3);
+    await assert.rejects(collectGarbage(store, { volume: "nope", log: silentLogger }), {
+      name: "NotFoundError",
+    });
+  });
+
+  it("createDeltaBackup() never builds an incremental backup on a record whose block map was altered", async () => {
+    const store = new MemoryStore("altered-base");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 0, 1);
+    fill(img, 1, 2);
+    disk.snapshot("s1", img);
+    const first = await backup(store, disk, "s1");
+    const key = backupConfigPath("vol1", first);
+    const text = new TextDecoder().decode(await store.read(key));
+    const [x, y] = await refs(store, first);
+    await store.write(
+      key,
+      new TextEncoder().encode(text.replace(x, "X").replace(y, x).replace("X", y)),
+    );
+    fill(img, 2, 3);
+    disk.snapshot("s2", img);
+    const second = await backup(store, disk, "s2");
+    const restored = Buffer.from(await restore(store, second));
+    assert.ok(restored.equals(img), "a full backup, not the altered map");
+  });
+
+  it("verify and restore reject a record whose block map was altered (two checksums swapped); Convoy's records without a checksum still restore", async () => {
+    const store = new MemoryStore("swapped");
+    const disk = new FakeDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    fill(img, 0, 1);
+    fill(img, 1, 2);
+    disk.snapshot("s1", img);
+    const name = await backup(store, disk, "s1");
+    const key = backupConfigPath("vol1", name);
+    const text = new TextDecoder().decode(await store.read(key));
+    const [x, y] = await refs(store, name);
+    const swapped = text.replace(x, "X").replace(y, x).replace("X", y);
+    assert.notEqual(swapped, text);
+    await store.write(key, new TextEncoder().encode(swapped));
+    const corrupt = new RegExp(
+      `backup record ".*backup_${name}\\.cfg" is corrupt: its content does not match its RecordChecksum`,
+    );
+    await assert.rejects(
+      verifyDeltaBackup(store, { volume: "vol1", backup: name, url: "URL" }),
+      corrupt,
+    );
+    await assert.rejects(restore(store, name), corrupt);
+    // The same record as Convoy writes it (no RecordChecksum) is trusted as before.
+    const convoy = JSON.parse(text);
+    delete convoy.RecordChecksum;
+    await store.write(key, new TextEncoder().encode(JSON.stringify(convoy)));
+    assert.ok(Buffer.from(await restore(store, name)).equals(img));
   });
 });

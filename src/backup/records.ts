@@ -4,6 +4,7 @@
  * what Convoy v0.5.2 wrote, and unknown fields, which are kept when a record is rewritten.
  * @module
  */
+import { createHash } from "node:crypto";
 import { z } from "zod";
 import { BackendError } from "../api/errors.ts";
 
@@ -136,4 +137,39 @@ export function serializeBackupRecord(b: BackupRecord): string {
 /** True for a single-file backup (an archive at `SingleFile.FilePath`). */
 export function isSingleFileBackup(b: BackupRecord): boolean {
   return b.SingleFile.FilePath !== "";
+}
+
+/**
+ * Our addition to backup_<name>.cfg (Convoy's decoder ignores it): `"sha256:<hex>"`, the SHA-256
+ * of the record as serializeBackupRecord writes it with this field removed (the UTF-8 bytes of
+ * that compact, Go-escaped JSON in Convoy's field order). Re-serializing a parsed record gives the
+ * same bytes, so a reader checks it with recordChecksumProblem.
+ */
+export const RECORD_CHECKSUM_FIELD = "RecordChecksum";
+
+/** The RecordChecksum value of `b` (ignoring any RecordChecksum it has). */
+export function recordChecksum(b: BackupRecord): string {
+  const { [RECORD_CHECKSUM_FIELD]: _, ...rest } = b as BackupRecord & Record<string, unknown>;
+  const json = serializeBackupRecord(rest as BackupRecord);
+  return `sha256:${createHash("sha256").update(json, "utf8").digest("hex")}`;
+}
+
+/** `b` with its RecordChecksum set (last field of the record). */
+export function withRecordChecksum(b: BackupRecord): BackupRecord {
+  const { [RECORD_CHECKSUM_FIELD]: _, ...rest } = b as BackupRecord & Record<string, unknown>;
+  return { ...rest, [RECORD_CHECKSUM_FIELD]: recordChecksum(b) } as BackupRecord;
+}
+
+/**
+ * Why `b` cannot be trusted: its RecordChecksum is malformed or does not match its content;
+ * undefined when it matches or when the record has none (Convoy's, or written before).
+ */
+export function recordChecksumProblem(b: BackupRecord): string | undefined {
+  const have = (b as Record<string, unknown>)[RECORD_CHECKSUM_FIELD];
+  if (have === undefined) return undefined;
+  if (typeof have !== "string") return `its ${RECORD_CHECKSUM_FIELD} is not a string`;
+  const want = recordChecksum(b);
+  return have === want
+    ? undefined
+    : `its content does not match its ${RECORD_CHECKSUM_FIELD} (altered after it was written)`;
 }

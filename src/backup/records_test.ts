@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { createHash } from "node:crypto";
 import {
   parseBackupRecord,
   parseVolumeRecord,
+  recordChecksumProblem,
   RecordParseError,
   serializeBackupRecord,
   serializeVolumeRecord,
+  withRecordChecksum,
 } from "./records.ts";
 
 const SUM = "0123456789abcdef".repeat(4);
@@ -22,6 +25,20 @@ const SINGLE_CFG = '{"Name":"backup-0123456789abcdef","Driver":"","VolumeName":"
   '"convoy-objectstore/volumes/vo/l1/vol1/BackupFiles/backup-0123456789abcdef.bak"}}';
 
 describe("records", () => {
+  it("withRecordChecksum() appends the SHA-256 of the record as written without it, and it survives a round trip", () => {
+    const sum = createHash("sha256").update(DELTA_CFG).digest("hex");
+    const text = serializeBackupRecord(withRecordChecksum(parseBackupRecord(DELTA_CFG, "t")));
+    assert.equal(text, `${DELTA_CFG.slice(0, -1)},"RecordChecksum":"sha256:${sum}"}`);
+    const back = parseBackupRecord(text, "t");
+    assert.equal(recordChecksumProblem(back), undefined);
+    assert.equal(serializeBackupRecord(withRecordChecksum(back)), text, "stable when rewritten");
+    assert.equal(recordChecksumProblem(parseBackupRecord(DELTA_CFG, "t")), undefined, "Convoy's");
+    const altered = parseBackupRecord(text.replace('"Offset":2097152', '"Offset":4194304'), "t");
+    assert.match(recordChecksumProblem(altered) ?? "", /does not match its RecordChecksum/);
+    const bogus = parseBackupRecord(text.replace(/"sha256:[0-9a-f]+"/, "7"), "t");
+    assert.match(recordChecksumProblem(bogus) ?? "", /RecordChecksum is not a string/);
+  });
+
   it("serializeVolumeRecord() reproduces Convoy's volume.cfg byte for byte", () => {
     assert.equal(serializeVolumeRecord(parseVolumeRecord(VOLUME_CFG, "t")), VOLUME_CFG);
   });

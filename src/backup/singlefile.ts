@@ -21,6 +21,7 @@ import type { Logger } from "../util/log.ts";
 import { generateName, validateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
+  checkBackupRecord,
   listBackupNames,
   loadBackupRecord,
   loadVolumeRecord,
@@ -159,6 +160,13 @@ export async function requireBackupRecord(
         backupConfigPath(ref.volume, ref.backup)
       }" does not exist`,
     );
+  }
+  if (opts.action === "restore" || opts.action === "verify") {
+    checkBackupRecord(store, rec, {
+      ...ref,
+      url: opts.url ?? backupURLOf(store, ref),
+      action: opts.action,
+    });
   }
   return rec;
 }

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -89,11 +90,13 @@ describe("createSingleFileBackup()", () => {
         `${dir}/volume.cfg`,
       ]);
       assert.equal(dec.decode(await store.read(`${dir}/BackupFiles/${name}.bak`)), "archive bytes");
+      const bare = `{"Name":"${name}","Driver":"","VolumeName":"vol1","SnapshotName":"snap1",` +
+        `"SnapshotCreatedAt":"${SNAPSHOT.createdTime}","CreatedTime":"${NOW()}",` +
+        `"SingleFile":{"FilePath":"${dir}/BackupFiles/${name}.bak"}}`;
+      const sum = createHash("sha256").update(bare).digest("hex");
       assert.equal(
         dec.decode(await store.read(`${dir}/backups/backup_${name}.cfg`)),
-        `{"Name":"${name}","Driver":"","VolumeName":"vol1","SnapshotName":"snap1",` +
-          `"SnapshotCreatedAt":"${SNAPSHOT.createdTime}","CreatedTime":"${NOW()}",` +
-          `"SingleFile":{"FilePath":"${dir}/BackupFiles/${name}.bak"}}`,
+        `${bare.slice(0, -1)},"RecordChecksum":"sha256:${sum}"}`,
       );
       assert.equal(
         dec.decode(await store.read(`${dir}/volume.cfg`)),

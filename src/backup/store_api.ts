@@ -13,7 +13,7 @@ import type {
   BackupVolume,
 } from "../api/plugin.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
-import { parseOptions } from "../plugins/driver_util.ts";
+import { parseOptions } from "../util/parse_options.ts";
 import { defaultStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
@@ -26,6 +26,7 @@ import {
   restoreDeltaBackup,
   verifyDeltaBackup,
 } from "./deltablock.ts";
+import { collectGarbage, type GcReport } from "./gc.ts";
 import { volumeConfigPath } from "./layout.ts";
 import { type BackupRecord, isSingleFileBackup, type VolumeRecord } from "./records.ts";
 import {
@@ -97,8 +98,20 @@ function backupQueries(
   };
 }
 
+/** The host's backup store helpers: the drivers' BackupStoreApi plus what only the daemon calls. */
+export interface HostBackupStoreApi extends BackupStoreApi {
+  /**
+   * Removes the blocks no backup record references and stale temporary objects, of every volume
+   * in `destURL` (or `opts.volumeName`); with `dryRun`, only reports what it would remove.
+   */
+  collectGarbage(
+    destURL: string,
+    opts?: { volumeName?: string; endpoint?: string; dryRun?: boolean },
+  ): Promise<GcReport>;
+}
+
 /** The BackupStoreApi handed to drivers, over the stores of `opts.stores`. */
-export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreApi {
+export function createBackupStoreApi(opts: BackupStoreApiOptions): HostBackupStoreApi {
   const stores = opts.stores ?? defaultStoreRegistry;
   const log = opts.log.child({ component: "backupstore" });
 
@@ -128,7 +141,13 @@ export function createBackupStoreApi(opts: BackupStoreApiOptions): BackupStoreAp
     return { store, volume, backup };
   }
 
-  const api: BackupStoreApi = {
+  const api: HostBackupStoreApi = {
+    async collectGarbage(destURL, gopts = {}) {
+      const store = await stores.open(destURL, endpointOf(gopts));
+      const volume = gopts.volumeName ? validateName(gopts.volumeName, "volume") : undefined;
+      return await collectGarbage(store, { volume, dryRun: gopts.dryRun, log });
+    },
+
     async createSingleFileBackup(file, copts) {
       const store = await stores.open(copts.destURL, endpointOf(copts));
       const backup = await createSingleFileBackup(store, file, {

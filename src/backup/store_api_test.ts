@@ -326,7 +326,7 @@ describe("createBackupStoreApi()", () => {
     });
   });
 
-  it("listBackup() logs and skips a broken volume folder", async () => {
+  it("listBackup() logs and skips a broken volume folder, and lists an unreadable backup record with an Error", async () => {
     await withStore(async ({ dir, dest, api, archive, warnings }) => {
       const url = await api.createSingleFileBackup(await archive("a", "A"), {
         volume: VOL1,
@@ -340,7 +340,16 @@ describe("createBackupStoreApi()", () => {
       await mkdir(join(vols, "vo/l1/vol1/backups"), { recursive: true });
       await writeFile(join(vols, "vo/l1/vol1/backups/backup_backup-bad.cfg"), "nope");
       await writeFile(join(vols, "vo/l1/vol1/backups/notes.txt"), "ignored");
-      assert.deepEqual(Object.keys(await api.listBackup(dest, { driver: "vfs" })), [url]);
+      const listed = await api.listBackup(dest, { driver: "vfs" });
+      const bad = `${dest}?backup=backup-bad&volume=vol1`;
+      assert.deepEqual(Object.keys(listed).sort(), [url, bad].sort());
+      assert.equal(listed[url].Error, undefined);
+      assert.equal(listed[bad].BackupName, "backup-bad");
+      assert.equal(listed[bad].VolumeName, "vol1");
+      assert.match(
+        listed[bad].Error,
+        /Cannot parse backup record ".*backup_backup-bad\.cfg": not valid JSON/,
+      );
       assert.equal(warnings.length, 3, warnings.join("\n"));
       assert.match(warnings.join("\n"), /unreadable volume\.cfg.*broken/);
       assert.match(warnings.join("\n"), /without volume\.cfg.*nocfg/);

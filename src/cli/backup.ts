@@ -4,6 +4,7 @@ import { generateName } from "../util/names.ts";
 import { withProgress } from "./progress.ts";
 import { checkName, normalizeBackupUrl, unescapeAmpersands } from "./parse.ts";
 import type { Session } from "./session.ts";
+import { oneLine, ReportedFailure } from "./exit.ts";
 
 function sampleArg(v: string): number {
   const n = Number(v);
@@ -13,7 +14,7 @@ function sampleArg(v: string): number {
 
 const ENDPOINT_HELP = "custom S3 endpoint, e.g. http://minio:9000 (env: CONVOY_S3_ENDPOINT)";
 
-/** `convoy backup [--s3-endpoint URL] create|delete|list|inspect`. */
+/** `convoy backup [--s3-endpoint URL] create|verify|delete|list|gc|inspect`. */
 export function addBackupCommands(program: CommandUnknownOpts, s: Session): void {
   const backup = program
     .command("backup")
@@ -111,12 +112,43 @@ export function addBackupCommands(program: CommandUnknownOpts, s: Session): void
       const volume = opts.volumeName ?? "";
       if (volume !== "") checkName(volume, "volume");
       const url = normalizeBackupUrl(dest);
+      const body = await s.call("GET", "/v1/backups/list", {
+        URL: url,
+        Endpoint: endpoint(url, opts.s3Endpoint),
+        VolumeName: volume,
+        SnapshotName: "",
+      });
+      print(body);
+      // Entries with an Error are records that cannot be read: listed, warned about, exit 1.
+      const broken = Object.entries(JSON.parse(body) as Record<string, Record<string, string>>)
+        .filter(([, info]) => typeof info?.Error === "string");
+      for (const [backupURL, info] of broken) {
+        s.warn(`convoy: backup "${backupURL}" cannot be read: ${oneLine(info.Error)}`);
+      }
+      if (broken.length > 0) {
+        throw new ReportedFailure(`${broken.length} backup record(s) cannot be read`);
+      }
+    });
+
+  backup
+    .command("gc")
+    .description(
+      "remove blocks no backup references and stale temporary objects; prints what was removed",
+    )
+    .argument("<dest>", "destination URL: s3://bucket@region/path/ or vfs:///path/")
+    .option("--volume-name <name>", "only the blocks of this volume")
+    .option("--dry-run", "report what would be removed, remove nothing")
+    .option("--s3-endpoint <url>", ENDPOINT_HELP)
+    .action(async (dest, opts) => {
+      const volume = opts.volumeName ?? "";
+      if (volume !== "") checkName(volume, "volume");
+      const url = normalizeBackupUrl(dest);
       print(
-        await s.call("GET", "/v1/backups/list", {
+        await s.call("POST", "/v1/backups/gc", {
           URL: url,
           Endpoint: endpoint(url, opts.s3Endpoint),
           VolumeName: volume,
-          SnapshotName: "",
+          DryRun: !!opts.dryRun,
         }),
       );
     });

@@ -1,6 +1,9 @@
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
 import type { DaemonFlags } from "../daemon/options.ts";
 import { DEFAULT_CMD_TIMEOUT, DEFAULT_ROOT, JOB_RETENTION_ENV } from "../daemon/options.ts";
+import { SPEC_DIR_ENV, validatePluginName } from "../daemon/docker_spec.ts";
+import { InvalidArgumentError as CommanderArgumentError } from "@commander-js/extra-typings";
+import { errorMessage } from "../api/errors.ts";
 import { collect, driverOptArg, durationArg } from "./parse.ts";
 import type { Session } from "./session.ts";
 
@@ -13,6 +16,15 @@ Then mount, umount, mkdir, stat, truncate, mknod, rm and fsfreeze run as
 tar, cp and the daemon's own file operations (images, records, mkdir/rmdir of
 mount points) stay in the daemon's namespace: --root and the parents of mount
 points must be the same paths in both (bind-mount them at the same path).`;
+
+/** `--docker-plugin-name`: a name Docker accepts, or a usage error. */
+function pluginNameArg(value: string): string {
+  try {
+    return validatePluginName(value);
+  } catch (err) {
+    throw new CommanderArgumentError(errorMessage(err));
+  }
+}
 
 /** `convoy daemon`: parses the flags into DaemonFlags and runs the daemon until it stops. */
 export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void {
@@ -48,7 +60,16 @@ export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void 
     .option("--ignore-docker-delete", "make Docker's volume remove a no-op")
     .option("--create-on-docker-mount", "create a missing volume when Docker mounts it")
     .option("--ignore-config-file", "ignore a saved convoy.cfg and save these flags instead")
-    .option("--no-docker-spec", "do not write /etc/docker/plugins/convoy.spec")
+    .option(
+      "--docker-plugin-name <name>",
+      "the plugin name Docker finds this daemon by: writes /etc/docker/plugins/NAME.spec (default: convoy)",
+      pluginNameArg,
+    )
+    .option(
+      "--replace-docker-spec",
+      "take over a plugin spec that names another running plugin (default: refuse to start)",
+    )
+    .option("--no-docker-spec", "do not write a Docker plugin spec")
     .addHelpText("after", MNT_NS_HELP)
     .action(async (opts) => {
       const g = s.globals;
@@ -66,6 +87,9 @@ export function addDaemonCommand(program: CommandUnknownOpts, s: Session): void 
         createOnDockerMount: opts.createOnDockerMount === true ? true : undefined,
         ignoreConfigFile: opts.ignoreConfigFile === true ? true : undefined,
         dockerSpec: opts.dockerSpec,
+        dockerPluginName: opts.dockerPluginName,
+        replaceDockerSpec: opts.replaceDockerSpec === true ? true : undefined,
+        dockerSpecDir: process.env[SPEC_DIR_ENV] || undefined,
       };
       const retention = s.deps.env[JOB_RETENTION_ENV];
       if (retention) flags.jobRetention = retention;

@@ -404,6 +404,44 @@ describe("runCli() backup commands", () => {
     assert.equal(bad.calls.length, 0);
   });
 
+  it("backup list prints every entry, warns about each with an Error, and exits 1", async () => {
+    const body = JSON.stringify(
+      {
+        "vfs:///b?backup=x&volume=v1": { BackupName: "x", SnapshotName: "s" },
+        "vfs:///b?backup=y&volume=v1": { BackupName: "y", Error: "Cannot parse: not valid JSON" },
+      },
+      null,
+      "\t",
+    );
+    const r = await runFake(["backup", "list", "vfs:///b"], { respond: () => body });
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, body + "\n", "the JSON only, no error object after it");
+    assert.equal(
+      r.stderr,
+      'convoy: backup "vfs:///b?backup=y&volume=v1" cannot be read: Cannot parse: not valid JSON\n',
+    );
+  });
+
+  it("backup gc sends the destination, --volume-name and --dry-run", async () => {
+    const r = await runFake(["backup", "gc", "vfs:///b", "--dry-run", "--volume-name", "v1"], {
+      respond: () => '{"DryRun": true, "Volumes": {}}',
+    });
+    assert.equal(r.code, 0);
+    assert.deepEqual([r.calls[0].method, r.calls[0].path, r.calls[0].body], [
+      "POST",
+      "/v1/backups/gc",
+      { URL: "vfs:///b", Endpoint: "", VolumeName: "v1", DryRun: true },
+    ]);
+    const real = await runFake(["backup", "gc", "vfs:///b"], { respond: () => "{}" });
+    assert.deepEqual(real.calls[0].body, {
+      URL: "vfs:///b",
+      Endpoint: "",
+      VolumeName: "",
+      DryRun: false,
+    });
+    assert.equal((await runFake(["backup", "gc"])).code, 2);
+  });
+
   it("backup inspect accepts the escaped URL form", async () => {
     for (const input of [url.replace("&", "\\u0026"), url.replace("&", "u0026")]) {
       const r = await runFake(["backup", "inspect", input]);
@@ -458,6 +496,9 @@ describe("runCli() daemon command", () => {
       "--create-on-docker-mount",
       "--ignore-config-file",
       "--no-docker-spec",
+      "--docker-plugin-name",
+      "convoy2",
+      "--replace-docker-spec",
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.daemonFlags, [{
@@ -474,6 +515,9 @@ describe("runCli() daemon command", () => {
       createOnDockerMount: true,
       ignoreConfigFile: true,
       dockerSpec: false,
+      dockerPluginName: "convoy2",
+      replaceDockerSpec: true,
+      dockerSpecDir: undefined,
     }]);
   });
 
@@ -494,6 +538,9 @@ describe("runCli() daemon command", () => {
       createOnDockerMount: undefined,
       ignoreConfigFile: undefined,
       dockerSpec: true,
+      dockerPluginName: undefined,
+      replaceDockerSpec: undefined,
+      dockerSpecDir: undefined,
     }]);
   });
 

@@ -17,6 +17,7 @@ import { parseDuration } from "../util/duration.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { resolveConfig, saveConfig } from "./config.ts";
 import { handleDocker, isDockerPath } from "./docker.ts";
+import { claimDockerSpec, type DockerSpec } from "./docker_spec.ts";
 import { checkMountNamespace, mountNamespace } from "./mount_namespace.ts";
 import { codeOf, statusOf } from "./http_errors.ts";
 import { json } from "./http.ts";
@@ -32,8 +33,6 @@ export interface Daemon {
   /** Stops serving, releases the root lock; volumes stay mounted. */
   stop(): Promise<void>;
 }
-
-const DOCKER_SPEC = "/etc/docker/plugins/convoy.spec";
 
 /** Takes `<root>/lock`: refuses when a live daemon holds it, replaces a dead daemon's. */
 async function lockRoot(root: string): Promise<() => Promise<void>> {
@@ -52,7 +51,11 @@ async function lockRoot(root: string): Promise<() => Promise<void>> {
   return () => rm(path, { force: true });
 }
 
-function handler(svc: VolumeService, log: Logger): (req: HttpRequest) => Promise<HttpResponse> {
+/** The daemon's request handler: Docker plugin paths, then Convoy's REST routes. */
+export function createHandler(
+  svc: VolumeService,
+  log: Logger,
+): (req: HttpRequest) => Promise<HttpResponse> {
   return async (req) => {
     if (!req.path.endsWith("/volumes/list")) {
       log.debug("request", { method: req.method, path: req.path });
@@ -105,6 +108,16 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
   const drivers = new Map<string, ConvoyDriver>();
   let server: UnixServer | undefined;
   try {
+    // Before anything is mounted: a spec naming another live plugin stops the start.
+    const spec: DockerSpec | undefined = cfg.dockerSpec
+      ? await claimDockerSpec({
+        socket: cfg.socket,
+        log,
+        name: flags.dockerPluginName,
+        dir: flags.dockerSpecDir,
+        replace: flags.replaceDockerSpec,
+      })
+      : undefined;
     const exec = createExec({ timeoutMs: cfg.cmdTimeoutMs });
     const ns = mountNamespace(cfg.config.MountNamespaceFD, exec);
     if (ns.path) {
@@ -155,17 +168,8 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
     });
     await service.reconcile();
     await saveConfig(cfg.config);
-    server = await listenUnix(cfg.socket, handler(service, log));
-    if (cfg.dockerSpec) {
-      await mkdir("/etc/docker/plugins", { recursive: true })
-        .then(() => writeFile(DOCKER_SPEC, `unix://${resolve(cfg.socket)}\n`))
-        .catch((err) =>
-          log.warn("cannot write docker plugin spec", {
-            file: DOCKER_SPEC,
-            error: errorMessage(err),
-          })
-        );
-    }
+    server = await listenUnix(cfg.socket, createHandler(service, log));
+    await spec?.write();
     log.info("convoy daemon listening", {
       socket: cfg.socket,
       root: cfg.root,
@@ -176,6 +180,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
       service,
       socket: cfg.socket,
       stop: async () => {
+        await spec?.release();
         await srv.close();
         for (const d of drivers.values()) await Promise.resolve(d.shutdown?.()).catch(() => {});
         await unlock();
@@ -192,12 +197,22 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
 /** `convoy daemon`: starts, then serves until SIGINT or SIGTERM. */
 export async function runDaemon(flags: DaemonFlags): Promise<void> {
   const d = await startDaemon(flags);
-  await new Promise<void>((done) => {
-    const stop = (sig: string) => {
-      process.stdout.write(`Caught signal ${sig}: shutting down.\n`);
-      d.stop().finally(done);
-    };
-    process.once("SIGINT", () => stop("SIGINT"));
-    process.once("SIGTERM", () => stop("SIGTERM"));
-  });
+  // A terminal's Ctrl-C reaches every process of the group, and launchers (npm, deno task) forward
+  // it too: later signals while stopping are ignored rather than killing the daemon midway.
+  let stopping = false;
+  const onInt = () => stop("SIGINT");
+  const onTerm = () => stop("SIGTERM");
+  let done: () => void = () => {};
+  const stopped = new Promise<void>((r) => (done = r));
+  function stop(sig: string): void {
+    if (stopping) return;
+    stopping = true;
+    process.stdout.write(`Caught signal ${sig}: shutting down.\n`);
+    d.stop().finally(done);
+  }
+  process.on("SIGINT", onInt);
+  process.on("SIGTERM", onTerm);
+  await stopped;
+  process.off("SIGINT", onInt);
+  process.off("SIGTERM", onTerm);
 }

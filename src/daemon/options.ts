@@ -24,13 +24,19 @@ export interface DaemonFlags {
   createOnDockerMount?: boolean;
   /** Ignore a saved convoy.cfg and save the flags instead. */
   ignoreConfigFile?: boolean;
-  /** Write /etc/docker/plugins/convoy.spec (default true). */
+  /** Write the Docker plugin spec `<dockerSpecDir>/<dockerPluginName>.spec` (default true). */
   dockerSpec?: boolean;
   /**
    * Internal (tests): how long finished jobs stay listed, e.g. "2s" (default 10m); the CLI takes
    * it from the environment variable JOB_RETENTION_ENV.
    */
   jobRetention?: string;
+  /** The name Docker knows this daemon by (default "convoy"). */
+  dockerPluginName?: string;
+  /** Take over a spec that names another live plugin instead of refusing to start. */
+  replaceDockerSpec?: boolean;
+  /** Default /etc/docker/plugins; tests set it through CONVOY_DOCKER_SPEC_DIR. */
+  dockerSpecDir?: string;
 }
 
 /** Environment variable of DaemonFlags.jobRetention. */

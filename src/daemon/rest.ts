@@ -49,6 +49,7 @@ const BackupReq = z.object({
   Compression: z.enum(["", "gzip", "zstd"]).nullish().transform((v) => v ?? ""),
   JobID: str,
   Sample: z.number().gt(0).lte(1).nullish(),
+  DryRun: bool,
 });
 const JobRef = z.object({ ID: str });
 
@@ -145,6 +146,16 @@ export const routes: Record<string, Route> = {
         endpoint: b.Endpoint || undefined,
         sample: b.Sample ?? undefined,
         jobID: b.JobID || undefined,
+      }),
+    );
+  },
+  "POST /backups/gc": async (svc, req) => {
+    const b = parseBody(req.body, BackupReq);
+    return json(
+      await svc.collectGarbage(b.URL, {
+        volumeName: b.VolumeName || undefined,
+        endpoint: b.Endpoint || undefined,
+        dryRun: b.DryRun,
       }),
     );
   },

@@ -23,22 +23,10 @@ import { readdir, rm } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import { OPT_MOUNT_POINT } from "../api/options.ts";
 import { validateName } from "../util/names.ts";
-import { atomicWriteJSON, fsyncDir, readJSONFile } from "../util/fs.ts";
+import { parseOptions } from "../util/parse_options.ts";
 
-/** Parses string options with `schema`; throws InvalidArgumentError naming every bad key. */
-export function parseOptions<S extends z.ZodType>(
-  schema: S,
-  raw: Record<string, string>,
-  what: string,
-): z.output<S> {
-  const r = schema.safeParse(raw);
-  if (r.success) return r.data;
-  const problems = r.error.issues.map((i) => {
-    const key = i.path.length ? `"${i.path.join(".")}"` : "options";
-    return `${key}: ${i.message}`;
-  });
-  throw new errors.InvalidArgumentError(`Invalid ${what}: ${problems.join("; ")}`);
-}
+export { parseOptions };
+import { atomicWriteJSON, fsyncDir, readJSONFile } from "../util/fs.ts";
 
 /** `api.util.loadDriverConfig`: see DriverConfigSpec. */
 export async function loadDriverConfig<O extends z.ZodType, S extends z.ZodType, C>(

@@ -266,12 +266,24 @@ export async function createEbsAdapter(
           x.attachments.some((a) => a.instanceId === instanceId && a.state === "attached"),
       });
     }
-    const path = await findDevice(id, {
-      deviceName: mine.device,
-      what: what.replace(/^Cannot /, ""),
-      timeoutMs: deviceTimeoutMs,
-      timeout: (m) => new errors.TimeoutError(m),
-    });
+    let path: string;
+    try {
+      path = await findDevice(id, {
+        deviceName: mine.device,
+        what: what.replace(/^Cannot /, ""),
+        timeoutMs: deviceTimeoutMs,
+        timeout: (m) => new errors.TimeoutError(m),
+      });
+    } catch (err) {
+      // No device to hand over: do not leave the volume attached for nothing
+      await cloud.detachVolume(id, { instanceId, prefix: what }).catch((e) =>
+        log.warn("Cannot detach EBS volume after a failed attach", {
+          ebsVolume: id,
+          error: errors.errorMessage(e),
+        })
+      );
+      throw err;
+    }
     return { path, fields: fieldsOf(v, mine.device) };
   }
 
@@ -285,11 +297,15 @@ export async function createEbsAdapter(
   }
 
   async function removeDevice(volume: Volume, opts: { keepData: boolean }): Promise<void> {
-    if (opts.keepData) return;
     const what = `Cannot delete volume "${volume.name}"`;
     const id = volume.fields.EBSVolumeID;
     const v = await cloud.findVolume(id, what);
     if (!v) return;
+    // deactivated before, normally; a volume still attached here is detached first
+    if (v.attachments.some((a) => a.instanceId === instanceId)) {
+      await cloud.detachVolume(id, { instanceId, prefix: what });
+    }
+    if (opts.keepData) return;
     await cloud.deleteVolume(id, what);
     log.info("Deleted EBS volume", { volume: volume.name, ebsVolume: id });
   }

@@ -10,13 +10,14 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import * as errors from "../../mod.ts";
-import type { InitFunc, PluginApi, VolumeOperations } from "../../mod.ts";
+import type { PluginApi, VolumeOperations } from "../../mod.ts";
 import { awsSdkDeps } from "../../src/plugins/aws_deps.ts";
 import type { BlockDriver } from "../../src/plugins/block/driver.ts";
 import { registeredInit, withTempDir } from "../../src/plugins/testing.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
 import { silentLogger } from "../../src/util/log.ts";
 import loopSetup from "../loop/mod.ts";
+import { s3TestEndpoint } from "../../tests/s3_helper.ts";
 import { createExec } from "../../src/runtime/exec.ts";
 import { startFakeHost } from "../../tests/ebs_fake_host.ts";
 import { type MotoServer, runInstance, startMoto } from "../../tests/moto_helper.ts";
@@ -49,20 +50,25 @@ after(async () => {
 
 const backup = createBackupStoreApi({ log: silentLogger });
 
-function ebsInit(): InitFunc {
+async function start(root: string, opts: Record<string, string> = {}) {
+  return await startWith(root, opts, {});
+}
+
+async function startWith(
+  root: string,
+  opts: Record<string, string>,
+  deps: { deviceTimeoutMs?: number },
+) {
   const setup = (api: PluginApi) =>
     api.registerBlockDevice("ebs", (ctx) =>
       createEbsAdapter(api, ctx, {
         env,
         maxAttempts: 2,
         waits: { initialDelayMs: 20, maxDelayMs: 200 },
-        deviceTimeoutMs: 5000,
+        deviceTimeoutMs: deps.deviceTimeoutMs ?? 5000,
       }));
-  return registeredInit(setup, "ebs", { exec, backup });
-}
-
-async function start(root: string, opts: Record<string, string> = {}) {
-  return await ebsInit()(root, { "ebs.instanceid": instanceId, ...opts }) as BlockDriver;
+  const init = registeredInit(setup, "ebs", { exec, backup });
+  return await init(root, { "ebs.instanceid": instanceId, ...opts }) as BlockDriver;
 }
 
 /** True when `path` can be written within 3 s (a frozen filesystem blocks writes). */
@@ -280,5 +286,102 @@ describe("ebs driver", () => {
         await loop.shutdown?.();
       }
     });
+  });
+
+  it("backs up to s3:// through the EBS direct APIs and restores into a new ebs volume", async () => {
+    const s3 = await s3TestEndpoint({ prefix: "convoy-ebs" });
+    await withTempDir(async (root) => {
+      const d = await start(root);
+      const v = await d.volumeOps();
+      const dest = `s3://${s3.bucket}@us-east-1/ebs`;
+      try {
+        await v.createVolume("s3a", {});
+        const mp = await v.mountVolume("s3a", {});
+        await writeFile(join(mp, "s3.txt"), "through s3");
+        await (await d.snapshotOps()).createSnapshot("s3s", "s3a");
+        const url = await d.block.backUp("s3s", "s3a", { destURL: dest, endpoint: s3.endpoint });
+        assert.match(url, /^s3:\/\//);
+        await v.createVolume("s3b", { BackupURL: url, EndpointURL: s3.endpoint });
+        const mp2 = await v.mountVolume("s3b", {});
+        assert.equal(await readFile(join(mp2, "s3.txt"), "utf8"), "through s3");
+        await (await d.backupOps()).deleteBackup(url, { EndpointURL: s3.endpoint });
+      } finally {
+        for (const n of ["s3a", "s3b"]) {
+          await Promise.resolve(v.umountVolume(n)).catch(() => {});
+          await Promise.resolve(v.deleteVolume(n, {})).catch(() => {});
+        }
+        await d.shutdown?.();
+      }
+    });
+    await s3.close();
+  });
+
+  it("restores an ebs:// backup of another region only with ebs.crossregioncopy, by CopySnapshot", async () => {
+    // Made straight on moto (not through the fake host, which writes us-east-1 snapshots)
+    const west = new Ec2Cloud(await awsSdkDeps.ec2(), errors, "us-west-2", { env: moto.env });
+    const wv = await west.createVolume({ zone: "us-west-2a", sizeGiB: 1, type: "gp3", tags: {} }, {
+      prefix: "x",
+    });
+    const ws = await west.createSnapshot(wv.id, { description: "w", tags: {}, prefix: "x" });
+    const url = `ebs://us-west-2/${ws.id}`;
+    await withTempDir(async (root) => {
+      const d = await start(join(root, "a"));
+      const err = await Promise.resolve(
+        (await d.volumeOps()).createVolume("w1", { BackupURL: url }),
+      )
+        .catch((e) => e);
+      assert.ok(err instanceof errors.InvalidArgumentError, String(err));
+      assert.match(
+        err.message,
+        /in region "us-west-2", this instance in "us-east-1".*ebs\.crossregioncopy=true/,
+      );
+      await d.shutdown?.();
+      const c = await start(join(root, "b"), { "ebs.crossregioncopy": "true" });
+      const v = await c.volumeOps();
+      await v.createVolume("w2", { BackupURL: url });
+      const id = (await v.getVolumeInfo("w2")).EBSVolumeID;
+      const made = await cloud.volume(id, "x");
+      assert.notEqual(made.snapshotId, ws.id);
+      const copy = await cloud.snapshot(made.snapshotId, "x");
+      assert.equal(copy.tags.ConvoyCopyOf, url);
+      await v.deleteVolume("w2", {});
+      await c.shutdown?.();
+    });
+    await west.deleteSnapshot(ws.id, "x");
+    await west.deleteVolume(wv.id, "x");
+    west.close();
+  });
+
+  it("gives up on a device that never shows, with a TimeoutError, and leaves the adopted volume detached", async () => {
+    // Made straight on moto: the fake host attaches no loop device for it
+    const direct = new Ec2Cloud(await awsSdkDeps.ec2(), errors, "us-east-1", { env: moto.env });
+    const vol = await direct.createVolume(
+      { zone: "us-east-1a", sizeGiB: 1, type: "gp3", tags: {} },
+      {
+        prefix: "x",
+      },
+    );
+    await withTempDir(async (root) => {
+      const d = await startWith(root, {}, { deviceTimeoutMs: 500 });
+      const v = await d.volumeOps();
+      const err = await Promise.resolve(v.createVolume("nd", { VolumeDriverID: vol.id })).catch((
+        e,
+      ) => e);
+      assert.ok(err instanceof errors.TimeoutError, String(err));
+      assert.match(
+        err.message,
+        new RegExp(
+          `find the device of ${vol.id} .*nvme-Amazon_Elastic_Block_Store_${
+            vol.id.replace("-", "")
+          }`,
+        ),
+      );
+      assert.deepEqual(Object.keys(await v.listVolume({})), []);
+      const after = await direct.volume(vol.id, "x");
+      assert.equal(after.state, "available", "detached again, kept (adopted)");
+      await d.shutdown?.();
+    });
+    await direct.deleteVolume(vol.id, "x");
+    direct.close();
   });
 });

@@ -145,6 +145,21 @@ describe("ebs driver", () => {
         const e2 = await v.getVolumeInfo("e2");
         assert.equal((await cloud.volume(e2.EBSVolumeID, "x")).snapshotId, snapInfo.EBSSnapshotID);
 
+        // list and inspect ask AWS nothing
+        host.seen.length = 0;
+        await v.listVolume({});
+        await v.getVolumeInfo("e1");
+        await s.listSnapshot({});
+        await s.getSnapshotInfo("s1", "e1");
+        assert.deepEqual(host.seen, []);
+
+        // snapshot delete removes only the reference (Convoy), unless ebs.deletesnapshots
+        await s.createSnapshot("s3", "e1");
+        const s3id = (await s.getSnapshotInfo("s3", "e1")).EBSSnapshotID;
+        await s.deleteSnapshot("s3", "e1");
+        assert.equal((await cloud.snapshot(s3id, "x")).id, s3id, "EBS snapshot kept");
+        await cloud.deleteSnapshot(s3id, "x");
+
         // delete refuses while mounted
         await assert.rejects(Promise.resolve(v.deleteVolume("e1", {})), errors.ConflictError);
         await v.umountVolume("e1");
@@ -383,5 +398,30 @@ describe("ebs driver", () => {
     });
     await direct.deleteVolume(vol.id, "x");
     direct.close();
+  });
+
+  it("with ebs.deletesnapshots, snapshot delete removes the EBS snapshot unless it is an ebs:// backup", async () => {
+    await withTempDir(async (root) => {
+      const d = await start(root, { "ebs.deletesnapshots": "true" });
+      const v = await d.volumeOps();
+      const s = await d.snapshotOps();
+      try {
+        await v.createVolume("ds", {});
+        await s.createSnapshot("dsa", "ds");
+        await s.createSnapshot("dsb", "ds");
+        const a = (await s.getSnapshotInfo("dsa", "ds")).EBSSnapshotID;
+        const b = (await s.getSnapshotInfo("dsb", "ds")).EBSSnapshotID;
+        const url = await d.block.backUp("dsb", "ds", { destURL: "ebs://" });
+        await s.deleteSnapshot("dsa", "ds");
+        assert.equal(await cloud.findSnapshot(a, "x"), undefined, "deleted");
+        await s.deleteSnapshot("dsb", "ds");
+        assert.equal((await cloud.snapshot(b, "x")).id, b, "kept: it is a backup");
+        await (await d.backupOps()).deleteBackup(url);
+        assert.equal(await cloud.findSnapshot(b, "x"), undefined);
+      } finally {
+        await Promise.resolve(v.deleteVolume("ds", {})).catch(() => {});
+        await d.shutdown?.();
+      }
+    });
   });
 });

@@ -424,4 +424,34 @@ describe("ebs driver", () => {
       }
     });
   });
+
+  it("attaches volumes created at once at different device names, and refuses one attached elsewhere since", async () => {
+    await withTempDir(async (root) => {
+      const d = await start(root);
+      const v = await d.volumeOps();
+      const names = ["p1", "p2", "p3"];
+      try {
+        await Promise.all(names.map((n) => v.createVolume(n, {})));
+        const devices = await Promise.all(names.map(async (n) => {
+          const id = (await v.getVolumeInfo(n)).EBSVolumeID;
+          return (await cloud.volume(id, "x")).attachments[0].device;
+        }));
+        assert.equal(new Set(devices).size, 3, `distinct names: ${devices}`);
+        for (const dev of devices) assert.match(dev, /^\/dev\/sd[f-p]$/);
+
+        // p1 is taken over by another instance behind the daemon's back
+        const id = (await v.getVolumeInfo("p1")).EBSVolumeID;
+        const other = await runInstance(moto.env);
+        await cloud.detachVolume(id, { instanceId, prefix: "x" });
+        await cloud.attachVolume(id, { instanceId: other, device: "/dev/sdf", prefix: "x" });
+        const err = await Promise.resolve(v.mountVolume("p1", {})).catch((e) => e);
+        assert.ok(err instanceof errors.ConflictError, String(err));
+        assert.match(err.message, new RegExp(`attached to instance ${other}`));
+        await cloud.detachVolume(id, { instanceId: other, prefix: "x" });
+      } finally {
+        for (const n of names) await Promise.resolve(v.deleteVolume(n, {})).catch(() => {});
+        await d.shutdown?.();
+      }
+    });
+  });
 });

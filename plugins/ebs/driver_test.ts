@@ -454,4 +454,38 @@ describe("ebs driver", () => {
       }
     });
   });
+
+  it("restores a loop volume's backup into an ebs volume", async () => {
+    await withTempDir(async (root) => {
+      const store = join(root, "store");
+      await mkdir(store);
+      const loop = await registeredInit(loopSetup, "loop", { exec, backup })(join(root, "loop"), {
+        "loop.defaultvolumesize": "32M",
+      });
+      const lv = await loop.volumeOps();
+      const d = await start(join(root, "ebs"));
+      const v = await d.volumeOps();
+      try {
+        await lv.createVolume("lsrc", {});
+        await writeFile(join(await lv.mountVolume("lsrc", {}), "from-loop.txt"), "loop data");
+        await (await loop.snapshotOps()).createSnapshot("lsnap", "lsrc");
+        const url = await (await loop.backupOps()).createBackup(
+          "lsnap",
+          "lsrc",
+          `vfs://${store}`,
+          {},
+        );
+        await v.createVolume("fromloop", { BackupURL: url });
+        const mp = await v.mountVolume("fromloop", {});
+        assert.equal(await readFile(join(mp, "from-loop.txt"), "utf8"), "loop data");
+      } finally {
+        await Promise.resolve(v.umountVolume("fromloop")).catch(() => {});
+        await Promise.resolve(v.deleteVolume("fromloop", {})).catch(() => {});
+        await Promise.resolve(lv.umountVolume("lsrc")).catch(() => {});
+        await Promise.resolve(lv.deleteVolume("lsrc", {})).catch(() => {});
+        await d.shutdown?.();
+        await loop.shutdown?.();
+      }
+    });
+  });
 });

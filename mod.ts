@@ -1,6 +1,7 @@
 /**
  * Convoy's public plugin API: the driver contract (after Convoy's convoydriver package), the
- * OPT_* option keys, typed errors and the PluginApi a plugin's `setup(api)` receives.
+ * block device adapter contract, the OPT_* option keys, typed errors and the PluginApi a
+ * plugin's `setup(api)` receives.
  *
  * A plugin is one ESM file (or a folder with mod.ts) in a plugins folder:
  *
@@ -8,6 +9,8 @@
  * import type { PluginApi } from "convoy/plugin-api";
  * export default function setup(api: PluginApi) {
  *   api.register("mydriver", async (root, config) => ({ ... }));
+ *   // or, for block devices, only what is specific to them (see BlockDeviceAdapter):
+ *   api.registerBlockDevice("mydev", async ({ root, options, log, exec }) => ({ ... }));
  * }
  * ```
  * @module

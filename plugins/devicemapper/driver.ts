@@ -100,8 +100,6 @@ import {
 
 /** The driver's name. */
 export const DRIVER_NAME = "devicemapper";
-/** Drivers whose backups are raw block images of a filesystem, restorable into devicemapper. */
-export const RESTORABLE_DRIVERS = ["devicemapper", "loop"];
 
 /** dm-thin's superblock magic (le64 at byte 32 of the metadata device). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
@@ -1135,10 +1133,10 @@ class DmDriver {
     let backupSize: number;
     try {
       const bv = await this.#api.backup.getBackupVolume(url, { endpoint });
-      if (!RESTORABLE_DRIVERS.includes(bv.driver)) {
+      if (bv.format !== "delta-block") {
         throw new this.#api.errors.InvalidArgumentError(
-          `${what}: it was made by driver "${bv.driver}"; only devicemapper and loop backups ` +
-            `restore into devicemapper volumes`,
+          `${what}: it was made by driver "${bv.driver}" as a file-level backup; only block ` +
+            `backups restore into devicemapper volumes`,
         );
       }
       if (!Number.isSafeInteger(bv.size) || bv.size <= 0) {
@@ -1705,7 +1703,7 @@ class DmDriver {
 
   /** Deleting, inspecting and listing backups need nothing of this driver but its name. */
   get #queries() {
-    return this.#api.backup.queries(DRIVER_NAME, { readable: RESTORABLE_DRIVERS });
+    return this.#api.backup.queries(DRIVER_NAME, { blocks: true });
   }
 
   async deleteBackup(url: string, opts?: StringMap): Promise<void> {

@@ -1221,7 +1221,7 @@ describe(`devicemapper driver: backups${skipNote}`, needsPool, () => {
         await rejectsWith(() => vols.createVolume("res2", { BackupURL: vfsURL }), {
           type: InvalidArgumentError,
           message: `Cannot create volume "res2" from backup "${vfsURL}": it was made by driver ` +
-            `"vfs"; only devicemapper and loop backups restore into devicemapper volumes`,
+            `"vfs" as a file-level backup; only block backups restore into devicemapper volumes`,
         });
         await rejectsWith(() => backups.deleteBackup(vfsURL, {}), {
           type: InvalidArgumentError,

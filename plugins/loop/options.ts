@@ -1,6 +1,6 @@
 /**
- * The loop driver's zod schemas: its `--driver-opts` keys and the JSON files it keeps (loop.cfg
- * and the per-volume records); request options are the host's `api.util.schemas`. Schemas are
+ * The loop driver's zod schemas: its `--driver-opts` keys and loop.cfg (the host's block framework
+ * keeps the volume records; request options are the host's `api.util.schemas`). Schemas are
  * built from the host's zod (`api.deps.z`), so the plugin needs no node_modules.
  * @module
  */
@@ -55,38 +55,8 @@ export function createSchemas(api: PluginApi) {
     DirectIO: z.boolean().optional().default(false),
   });
 
-  /** One snapshot of a volume record. */
-  const snapshotRecord = z.object({
-    Name: z.string(),
-    CreatedTime: z.string(),
-    Size: z.number().int().nonnegative(),
-    FilePath: z.string(),
-  });
-
-  /** `<root>/state/<volume>.json`: everything the driver knows about one volume. */
-  const volumeRecord = z.looseObject({
-    Name: z.string(),
-    UUID: z.string(),
-    Size: z.number().int().positive(),
-    /** "" when unknown (a restored image blkid could not identify): mount detects it. */
-    Filesystem: z.string(),
-    CreatedTime: z.string(),
-    Path: z.string(),
-    Device: z.string().default(""),
-    MountPoint: z.string().default(""),
-    Snapshots: z.record(z.string(), snapshotRecord).default({}),
-  });
-
-  return {
-    driverConfig,
-    savedConfig,
-    volumeRecord,
-  };
+  return { driverConfig, savedConfig };
 }
 
 /** The schemas of one driver instance. */
 export type Schemas = ReturnType<typeof createSchemas>;
-/** A parsed volume record. */
-export type VolumeRecord = ReturnType<Schemas["volumeRecord"]["parse"]>;
-/** One snapshot of a volume record. */
-export type SnapshotRecord = VolumeRecord["Snapshots"][string];

@@ -1,0 +1,241 @@
+/**
+ * The block framework's core: what a block driver is made of (the adapter, its records, locks,
+ * the host's services), reading records as the adapter's BlockVolume, and start-up. Its
+ * operations are added one concern per file: volumes.ts, snapshots.ts, backups.ts; driver.ts
+ * makes the ConvoyDriver.
+ * @module
+ */
+import * as errors from "../../api/errors.ts";
+import { open } from "node:fs/promises";
+import { join } from "node:path";
+import type {
+  AdapterFields,
+  BlockDeviceAdapter,
+  BlockSnapshot,
+  BlockVolume,
+} from "../../api/block.ts";
+import type { ConvoyDriver, DeltaBlockOperations, OperationContext } from "../../api/driver.ts";
+import type {
+  BackupStoreApi,
+  BlockFilesystems,
+  Exec,
+  Logger,
+  PluginMounts,
+} from "../../api/plugin.ts";
+import { ensureDir } from "../../util/fs.ts";
+import { KeyedMutex } from "../../util/keyed_mutex.ts";
+import { UseCounter } from "../../util/use_counter.ts";
+import { createRecordStore } from "../driver_util.ts";
+import { createBlockVolumeHelpers } from "../block_volumes.ts";
+import {
+  toRecord,
+  toSnapshot,
+  toVolume,
+  type VolumeRecord,
+  volumeRecordSchema,
+} from "./records.ts";
+
+/** The delta-block engine's block size. */
+export const BLOCK_SIZE = 2 * 1024 * 1024;
+/** mkfs of a large device may take long. */
+export const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
+
+/** What the host gives the framework. */
+export interface BlockHost {
+  exec: Exec;
+  log: Logger;
+  mounts: PluginMounts;
+  filesystems: BlockFilesystems;
+  backup: BackupStoreApi;
+}
+
+/** A typed backup request (the daemon's path: options parsed once, at the REST boundary). */
+export interface BlockBackupRequest extends OperationContext {
+  destURL: string;
+  endpoint?: string;
+  compression?: string;
+}
+
+/** The ConvoyDriver of a block adapter, with the host's typed entry points. */
+export interface BlockDriver extends ConvoyDriver {
+  /** Marks a driver made by the block framework (backups restore into any of them). */
+  readonly block: {
+    /** Backs up a snapshot; resolves to the backup URL. */
+    backUp(snapshot: string, volume: string, req: BlockBackupRequest): Promise<string>;
+    /** URL schemes of the adapter's own backups. */
+    nativeSchemes: string[];
+    /** The DeltaBlockOperations a backup uses (tests, tools); close() when done. */
+    deltaOps(ctx?: OperationContext): { ops: DeltaBlockOperations; close(): Promise<void> };
+  };
+}
+
+/**
+ * `err` with the operation's context: a typed error of the adapter keeps its class and gets
+ * `what` in front unless it already says what failed ("Cannot ..."); others become BackendErrors.
+ */
+export function inContext(err: unknown, what: string): unknown {
+  if (
+    err instanceof errors.ConvoyError && !(err instanceof errors.BackendError) &&
+    !err.message.startsWith("Cannot ")
+  ) {
+    const E = err.constructor as new (m: string, o?: { cause?: unknown }) => errors.ConvoyError;
+    return new E(`${what}: ${err.message}`, { cause: err });
+  }
+  return errors.wrapError(err, what);
+}
+
+export function schemeOf(url: string): string {
+  try {
+    return new URL(url).protocol.replace(/:$/, "");
+  } catch {
+    return "";
+  }
+}
+
+export async function fsync(path: string): Promise<void> {
+  const fh = await open(path, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** One block driver's state: the adapter, records, locks; records and start-up. */
+export class BlockCore {
+  protected host: BlockHost;
+  protected name: string;
+  protected root: string;
+  protected adapter: BlockDeviceAdapter<AdapterFields, AdapterFields, unknown>;
+  protected log: Logger;
+  protected locks = new KeyedMutex();
+  /** (volume, snapshot) pairs a backup is reading; they cannot be deleted meanwhile. */
+  protected inUse = new UseCounter();
+  protected records;
+  protected mounting;
+
+  constructor(
+    host: BlockHost,
+    opts: { name: string; root: string; adapter: BlockDeviceAdapter; log: Logger },
+  ) {
+    this.host = host;
+    this.name = opts.name;
+    this.root = opts.root;
+    this.adapter = opts.adapter as BlockDeviceAdapter<AdapterFields, AdapterFields, unknown>;
+    this.log = opts.log;
+    this.records = createRecordStore({
+      dir: join(opts.root, "state"),
+      prefix: "",
+      schema: volumeRecordSchema,
+      nameField: "Name",
+      kind: "volume",
+      log: opts.log,
+    });
+    this.mounting = createBlockVolumeHelpers({
+      mounts: host.mounts,
+      filesystems: host.filesystems,
+      backup: host.backup,
+    });
+  }
+
+  // ---- records -----------------------------------------------------------------------------
+
+  protected volume(r: VolumeRecord): BlockVolume {
+    try {
+      return toVolume(r, this.adapter.volumeFields);
+    } catch (err) {
+      throw new errors.BackendError(
+        `Bad record of volume "${r.Name}" in "${this.records.file(r.Name)}": ${
+          errors.errorMessage(err)
+        }`,
+      );
+    }
+  }
+
+  protected snapshots(r: VolumeRecord): Record<string, BlockSnapshot> {
+    const out: Record<string, BlockSnapshot> = {};
+    for (const [k, s] of Object.entries(r.Snapshots)) {
+      out[k] = toSnapshot(s, this.adapter.snapshotFields);
+    }
+    return out;
+  }
+
+  protected async must(name: string, what: string) {
+    const rec = await this.records.must(name, what);
+    return { rec, vol: this.volume(rec), snaps: this.snapshots(rec) };
+  }
+
+  protected async write(v: BlockVolume, snaps: Record<string, BlockSnapshot>): Promise<void> {
+    await this.records.write(v.name, toRecord(v, snaps));
+  }
+
+  protected defaultMountPoint(name: string): string {
+    return join(this.root, "mounts", name);
+  }
+
+  protected get caps() {
+    return this.adapter.capabilities ?? {};
+  }
+
+  // ---- start-up ----------------------------------------------------------------------------
+
+  async start(): Promise<void> {
+    await ensureDir(join(this.root, "state"));
+    await ensureDir(join(this.root, "mounts"));
+    const recs = await this.records.list();
+    const volumes: BlockVolume[] = [];
+    for (const { name, record } of recs) {
+      try {
+        volumes.push(this.volume(record));
+      } catch (err) {
+        this.log.error(errors.errorMessage(err), { volume: name });
+      }
+    }
+    await this.adapter.start?.(volumes);
+    // Re-activates every recorded volume and re-mounts recorded mounts; failures are logged.
+    for (const { name, record } of recs) {
+      try {
+        const vol = this.volume(record);
+        const snaps = this.snapshots(record);
+        const active = await this.activate(vol, snaps);
+        if (!active.mountPoint) continue;
+        const entry = await this.host.mounts.mountAt(active.mountPoint);
+        if (entry && (await this.isMountOf(active, entry))) continue;
+        if (entry) {
+          throw new errors.ConflictError(
+            `"${active.mountPoint}" is a mount point of "${entry.source}"`,
+          );
+        }
+        await this.host.filesystems.mount(active.device, active.mountPoint, {
+          fs: active.filesystem,
+        });
+        this.log.info(`Restored the mount of volume "${name}" at "${active.mountPoint}"`, {
+          volume: name,
+          device: active.device,
+          mountpoint: active.mountPoint,
+        });
+      } catch (err) {
+        this.log.error(`Cannot restore volume "${name}": ${errors.errorMessage(err)}`, {
+          volume: name,
+        });
+      }
+    }
+  }
+
+  /** Activates the device; records a new device path or fields. */
+  protected async activate(
+    vol: BlockVolume,
+    snaps: Record<string, BlockSnapshot>,
+  ): Promise<BlockVolume> {
+    const dev = await this.adapter.activate(vol);
+    if (dev.path === vol.device && !dev.fields) return vol;
+    const next = { ...vol, device: dev.path, fields: dev.fields ?? vol.fields };
+    await this.write(next, snaps);
+    return next;
+  }
+
+  protected async isMountOf(vol: BlockVolume, entry: { source: string }): Promise<boolean> {
+    if (this.adapter.isMountOf) return await this.adapter.isMountOf(vol, entry as never);
+    return entry.source === vol.device;
+  }
+}

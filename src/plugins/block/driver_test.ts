@@ -1,0 +1,175 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { copyFile, mkdir, open, readFile, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { BlockDeviceAdapter, PluginApi } from "../../../mod.ts";
+import { createBackupStoreApi } from "../../backup/store_api.ts";
+import { createExec } from "../../runtime/exec.ts";
+import { silentLogger } from "../../util/log.ts";
+import { registeredInit, withTempDir } from "../testing.ts";
+import { type BlockDriver, isBlockDriver } from "./driver.ts";
+
+const exec = createExec({ timeoutMs: 120_000 });
+const MiB = 1024 * 1024;
+type Fields = { File: string };
+
+/**
+ * An adapter whose "devices" are regular files (mkfs and restores work on files; nothing is
+ * mounted): snapshots are copies read through a range reader, no comparison ("unknown"), and a
+ * native backup kind "fake://" kept in memory.
+ */
+function fileAdapter(api: PluginApi, calls: string[]) {
+  const native = new Map<string, { file: string; size: number }>();
+  return (name: string) =>
+    api.registerBlockDevice(name, async ({ root }) => {
+      const files = join(root, "files");
+      await api.util.ensureDir(files);
+      const { z } = api.deps;
+      const adapter: BlockDeviceAdapter<Fields, Fields> = {
+        capabilities: { defaultSize: 8 * MiB, dockerRemoveKeepsData: true },
+        volumeFields: z.object({ File: z.string() }),
+        snapshotFields: z.object({ File: z.string() }),
+        async createDevice(req) {
+          calls.push(`create ${req.name} ${req.restore?.native ? "native" : ""}`.trim());
+          const file = join(files, `${req.name}.img`);
+          if (req.restore?.native) {
+            await copyFile(native.get(req.restore.url)!.file, file);
+          } else {
+            const fh = await open(file, "wx");
+            await fh.truncate(req.size);
+            await fh.close();
+          }
+          return { fields: { File: file }, size: req.size };
+        },
+        async removeDevice(vol) {
+          await rm(vol.fields.File, { force: true });
+        },
+        activate: (vol) => {
+          if (vol.name === "bad") {
+            return Promise.reject(new api.errors.BackendError("the device did not attach"));
+          }
+          return Promise.resolve({ path: vol.fields.File });
+        },
+        async createSnapshot(vol, { name }) {
+          const file = join(files, `${vol.name}@${name}.img`);
+          await copyFile(vol.fields.File, file);
+          return { fields: { File: file } };
+        },
+        async removeSnapshot(_vol, snap) {
+          await rm(snap.fields.File, { force: true });
+        },
+        async openSnapshot(_vol, snap) {
+          calls.push(`open ${snap.name}`);
+          const fh = await open(snap.fields.File, "r");
+          return {
+            kind: "reader",
+            read: async (offset, data) => {
+              await api.util.readFull(fh, { buf: data, pos: offset });
+            },
+            close: async () => {
+              calls.push(`close ${snap.name}`);
+              await fh.close();
+            },
+          };
+        },
+        info: () => ({ Files: files }),
+        nativeBackups: {
+          schemes: ["fake"],
+          async create(vol, snap, dest) {
+            const url = `${dest.url}/${vol.name}-${snap.name}`;
+            const file = join(files, `native-${snap.name}.img`);
+            await copyFile(snap.fields.File, file);
+            native.set(url, { file, size: vol.size });
+            return url;
+          },
+          size: (url) => Promise.resolve(native.get(url)!.size),
+          delete: (url) => Promise.resolve(void native.delete(url)),
+          inspect: (url) => Promise.resolve({ BackupURL: url }),
+          list: () =>
+            Promise.resolve(
+              Object.fromEntries([...native.keys()].map((u) => [u, { BackupURL: u }])),
+            ),
+        },
+      };
+      return adapter;
+    });
+}
+
+describe("block framework", () => {
+  it("backs up through a range reader, restores into a new volume, and serves a native backup kind", async () => {
+    await withTempDir(async (dir) => {
+      const calls: string[] = [];
+      const backup = createBackupStoreApi({ log: silentLogger });
+      const init = registeredInit((api) => fileAdapter(api, calls)("filedev"), "filedev", {
+        exec,
+        backup,
+      });
+      const d = await init(join(dir, "root"), {});
+      assert.ok(isBlockDriver(d));
+      assert.equal(d.capabilities?.dockerRemoveKeepsData, true);
+      const vols = await d.volumeOps();
+      const snaps = await d.snapshotOps();
+      const backups = await d.backupOps();
+
+      await vols.createVolume("v1", {});
+      const info = await vols.getVolumeInfo("v1");
+      assert.equal(info.Size, String(8 * MiB));
+      assert.equal(info.Filesystem, "ext4", "the host made a filesystem on the new device");
+      // Data of our own at 4 MiB, past the filesystem's first blocks.
+      const image = join(dir, "root", "state", "..", "files", "v1.img");
+      const fh = await open(image, "r+");
+      await fh.write(new Uint8Array(MiB).fill(9), 0, MiB, 4 * MiB);
+      await fh.close();
+      await snaps.createSnapshot("s1", "v1");
+
+      const store = join(dir, "store");
+      await mkdir(store);
+      const url = await (d as BlockDriver).block.backUp("s1", "v1", {
+        destURL: `vfs://${store}`,
+      });
+      assert.deepEqual(calls.filter((c) => /^(open|close)/.test(c)), ["open s1", "close s1"]);
+      assert.equal((await backups.getBackupInfo(url, {})).DriverName, "filedev");
+
+      await vols.createVolume("v2", { BackupURL: url });
+      const restored = join(dir, "root", "files", "v2.img");
+      assert.deepEqual(await readFile(restored), await readFile(image));
+      assert.equal((await vols.getVolumeInfo("v2")).Filesystem, "ext4");
+
+      // A destination of the adapter's own kind goes to nativeBackups.
+      const nurl = await backups.createBackup("s1", "v1", "fake://region", {});
+      assert.equal(nurl, "fake://region/v1-s1");
+      assert.deepEqual(await backups.getBackupInfo(nurl, {}), { BackupURL: nurl });
+      assert.deepEqual(Object.keys(await backups.listBackup("fake://region", {})), [nurl]);
+      await vols.createVolume("v3", { BackupURL: nurl });
+      assert.ok(calls.includes("create v3 native"));
+      assert.deepEqual(await readFile(join(dir, "root", "files", "v3.img")), await readFile(image));
+      await backups.deleteBackup(nurl, {});
+      assert.deepEqual(await backups.listBackup("fake://region", {}), {});
+
+      // Deleting a snapshot removes its copy; deleting the volumes leaves none.
+      await snaps.deleteSnapshot("s1", "v1");
+      await assert.rejects(stat(join(dir, "root", "files", "v1@s1.img")), { code: "ENOENT" });
+      for (const v of ["v1", "v2", "v3"]) await vols.deleteVolume(v, {});
+      assert.deepEqual(await vols.listVolume({}), {});
+      await backups.deleteBackup(url, {});
+    });
+  });
+
+  it("a create that fails after making the device removes it and leaves no record", async () => {
+    await withTempDir(async (dir) => {
+      const backup = createBackupStoreApi({ log: silentLogger });
+      const init = registeredInit((api) => fileAdapter(api, [])("filedev"), "filedev", {
+        exec,
+        backup,
+      });
+      const d = await init(join(dir, "root"), {});
+      const vols = await d.volumeOps();
+      await assert.rejects(async () => await vols.createVolume("bad", {}), {
+        name: "BackendError",
+        message: 'Cannot create volume "bad": the device did not attach',
+      });
+      assert.deepEqual(await vols.listVolume({}), {});
+      await assert.rejects(stat(join(dir, "root", "files", "bad.img")), { code: "ENOENT" });
+    });
+  });
+});

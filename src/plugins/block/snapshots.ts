@@ -1,0 +1,133 @@
+/**
+ * The block framework's snapshots: taken by the adapter with the mounted filesystem frozen by the
+ * host (fsfreeze), recorded in the volume's record, deleted unless a backup reads them.
+ * @module
+ */
+import * as errors from "../../api/errors.ts";
+import type { BlockSnapshot, BlockVolume } from "../../api/block.ts";
+import type { StringMap } from "../../api/driver.ts";
+import { validateName } from "../../util/names.ts";
+import { rubyDate } from "../../util/time.ts";
+import { deleteSnapshot } from "../block_volumes.ts";
+import { toSnapshot } from "./records.ts";
+import { inContext } from "./core.ts";
+import { BlockVolumeOps } from "./volumes.ts";
+
+/** Snapshot operations. */
+export class BlockSnapshotOps extends BlockVolumeOps {
+  // ---- snapshots ---------------------------------------------------------------------------
+
+  async createSnapshot(id: string, volumeID: string): Promise<void> {
+    const snap = validateName(id, "snapshot");
+    const name = validateName(volumeID, "volume");
+    const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
+    await this.locks.run(name, async () => {
+      const { vol, snaps } = await this.must(name, `create snapshot "${snap}" of volume`);
+      if (snaps[snap]) throw new errors.AlreadyExistsError(`${what}: snapshot already exists`);
+      const started = performance.now();
+      let fields;
+      try {
+        const entry = vol.mountPoint ? await this.host.mounts.mountAt(vol.mountPoint) : undefined;
+        const freeze = this.caps.freezeForSnapshot !== false && entry &&
+            await this.isMountOf(vol, entry)
+          ? vol.mountPoint
+          : "";
+        if (freeze) await this.host.exec("fsfreeze", ["--freeze", freeze]);
+        try {
+          ({ fields } = await this.adapter.createSnapshot(vol, { name: snap }));
+        } finally {
+          if (freeze) await this.thaw(freeze);
+        }
+      } catch (err) {
+        throw inContext(err, what);
+      }
+      const s: BlockSnapshot = { name: snap, createdTime: rubyDate(), size: vol.size, fields };
+      try {
+        await this.write(vol, { ...snaps, [snap]: s });
+      } catch (err) {
+        await this.adapter.removeSnapshot(vol, s).catch(() => {});
+        throw errors.wrapError(err, what);
+      }
+      this.log.info(`Created snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+        ms: Math.round(performance.now() - started),
+      });
+    });
+  }
+
+  /** `fsfreeze --unfreeze`, retried; an error that is left is thrown. */
+  protected async thaw(mountPoint: string): Promise<void> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        await this.host.exec("fsfreeze", ["--unfreeze", mountPoint]);
+        return;
+      } catch (err) {
+        if (attempt >= 3) {
+          this.log.error(
+            `Cannot thaw the filesystem at "${mountPoint}": ${errors.errorMessage(err)}`,
+            { mountpoint: mountPoint },
+          );
+          throw err;
+        }
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+      }
+    }
+  }
+
+  async deleteSnapshot(id: string, volumeID: string): Promise<void> {
+    await deleteSnapshot({ id, volumeID }, {
+      records: this.records,
+      locks: this.locks,
+      inUse: this.inUse,
+      log: this.log,
+      remove: async ({ record, unrecorded, snap }) => {
+        const vol = this.volume(record);
+        const s = toSnapshot(record.Snapshots[snap], this.adapter.snapshotFields);
+        await this.write(vol, this.snapshots(unrecorded));
+        await this.adapter.removeSnapshot(vol, s);
+      },
+    });
+  }
+
+  protected snapshotInfo(vol: BlockVolume, s: BlockSnapshot): StringMap {
+    return {
+      SnapshotName: s.name,
+      SnapshotCreatedAt: s.createdTime,
+      VolumeUUID: vol.name,
+      Size: String(s.size),
+      ...this.adapter.snapshotInfo?.(vol, s),
+    };
+  }
+
+  protected async mustSnapshot(snap: string, of: { volume: string; what: string }) {
+    const { volume: name, what } = of;
+    const found = await this.must(name, `${what} snapshot "${snap}" of volume`);
+    const s = found.snaps[snap];
+    if (!s) {
+      throw new errors.NotFoundError(
+        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
+      );
+    }
+    return { ...found, snap: s };
+  }
+
+  async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
+    const snap = validateName(id, "snapshot");
+    const name = validateName(volumeID, "volume");
+    const { vol, snap: s } = await this.mustSnapshot(snap, { volume: name, what: "inspect" });
+    return this.snapshotInfo(vol, s);
+  }
+
+  async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
+    const volumes = await this.records.select(opts?.VolumeName, "list the snapshots of volume");
+    const out: Record<string, StringMap> = {};
+    for (const { record } of volumes) {
+      const vol = this.volume(record);
+      for (const s of Object.values(this.snapshots(record))) {
+        out[s.name] = this.snapshotInfo(vol, s);
+      }
+    }
+    return out;
+  }
+}

@@ -46,6 +46,8 @@ function daemon(root: string): Promise<TestDaemon> {
     args: [
       "--drivers",
       "ebs",
+      "--drivers",
+      "loop",
       "--driver-opts",
       `ebs.instanceid=${instanceId}`,
       "--driver-opts",
@@ -74,6 +76,16 @@ describe("ebs driver in the daemon", () => {
       await cli("snapshot", "create", "c1", "--name", "cs1");
       const url = await cli("backup", "create", "cs1", "--dest", "ebs://");
       assert.match(url, /^ebs:\/\/us-east-1\/snap-[0-9a-f]+$/);
+
+      // the EBS snapshot restores into a loop volume, read through the EBS direct APIs
+      assert.equal(await cli("create", "l1", "--driver", "loop", "--backup", url), "l1");
+      const l1 = JSON.parse(await cli("inspect", "l1"));
+      assert.equal(l1.Driver, "loop");
+      assert.equal(l1.DriverInfo.Size, String(1024 ** 3), "the snapshot's VolumeSize");
+      const lmp = await cli("mount", "l1");
+      assert.equal(await readFile(join(lmp, "data.txt"), "utf8"), "kept across restarts");
+      await cli("umount", "l1");
+      await cli("delete", "l1");
 
       // Docker: -o driver=ebs -o size= -o type=; Remove keeps the EBS volume
       const create = await rawRequest(

@@ -33,7 +33,7 @@ import {
   type VolumeOptions,
 } from "./config.ts";
 import { chooseDeviceName, findDevice } from "./devices.ts";
-import { EBS_BLOCK, EbsDirect } from "./direct.ts";
+import { blocksToRanges, EBS_BLOCK, EbsDirect } from "./direct.ts";
 import { type Env, type Placement, readPlacement } from "./imds.ts";
 
 /** Convoy's block size of delta-block backups. */
@@ -502,6 +502,36 @@ export async function createEbsAdapter(
         }
         return (await cloud.snapshot(p.snapshotId, what, p.region)).sizeGiB * GiB;
       },
+      // Another block driver's restore reads the snapshot through the EBS direct APIs of its
+      // region (no volume, no copy): the blocks ListSnapshotBlocks reports, the rest is zeros.
+      open: bare(async function open(url, c) {
+        const p = parseEbsURL(url);
+        const what = `Cannot restore backup "${url}"`;
+        if (!p) {
+          throw new errors.InvalidArgumentError(`${what}: not an ebs://<region>/snap-<id> URL`);
+        }
+        const s = await cloud.waitSnapshot(p.snapshotId, {
+          prefix: what,
+          region: p.region,
+          signal: c?.signal,
+        });
+        const reader = direct(p.region);
+        const tokens = await reader.snapshotBlocks(s.id, { prefix: what, signal: c?.signal });
+        return {
+          size: s.sizeGiB * GiB,
+          mappings: blocksToRanges(tokens.keys()),
+          source: {
+            kind: "reader",
+            read: (offset, data, rc) =>
+              reader.readRange(s.id, tokens, {
+                offset,
+                data,
+                prefix: what,
+                signal: rc?.signal ?? c?.signal,
+              }),
+          },
+        };
+      }),
       async delete(url) {
         const p = parseEbsURL(url);
         const what = `Cannot delete backup "${url}"`;

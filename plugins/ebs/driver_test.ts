@@ -6,13 +6,13 @@
 // (i-fake) is unknown to its EC2, so the tests start an instance and pass ebs.instanceid.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, stat, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import * as errors from "../../mod.ts";
 import type { PluginApi, VolumeOperations } from "../../mod.ts";
 import { awsSdkDeps } from "../../src/plugins/aws_deps.ts";
-import type { BlockDriver } from "../../src/plugins/block/driver.ts";
+import { type BlockDriver, NativeBackupRegistry } from "../../src/plugins/block/driver.ts";
 import { registeredInit, withTempDir } from "../../src/plugins/testing.ts";
 import { createBackupStoreApi } from "../../src/backup/store_api.ts";
 import { silentLogger } from "../../src/util/log.ts";
@@ -57,7 +57,7 @@ async function start(root: string, opts: Record<string, string> = {}) {
 async function startWith(
   root: string,
   opts: Record<string, string>,
-  deps: { deviceTimeoutMs?: number },
+  deps: { deviceTimeoutMs?: number; natives?: NativeBackupRegistry },
 ) {
   const setup = (api: PluginApi) =>
     api.registerBlockDevice("ebs", (ctx) =>
@@ -67,7 +67,7 @@ async function startWith(
         waits: { initialDelayMs: 20, maxDelayMs: 200 },
         deviceTimeoutMs: deps.deviceTimeoutMs ?? 5000,
       }));
-  const init = registeredInit(setup, "ebs", { exec, backup });
+  const init = registeredInit(setup, "ebs", { exec, backup, natives: deps.natives });
   return await init(root, { "ebs.instanceid": instanceId, ...opts }) as BlockDriver;
 }
 
@@ -451,6 +451,67 @@ describe("ebs driver", () => {
       } finally {
         for (const n of names) await Promise.resolve(v.deleteVolume(n, {})).catch(() => {});
         await d.shutdown?.();
+      }
+    });
+  });
+
+  it("restores an ebs:// backup into a loop volume through the EBS direct APIs, holes left sparse", async () => {
+    await withTempDir(async (root) => {
+      const natives = new NativeBackupRegistry();
+      const d = await startWith(join(root, "ebs"), { "ebs.defaultvolumesize": "1G" }, { natives });
+      const v = await d.volumeOps();
+      const loop = await registeredInit(loopSetup, "loop", { exec, backup, natives })(
+        join(root, "loop"),
+        { "loop.defaultvolumesize": "32M" },
+      );
+      const lv = await loop.volumeOps();
+      const data = randomBytes(3 * 1024 * 1024 + 12345);
+      try {
+        await v.createVolume("n1", {});
+        const mp = await v.mountVolume("n1", {});
+        await writeFile(join(mp, "data.bin"), data);
+        await (await d.snapshotOps()).createSnapshot("n1s", "n1");
+        const url = await d.block.backUp("n1s", "n1", { destURL: "ebs://" });
+        const snapId = url.split("/").pop()!;
+
+        host.seen.length = 0;
+        await lv.createVolume("ln1", { BackupURL: url });
+        assert.ok(host.seen.includes(`GET /snapshots/${snapId}/blocks`), "ListSnapshotBlocks");
+        assert.ok(host.seen.some((x) => x.startsWith(`GET /snapshots/${snapId}/blocks/`)));
+        const info = await lv.getVolumeInfo("ln1");
+        assert.equal(info.Size, String(1024 ** 3), "sized from the snapshot's VolumeSize");
+
+        // Byte for byte the snapshot (the fake host keeps its image; beyond it, zeros)
+        const image = await readFile(join(tmp, "host", `${snapId}.img`));
+        const fh = await open(info.Device, "r");
+        try {
+          const got = new Uint8Array(image.length + 4 * 1024 * 1024);
+          await fh.read(got, 0, got.length, 0);
+          assert.ok(image.equals(got.subarray(0, image.length)), "same bytes");
+          assert.ok(got.subarray(image.length).every((b) => b === 0), "zeros past the data");
+        } finally {
+          await fh.close();
+        }
+        const st = await stat(join(root, "loop", "volumes", "ln1.img"));
+        assert.ok(st.blocks * 512 < image.length, `zero blocks not written (${st.blocks * 512})`);
+
+        const lmp = await lv.mountVolume("ln1", {});
+        assert.deepEqual(await readFile(join(lmp, "data.bin")), data);
+
+        // a size that differs from the snapshot's is refused, and nothing is left
+        await assert.rejects(
+          Promise.resolve(lv.createVolume("ln2", { BackupURL: url, Size: "64M" })),
+          /size must match the backup's size 1073741824/,
+        );
+        assert.deepEqual(Object.keys(await lv.listVolume({})), ["ln1"]);
+        await (await d.backupOps()).deleteBackup(url);
+      } finally {
+        await Promise.resolve(lv.umountVolume("ln1")).catch(() => {});
+        await Promise.resolve(lv.deleteVolume("ln1", {})).catch(() => {});
+        await Promise.resolve(v.umountVolume("n1")).catch(() => {});
+        await Promise.resolve(v.deleteVolume("n1", {})).catch(() => {});
+        await d.shutdown?.();
+        await loop.shutdown?.();
       }
     });
   });

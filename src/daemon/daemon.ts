@@ -5,6 +5,7 @@ import type { ConvoyDriver } from "../api/driver.ts";
 import { createBackupStoreApi } from "../backup/store_api.ts";
 import { bundledPlugins } from "../plugins/bundled.ts";
 import { createPluginApi } from "../plugins/host_api.ts";
+import { NativeBackupRegistry } from "../plugins/block/driver.ts";
 import { loadPlugins } from "../plugins/loader.ts";
 import { createExec } from "../runtime/exec.ts";
 import {
@@ -128,6 +129,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
       });
     }
     const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }) });
+    const natives = new NativeBackupRegistry();
     const registry = await loadPlugins({
       bundled: bundledPlugins,
       folders: [join(cfg.root, "plugins"), ...cfg.config.Plugins.map((p) => resolve(p))],
@@ -139,6 +141,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
           exec: ns.exec,
           mountInfo: ns.mountInfo,
           backup,
+          natives,
         }),
       log,
     });

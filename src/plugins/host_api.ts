@@ -44,11 +44,12 @@ import {
 } from "./block_volumes.ts";
 import { isZero } from "../backup/codec.ts";
 import { awsSdkDeps } from "./aws_deps.ts";
-import { blockDriverInit } from "./block/driver.ts";
+import { blockDriverInit, type NativeBackupRegistry } from "./block/driver.ts";
 
 /**
  * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
- * /proc/self/mountinfo) are those of the namespace volumes are mounted in (`--mnt-ns`).
+ * /proc/self/mountinfo) are those of the namespace volumes are mounted in (`--mnt-ns`). `natives`,
+ * shared by every plugin of a daemon, lets a block driver restore another's native backups.
  */
 export function createPluginApi(opts: {
   register: (name: string, init: InitFunc) => void;
@@ -56,6 +57,7 @@ export function createPluginApi(opts: {
   exec: Exec;
   mountInfo?: MountInfoSource;
   backup: BackupStoreApi;
+  natives?: NativeBackupRegistry;
 }): PluginApi {
   const table = opts.mountInfo ?? MOUNTINFO;
   const mounts: PluginMounts = {
@@ -80,6 +82,7 @@ export function createPluginApi(opts: {
             mounts,
             filesystems,
             backup: opts.backup,
+            natives: opts.natives,
           },
           name,
           init,

@@ -27,6 +27,7 @@ import { KeyedMutex } from "../../util/keyed_mutex.ts";
 import { UseCounter } from "../../util/use_counter.ts";
 import { createRecordStore } from "../driver_util.ts";
 import { createBlockVolumeHelpers } from "../block_volumes.ts";
+import type { NativeBackupRegistry } from "./native.ts";
 import {
   toRecord,
   toSnapshot,
@@ -47,6 +48,8 @@ export interface BlockHost {
   mounts: PluginMounts;
   filesystems: BlockFilesystems;
   backup: BackupStoreApi;
+  /** The native backups of the daemon's block drivers (restores of one driver's into another). */
+  natives?: NativeBackupRegistry;
 }
 
 /** A typed backup request (the daemon's path: options parsed once, at the REST boundary). */

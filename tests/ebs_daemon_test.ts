@@ -66,11 +66,16 @@ describe("ebs driver in the daemon", () => {
       assert.equal(info.ebs.InstanceID, instanceId);
       assert.equal(info.ebs.AvailiablityZone, "us-east-1a", "zone from the metadata service");
 
-      assert.equal(await cli("create", "c1", "--size", "1G", "--type", "gp3"), "c1");
+      assert.equal(
+        await cli("create", "c1", "--size", "1G", "--type", "gp3", "--throughput", "200"),
+        "c1",
+      );
       const c1 = JSON.parse(await cli("inspect", "c1"));
       const volId = c1.DriverInfo.EBSVolumeID;
       assert.match(volId, /^vol-/);
       assert.equal(c1.DriverInfo.Type, "gp3");
+      assert.equal(c1.DriverInfo.Throughput, "200");
+      assert.equal((await cloud.volume(volId, "x")).throughput, 200, "CreateVolume got it");
       const mp = await cli("mount", "c1");
       await writeFile(join(mp, "data.txt"), "kept across restarts");
       await cli("snapshot", "create", "c1", "--name", "cs1");
@@ -92,12 +97,16 @@ describe("ebs driver in the daemon", () => {
         d.socket,
         "POST",
         "/VolumeDriver.Create",
-        JSON.stringify({ Name: "dk1", Opts: { driver: "ebs", size: "2G", type: "gp3" } }),
+        JSON.stringify({
+          Name: "dk1",
+          Opts: { driver: "ebs", size: "2G", type: "gp3", throughput: "250" },
+        }),
       );
       assert.equal(JSON.parse(create.body).Err, "", create.body);
       const dk1 = JSON.parse(await cli("inspect", "dk1")).DriverInfo;
       assert.equal(dk1.Type, "gp3");
       assert.equal((await cloud.volume(dk1.EBSVolumeID, "x")).sizeGiB, 2);
+      assert.equal((await cloud.volume(dk1.EBSVolumeID, "x")).throughput, 250, "-o throughput");
       const rm = await rawRequest(
         d.socket,
         "POST",

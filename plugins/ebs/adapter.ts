@@ -202,6 +202,11 @@ export async function createEbsAdapter(
     }
     const type = o.VolumeType ?? config.DefaultVolumeType;
     checkType(type, o.VolumeIOPS, what);
+    if (o.VolumeThroughput !== undefined && type !== "gp3") {
+      throw new errors.InvalidArgumentError(
+        `${what}: volume type "${type}" takes no --throughput (only gp3 does)`,
+      );
+    }
     let sizeGiB = Math.max(1, Math.ceil(req.size / GiB));
     let snapshotId: string | undefined;
     if (req.restore?.native) {

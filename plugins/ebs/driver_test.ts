@@ -223,6 +223,19 @@ describe("ebs driver", () => {
         Promise.resolve(v.createVolume("a4", { VolumeType: "floppy" })),
         /VolumeType/,
       );
+      await assert.rejects(
+        Promise.resolve(v.createVolume("a7", { VolumeType: "gp2", VolumeThroughput: "250" })),
+        /volume type "gp2" takes no --throughput \(only gp3 does\)/,
+      );
+      await v.createVolume("t1", { VolumeType: "gp3", VolumeThroughput: "250" });
+      const t1 = await v.getVolumeInfo("t1");
+      assert.equal(t1.Throughput, "250");
+      assert.equal(
+        (await cloud.volume(t1.EBSVolumeID, "x")).throughput,
+        250,
+        "CreateVolume got it",
+      );
+      await v.deleteVolume("t1", {});
       host.failures.CreateVolume = { left: 1, status: 400, code: "InvalidParameterValue" };
       const aws = await Promise.resolve(v.createVolume("a5", {})).catch((e) => e);
       assert.ok(aws instanceof errors.InvalidArgumentError, String(aws));

@@ -108,55 +108,71 @@ export async function startFakeHost(
     loops.delete(volumeId);
   }
 
+  /** Runs once, after the host's own handling of the next successful answer to the action. */
+  const after: Record<string, () => Promise<void>> = {};
   const proxy = await startFaultProxy(motoEndpoint, {
     tap: async (action, params, answer) => {
-      if (action === "CreateVolume") {
-        const id = tag(answer, "volumeId")!;
-        const file = join(dir, `${id}.img`);
-        const from = params.get("SnapshotId");
-        const fromFile = from && images.get(from);
-        if (fromFile) await copyFile(fromFile, file);
-        else await writeFile(file, "");
-        await truncate(file, imageBytes);
-        images.set(id, file);
-        sizes.set(id, Number(params.get("Size") ?? "1"));
-      } else if (action === "AttachVolume") {
-        const id = params.get("VolumeId")!;
-        const file = images.get(id);
-        if (!file) return; // not made through this host
-        const { stdout } = await exec("losetup", ["--find", "--show", file]);
-        loops.set(id, stdout.trim());
-        await mkdir(BY_ID, { recursive: true });
-        await unlink(nvmeLinkOf(id)).catch(() => {});
-        await symlink(stdout.trim(), nvmeLinkOf(id));
-      } else if (action === "DetachVolume") {
-        await detach(params.get("VolumeId")!);
-      } else if (action === "CreateSnapshot") {
-        const vol = params.get("VolumeId")!;
-        const file = images.get(vol);
-        if (!file) return;
-        const made = tag(answer, "snapshotId")!;
-        const snap = await directSnapshot(file, params, sizes.get(vol) ?? 1);
-        await ec2.send(new ec2Sdk.DeleteSnapshotCommand({ SnapshotId: made }));
-        const copy = join(dir, `${snap}.img`);
-        await exec("cp", ["--sparse=always", file, copy]);
-        images.set(snap, copy);
-        return answer.replace(
-          `<snapshotId>${made}</snapshotId>`,
-          `<snapshotId>${snap}</snapshotId>`,
-        );
-      } else if (action === "DeleteVolume") {
-        const id = params.get("VolumeId")!;
-        await detach(id);
-        const file = images.get(id);
-        if (file) await rm(file, { force: true });
-        images.delete(id);
-      }
+      const replaced = await play(action, params, answer);
+      const hook = after[action];
+      delete after[action];
+      await hook?.();
+      return replaced;
     },
   });
+
+  /** What an EC2 host does beside EC2's answer to `action`; a string replaces the answer. */
+  async function play(
+    action: string,
+    params: URLSearchParams,
+    answer: string,
+  ): Promise<string | void> {
+    if (action === "CreateVolume") {
+      const id = tag(answer, "volumeId")!;
+      const file = join(dir, `${id}.img`);
+      const from = params.get("SnapshotId");
+      const fromFile = from && images.get(from);
+      if (fromFile) await copyFile(fromFile, file);
+      else await writeFile(file, "");
+      await truncate(file, imageBytes);
+      images.set(id, file);
+      sizes.set(id, Number(params.get("Size") ?? "1"));
+    } else if (action === "AttachVolume") {
+      const id = params.get("VolumeId")!;
+      const file = images.get(id);
+      if (!file) return; // not made through this host
+      const { stdout } = await exec("losetup", ["--find", "--show", file]);
+      loops.set(id, stdout.trim());
+      await mkdir(BY_ID, { recursive: true });
+      await unlink(nvmeLinkOf(id)).catch(() => {});
+      await symlink(stdout.trim(), nvmeLinkOf(id));
+    } else if (action === "DetachVolume") {
+      await detach(params.get("VolumeId")!);
+    } else if (action === "CreateSnapshot") {
+      const vol = params.get("VolumeId")!;
+      const file = images.get(vol);
+      if (!file) return;
+      const made = tag(answer, "snapshotId")!;
+      const snap = await directSnapshot(file, params, sizes.get(vol) ?? 1);
+      await ec2.send(new ec2Sdk.DeleteSnapshotCommand({ SnapshotId: made }));
+      const copy = join(dir, `${snap}.img`);
+      await exec("cp", ["--sparse=always", file, copy]);
+      images.set(snap, copy);
+      return answer.replace(
+        `<snapshotId>${made}</snapshotId>`,
+        `<snapshotId>${snap}</snapshotId>`,
+      );
+    } else if (action === "DeleteVolume") {
+      const id = params.get("VolumeId")!;
+      await detach(id);
+      const file = images.get(id);
+      if (file) await rm(file, { force: true });
+      images.delete(id);
+    }
+  }
   return {
     endpoint: proxy.endpoint,
     failures: proxy.failures,
+    after,
     seen: proxy.seen,
     /** Whether the host currently has `volumeId` attached (a loop device behind its link). */
     attached: (volumeId: string) => loops.has(volumeId),

@@ -414,8 +414,9 @@ export async function createEbsAdapter(
       };
     }),
 
-    removeSnapshot: bare(async function removeSnapshot(volume, snapshot) {
-      if (!config.DeleteSnapshots) return; // Convoy: only the reference goes
+    removeSnapshot: bare(async function removeSnapshot(volume, snapshot, opts) {
+      // Convoy: only the reference goes; a snapshot never recorded has no reference to keep
+      if (!config.DeleteSnapshots && !opts?.unrecorded) return;
       const what = `Cannot delete snapshot "${snapshot.name}" of volume "${volume.name}"`;
       const s = await cloud.findSnapshot(snapshot.fields.EBSSnapshotID, what);
       if (!s) return;

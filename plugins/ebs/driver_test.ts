@@ -6,7 +6,7 @@
 // (i-fake) is unknown to its EC2, so the tests start an instance and pass ebs.instanceid.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, open, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import * as errors from "../../mod.ts";
@@ -433,6 +433,39 @@ describe("ebs driver", () => {
         assert.equal(await cloud.findSnapshot(b, "x"), undefined);
       } finally {
         await Promise.resolve(v.deleteVolume("ds", {})).catch(() => {});
+        await d.shutdown?.();
+      }
+    });
+  });
+
+  it("deletes the EBS snapshot of a snapshot create whose record could not be written", async () => {
+    await withTempDir(async (root) => {
+      const d = await start(root);
+      const v = await d.volumeOps();
+      const s = await d.snapshotOps();
+      const tagged = (snap: string) =>
+        cloud.snapshotsTagged({ ConvoyVolumeName: "or1", ConvoySnapshotName: snap }, "x");
+      try {
+        await v.createVolume("or1", {});
+        await s.createSnapshot("kept", "or1");
+        assert.equal((await tagged("kept")).length, 1, "a recorded snapshot is found by its tags");
+        // The record cannot be replaced once EC2 has answered CreateSnapshot (a folder in its way)
+        const record = join(root, "state", "or1.json");
+        const saved = await readFile(record);
+        host.after.CreateSnapshot = async () => {
+          await rm(record);
+          await mkdir(record);
+        };
+        const err = await Promise.resolve(s.createSnapshot("orph", "or1")).catch((e) => e);
+        assert.match(String(err), /Cannot create snapshot "orph" of volume "or1"/);
+        await rm(record, { recursive: true });
+        await writeFile(record, saved);
+        assert.deepEqual(await tagged("orph"), [], "the unrecorded EBS snapshot is deleted");
+        assert.equal((await tagged("kept")).length, 1);
+        assert.deepEqual(Object.keys(await s.listSnapshot({ VolumeName: "or1" })), ["kept"]);
+      } finally {
+        for (const x of await tagged("kept").catch(() => [])) await cloud.deleteSnapshot(x.id, "x");
+        await Promise.resolve(v.deleteVolume("or1", {})).catch(() => {});
         await d.shutdown?.();
       }
     });

@@ -235,7 +235,16 @@ export interface BlockDeviceAdapter<
    * thaws it afterwards. A failure must leave nothing behind.
    */
   createSnapshot(volume: BlockVolume<V>, snapshot: { name: string }): Promise<{ fields: S }>;
-  removeSnapshot(volume: BlockVolume<V>, snapshot: BlockSnapshot<S>): Promise<void>;
+  /**
+   * Removes a snapshot. `unrecorded`: its create failed after `createSnapshot` (the host could
+   * not record it), so nothing refers to it and an adapter that keeps snapshot data on delete
+   * (reference-only) removes it too.
+   */
+  removeSnapshot(
+    volume: BlockVolume<V>,
+    snapshot: BlockSnapshot<S>,
+    opts?: { unrecorded?: boolean },
+  ): Promise<void>;
   /** Opens a snapshot for reading by a backup (see SnapshotSource). */
   openSnapshot(
     volume: BlockVolume<V>,

@@ -352,10 +352,11 @@ export async function createEbsAdapter(
   }
 
   /**
-   * The host puts its own `Cannot <op> volume "x": ` before a BackendError of the methods it
-   * calls; give it the AWS part only, so messages read `Cannot create volume "db1": <AWS code>:
-   * <message>` once. Other typed errors keep their message (the host keeps one that starts
-   * with "Cannot ").
+   * For methods the host calls as a step of another operation (attach within create or mount,
+   * a snapshot read within a backup, a restore into another driver's volume): the AWS part only,
+   * so messages read `Cannot create volume "db1": <AWS code>: <message>`, not the step's own
+   * `Cannot attach volume "db1": ` too. (An error naming the host's own operation and object is
+   * kept as it is by the host.)
    */
   function bare<A extends unknown[], R>(fn: (...a: A) => Promise<R>): (...a: A) => Promise<R> {
     return async (...a: A) => {
@@ -381,12 +382,12 @@ export async function createEbsAdapter(
     volumeFields: schemas.volumeFields,
     snapshotFields: schemas.snapshotFields,
     volumeOptions: schemas.volumeOptions,
-    createDevice: bare(createDevice),
-    removeDevice: bare(removeDevice),
+    createDevice,
+    removeDevice,
     activate: bare(activate),
     deactivate: bare(deactivate),
 
-    createSnapshot: bare(async function createSnapshot(volume, snapshot) {
+    async createSnapshot(volume, snapshot) {
       const what = `Cannot create snapshot "${snapshot.name}" of volume "${volume.name}"`;
       // As Convoy: flush a mounted filesystem's dirty data to the disk first (a frozen one is
       // flushed by the freeze). EBS snapshots are crash-consistent at the call.
@@ -412,7 +413,7 @@ export async function createEbsAdapter(
           KmsKeyId: s.kmsKeyId,
         },
       };
-    }),
+    },
 
     removeSnapshot: bare(async function removeSnapshot(volume, snapshot, opts) {
       // Convoy: only the reference goes; a snapshot never recorded has no reference to keep
@@ -491,7 +492,7 @@ export async function createEbsAdapter(
 
     nativeBackups: {
       schemes: ["ebs"],
-      create: bare(async function create(volume, snapshot, dest) {
+      async create(volume, snapshot, dest) {
         const what = `Cannot back up snapshot "${snapshot.name}" of volume "${volume.name}"`;
         const s = await cloud.waitSnapshot(snapshot.fields.EBSSnapshotID, {
           prefix: what,
@@ -499,7 +500,7 @@ export async function createEbsAdapter(
         });
         await cloud.createTags([s.id], { ConvoyBackup: "true" }, what);
         return `ebs://${region}/${s.id}`;
-      }),
+      },
       async size(url) {
         const p = parseEbsURL(url);
         const what = `Cannot restore backup "${url}"`;

@@ -46,7 +46,7 @@ export class BlockVolumeOps extends BlockCore {
           : this.size(name, requested);
       } catch (err) {
         await reader?.source.close?.().catch(() => {});
-        throw errors.wrapError(err, what);
+        throw inContext(err, what);
       }
       try {
         await this.create(name, {

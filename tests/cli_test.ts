@@ -417,6 +417,42 @@ describe("daemon lifecycle", () => {
   });
 });
 
+describe("requests the daemon refuses", () => {
+  it("a body over 16 MiB gets 413 and a loop size the filesystem cannot hold 400, leaving no image", async () => {
+    const { dir, cleanup } = await tempDir();
+    const d = await startDaemon({ root: join(dir, "root"), args: ["--drivers", "loop"] });
+    try {
+      const big = await rawRequest(
+        d.socket,
+        "POST",
+        "/v1/volumes/create",
+        JSON.stringify({ Name: "big", Pad: " ".repeat(17 * 1024 * 1024) }),
+      );
+      assert.equal(big.status, 413);
+      assert.match(JSON.parse(big.body).Error, /larger than 16 MiB/);
+
+      const path = join(dir, "root", "loop", "volumes");
+      const huge = await rawRequest(
+        d.socket,
+        "POST",
+        "/v1/volumes/create",
+        JSON.stringify({ Name: "huge", Size: "1000T" }),
+      );
+      assert.equal(huge.status, 400, huge.body);
+      assert.equal(
+        JSON.parse(huge.body).Error,
+        `Cannot create volume "huge": size 1000T exceeds what the filesystem at "${path}" allows`,
+      );
+      assert.deepEqual(await readdir(path), []);
+      const list = await rawRequest(d.socket, "GET", "/v1/volumes/list");
+      assert.deepEqual(JSON.parse(list.body), {});
+    } finally {
+      await d.stop();
+      await cleanup();
+    }
+  });
+});
+
 describe("long operations", () => {
   it("a long backup neither blocks list nor other volumes, reports progress, and can be cancelled", async () => {
     const { dir, cleanup } = await tempDir();

@@ -55,7 +55,7 @@ describe("npm package on Node", () => {
         `driverConformance({ name: "vfs", init: pluginInit(setup, "vfs") });`,
       ].join("\n"),
     );
-    const r = await run("node", ["--test", join(author, "vfs.test.mjs")]);
+    const r = await run("node", ["--test", "--test-reporter=tap", join(author, "vfs.test.mjs")]);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /driver conformance: vfs/);
     assert.match(r.stdout, /# pass 11\n/);

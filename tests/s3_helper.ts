@@ -5,7 +5,7 @@
  */
 import type { S3Client } from "@aws-sdk/client-s3";
 import process from "node:process";
-import { closeS3Clients } from "../src/store/s3.ts";
+import { closeS3Clients } from "../src/store/s3/client.ts";
 import { startS3Server } from "./s3_server.ts";
 
 /** A fresh bucket on a local S3 server. */

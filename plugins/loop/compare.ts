@@ -1,12 +1,12 @@
 /**
  * The loop driver's snapshot comparison: which 2 MiB blocks of one snapshot image differ from
  * another. With reflinks, blocks whose extents are shared are equal and every other block with
- * data is reported without reading anything; without reflinks the extent maps (FIEMAP) only rule
- * out holes, and the remaining blocks are read and compared.
+ * data is reported without reading anything. Without reflinks (or extent maps) the answer is
+ * "unknown": reading both images would cost more than the host's compare of one image with the
+ * last backup's block map.
  * @module
  */
-import { Buffer } from "node:buffer";
-import { open, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import type { Logger, Mappings, PluginApi } from "../../mod.ts";
 import {
   BLOCK_SIZE,
@@ -22,8 +22,11 @@ const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
 
 /** What one comparison did (logged; tests read it). */
 export interface CompareStats {
-  /** "full" (no base), "extents" (reflink: extent maps only) or "read" (read-compared). */
-  method: "full" | "extents" | "read";
+  /**
+   * "full" (no base), "extents" (reflink: extent maps only) or "unknown" (no reflinks or no
+   * extent maps: answered "unknown", the host compares checksums with the last backup's map).
+   */
+  method: "full" | "extents" | "unknown";
   /** Blocks of the snapshot. */
   blocks: number;
   /** Blocks reported. */
@@ -66,13 +69,13 @@ export class ImageComparer {
 
   /**
    * The 2 MiB ranges of image `a.file` that differ from image `b.file` (every range holding
-   * data when `b` is undefined).
+   * data when `b` is undefined), or "unknown".
    */
   async compare(
     a: { file: string; name: string },
     b: { file: string; name: string } | undefined,
     opts: { volume: string; signal?: AbortSignal },
-  ): Promise<Mappings> {
+  ): Promise<Mappings | "unknown"> {
     const started = performance.now();
     const sizeA = (await stat(a.file)).size;
     const log = (stats: CompareStats) => {
@@ -101,82 +104,29 @@ export class ImageComparer {
     }
     const sizeB = (await stat(b.file)).size;
     const blocks = Math.ceil(Math.max(sizeA, sizeB) / BLOCK_SIZE);
+    const unknown = (): "unknown" => {
+      log({
+        method: "unknown",
+        blocks,
+        changed: 0,
+        shared: 0,
+        bytesRead: 0,
+        ms: Math.round(performance.now() - started),
+      });
+      return "unknown";
+    };
+    if (!this.#reflink()) return unknown();
     const [mapA, mapB] = [await this.#blockMap(a.file, sizeA), await this.#blockMap(b.file, sizeB)];
-    let candidates: number[];
-    let shared = 0;
-    if (mapA && mapB) ({ differ: candidates, shared } = diffBlockMaps(mapA, mapB));
-    else candidates = Array.from({ length: blocks }, (_, i) => i);
-    let changed = candidates;
-    let bytesRead = 0;
-    const method = this.#reflink() && mapA && mapB ? "extents" : "read";
-    if (method === "read") {
-      ({ changed, bytesRead } = await this.#readCompare(
-        { a: a.file, b: b.file, candidates },
-        { mapA, mapB, signal: opts.signal },
-      ));
-    }
+    if (!mapA || !mapB) return unknown();
+    const { differ: changed, shared } = diffBlockMaps(mapA, mapB);
     log({
-      method,
+      method: "extents",
       blocks,
       changed: changed.length,
       shared,
-      bytesRead,
+      bytesRead: 0,
       ms: Math.round(performance.now() - started),
     });
     return { mappings: blocksToMappings(changed), blockSize: BLOCK_SIZE };
   }
-
-  /** The candidate blocks whose bytes differ; a side with no data extents there reads as zeros. */
-  async #readCompare(
-    files: { a: string; b: string; candidates: number[] },
-    opts: { mapA?: Map<number, string>; mapB?: Map<number, string>; signal?: AbortSignal },
-  ): Promise<{ changed: number[]; bytesRead: number }> {
-    const changed: number[] = [];
-    let bytesRead = 0;
-    const fa = await open(files.a, "r");
-    try {
-      const fb = await open(files.b, "r");
-      try {
-        const bufA = new Uint8Array(BLOCK_SIZE);
-        const bufB = new Uint8Array(BLOCK_SIZE);
-        for (const block of files.candidates) {
-          if (opts.signal?.aborted) {
-            throw new this.#api.errors.CancelledError("Cancelled comparing snapshots");
-          }
-          const pos = block * BLOCK_SIZE;
-          const hasA = !opts.mapA || opts.mapA.has(block);
-          const hasB = !opts.mapB || opts.mapB.has(block);
-          if (hasA) bytesRead += await readFull(fa, { buf: bufA, pos });
-          if (hasB) bytesRead += await readFull(fb, { buf: bufB, pos });
-          const same = hasA && hasB
-            ? Buffer.from(bufA.buffer).equals(Buffer.from(bufB.buffer))
-            : this.#api.util.isZero(hasA ? bufA : bufB);
-          if (!same) changed.push(block);
-        }
-      } finally {
-        await fb.close();
-      }
-    } finally {
-      await fa.close();
-    }
-    return { changed, bytesRead };
-  }
-}
-
-/** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
-async function readFull(
-  fh: {
-    read(buf: Uint8Array, off: number, len: number, pos: number): Promise<{ bytesRead: number }>;
-  },
-  at: { buf: Uint8Array; pos: number },
-): Promise<number> {
-  const { buf, pos } = at;
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesRead } = await fh.read(buf, off, buf.length - off, pos + off);
-    if (bytesRead === 0) break;
-    off += bytesRead;
-  }
-  if (off < buf.length) buf.fill(0, off);
-  return off;
 }

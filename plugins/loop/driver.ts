@@ -3,7 +3,8 @@
  * xfs), attached to a loop device. Snapshots are copies of the image that share every extent with
  * it on filesystems with reflinks (xfs with reflink=1, btrfs), and are sparse copies elsewhere;
  * the host freezes a mounted filesystem around the copy. Backups tell the host which 2 MiB
- * blocks changed since the last backed-up snapshot by comparing extent maps (FIEMAP).
+ * blocks changed since the last backed-up snapshot by comparing extent maps (FIEMAP) where
+ * snapshots share extents, and answer "unknown" elsewhere (the host then compares checksums).
  * Everything else (records, mkfs, mounts, backups, restores) is the host's block framework.
  *
  * On-disk layout:
@@ -58,6 +59,20 @@ interface SnapshotFields extends Record<string, unknown> {
   FilePath: string;
 }
 type Volume = BlockVolume<VolumeFields>;
+
+/** `bytes` in the largest unit (K, M, G, T: powers of 1024) that divides it: 1000T, 66M. */
+function sizeText(bytes: number): string {
+  for (const [unit, exp] of [["T", 40], ["G", 30], ["M", 20], ["K", 10]] as const) {
+    if (bytes % 2 ** exp === 0) return `${bytes / 2 ** exp}${unit}`;
+  }
+  return String(bytes);
+}
+
+/** EFBIG: Node sets the code; Deno (2.9) only says "File too large (os error 27)". */
+function isFileTooLarge(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  return e?.code === "EFBIG" || /\(os error 27\)$/.test(String(e?.message ?? ""));
+}
 
 /** Creates a sparse file of `size` bytes; fails when it exists. */
 async function createSparse(path: string, size: number): Promise<void> {
@@ -263,7 +278,17 @@ class LoopDevices {
   /** A staged image of `size` bytes, renamed to `image` by commit. */
   async #stage(image: string, size: number, what: string) {
     const tmp = this.#tmpImage(image.slice(this.#cfg.Path.length + 1, -4));
-    await createSparse(tmp, size);
+    try {
+      await createSparse(tmp, size);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      if (!isFileTooLarge(err)) throw err;
+      // The filesystem's refusal of the size is bad input, not a failure.
+      throw new this.#api.errors.InvalidArgumentError(
+        `size ${sizeText(size)} exceeds what the filesystem at "${this.#cfg.Path}" allows`,
+        { cause: err },
+      );
+    }
     return {
       path: tmp,
       commit: async () => {

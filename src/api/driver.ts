@@ -117,11 +117,27 @@ export interface Mappings {
   blockSize: number;
 }
 
+/**
+ * A comparison's answer when the driver cannot tell which ranges differ cheaply (a loop image on
+ * a filesystem without reflinks, a device without change tracking).
+ */
+export type UnknownChanges = "unknown";
+
 /** What the delta-block backup engine needs from a block driver (Convoy's DeltaBlockBackupOperations). */
 export interface DeltaBlockOperations {
   hasSnapshot(id: string, volumeID: string): Awaitable<boolean>;
-  /** Ranges of `id` that differ from `compareID`; with an empty `compareID`, every allocated range. */
-  compareSnapshot(id: string, compareID: string, volumeID: string): Awaitable<Mappings>;
+  /**
+   * Ranges of `id` that differ from `compareID`; with an empty `compareID`, every allocated range
+   * (never "unknown": all of the volume when the driver cannot tell holes apart). With a
+   * `compareID`, "unknown" when the driver cannot say what changed without reading both: the
+   * engine then reads every allocated range of `id` once and compares each block's checksum
+   * with the previous backup's block map, storing only the blocks that differ.
+   */
+  compareSnapshot(
+    id: string,
+    compareID: string,
+    volumeID: string,
+  ): Awaitable<Mappings | UnknownChanges>;
   openSnapshot(id: string, volumeID: string): Awaitable<void>;
   /** Fills `data` with the snapshot's bytes starting at `start`. */
   readSnapshot(id: string, volumeID: string, start: number, data: Uint8Array): Awaitable<void>;

@@ -114,8 +114,10 @@ export interface BackupStoreApi {
   getBackupVolume(backupURL: string, opts?: BackupTargetOptions): Promise<BackupVolume>;
   /**
    * Backs up snapshot `opts.snapshot` of a block volume in Convoy's delta-block format: only
-   * the ranges `ops.compareSnapshot` reports changed since the volume's last backup are read;
-   * blocks are deduplicated, all-zero blocks are not stored. Resolves to the backup URL.
+   * the ranges `ops.compareSnapshot` reports changed since the volume's last backup are read
+   * (when it answers "unknown": every allocated range, and only blocks the last backup's map
+   * lacks are stored); blocks are deduplicated, all-zero blocks are not stored. Resolves to the
+   * backup URL.
    */
   createDeltaBackup(ops: DeltaBlockOperations, opts: DeltaBackupOptions): Promise<string>;
   /** Writes every block of a delta-block backup into `target` (a file or block device), verifying checksums. */

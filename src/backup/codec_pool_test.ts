@@ -7,6 +7,7 @@ import { join } from "node:path";
 import zlib, { gzipSync } from "node:zlib";
 import { BLOCK_SIZE } from "./codec.ts";
 import {
+  checkBlock,
   closeFile,
   codecWorkers,
   hashBlock,
@@ -37,6 +38,35 @@ describe("codec worker pool", () => {
     } finally {
       setCodecIdleMs(old);
     }
+  });
+
+  it("checkBlock() reports a block's checksum and length, whatever its frame, and a longer block as longer", async () => {
+    const zstd = (zlib as { zstdCompressSync?: (b: Uint8Array) => Uint8Array }).zstdCompressSync;
+    const block = new Uint8Array(BLOCK_SIZE).map((_, i) => (i * 13 + (i >> 10)) % 251);
+    const sum = createHash("sha256").update(block).digest("hex");
+    const frames = [gzipSync(block), ...(zstd ? [zstd(block)] : [])];
+    for (const packed of frames) {
+      // Twice each: the pooled copy of a view, then a buffer of its own (handed over).
+      const view = new Uint8Array(packed.length + 8).subarray(4, 4 + packed.length);
+      view.set(packed);
+      assert.deepEqual(await checkBlock(view, { algo: "sha256", size: BLOCK_SIZE }), {
+        checksum: sum,
+        length: BLOCK_SIZE,
+      });
+      assert.deepEqual(
+        await checkBlock(new Uint8Array(packed), { algo: "sha256", size: BLOCK_SIZE }),
+        { checksum: sum, length: BLOCK_SIZE },
+      );
+    }
+    const longer = new Uint8Array(BLOCK_SIZE + 4096).fill(1);
+    for (const packed of [gzipSync(longer), ...(zstd ? [zstd(longer)] : [])]) {
+      const r = await checkBlock(packed, { algo: "sha256", size: BLOCK_SIZE });
+      assert.ok(r.length > BLOCK_SIZE, `length ${r.length}`);
+    }
+    await assert.rejects(
+      checkBlock(new Uint8Array([1, 2, 3, 4]), { algo: "sha256", size: BLOCK_SIZE }),
+      /unknown block compression/,
+    );
   });
 
   it("unpackBlockTo() writes only a block of the expected size and checksum, whatever its frame", async () => {

@@ -1,7 +1,9 @@
 /**
  * Convoy's delta-block backups: a volume is cut into 2 MiB blocks, each stored once per volume
  * under its checksum; a backup record maps offsets to checksums. Only the blocks a driver
- * reports changed since the volume's last backup are read; all-zero blocks are not stored.
+ * reports changed since the volume's last backup are read; when it cannot say ("unknown"), every
+ * allocated block is read once and only those whose checksum the last backup's map lacks are
+ * stored. All-zero blocks are not stored.
  * Order of writes: blocks, then the backup record, then volume.cfg — a backup killed midway is
  * never listed, and a re-run reuses the blocks it had uploaded once it has checked them (a
  * killed upload may have left a truncated object). A backup that fails or is cancelled removes
@@ -42,13 +44,13 @@ import {
   isZero,
 } from "./codec.ts";
 import {
+  checkBlock,
   closeFile,
   freeBuffers,
   hashBlock,
   type ReadBlock,
   readSourceBlock,
   TargetWriteError,
-  unpackBlock,
   unpackBlockTo,
 } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
@@ -189,7 +191,7 @@ async function referencedBlocks(store: ObjectStore, volume: string): Promise<Set
 async function storedBlockIsGood(
   store: ObjectStore,
   key: string,
-  opts: { sum: string; algo: ChecksumAlgorithm; buffers: Uint8Array[] },
+  opts: { sum: string; algo: ChecksumAlgorithm },
 ): Promise<boolean> {
   let raw: Uint8Array;
   try {
@@ -199,11 +201,8 @@ async function storedBlockIsGood(
     throw err;
   }
   try {
-    const { data, length, checksum } = await unpackBlock(raw, {
-      algo: opts.algo,
-      into: opts.buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
-    });
-    opts.buffers.push(data);
+    // `raw` is handed over: a store's read() result is ours.
+    const { length, checksum } = await checkBlock(raw, { algo: opts.algo, size: BLOCK_SIZE });
     return length === BLOCK_SIZE && checksum === opts.sum;
   } catch {
     return false;
@@ -279,7 +278,9 @@ export interface EngineOptions {
 /**
  * Backs up a snapshot in delta-block format and resolves to the new backup's name. Incremental
  * against the newest earlier backup of the same volume identity whose snapshot the driver still
- * has; a full backup otherwise (never merged with a stale map).
+ * has; a full backup otherwise (never merged with a stale map). When the driver's comparison is
+ * "unknown", the incremental reads every allocated block of the snapshot (never the base's) and
+ * skips the blocks whose checksum the base map holds: it costs one read and hash of the snapshot.
  *
  * A block already in the store is reused only when a backup record references it (and it is not
  * empty), or after reading it back whole (decompressed, size and checksum checked); otherwise it
@@ -320,11 +321,27 @@ export async function createDeltaBackup(
     const incremental = base !== undefined && base.SnapshotName !== snapshot.name &&
       await ops.hasSnapshot(base.SnapshotName, vol);
     const t0 = performance.now();
-    const mappings = await ops.compareSnapshot(
+    let compared = await ops.compareSnapshot(
       snapshot.name,
       incremental ? base.SnapshotName : "",
       vol,
     );
+    /**
+     * The driver could not say what changed: every allocated block is read, and the blocks whose
+     * checksum the base map holds are neither stat'ed, compressed nor uploaded. The new map is
+     * then the blocks read now alone (what is not allocated now restores as zeros).
+     */
+    const byChecksum = incremental && compared === "unknown";
+    if (byChecksum) compared = await ops.compareSnapshot(snapshot.name, "", vol);
+    if (compared === "unknown") {
+      if (!volume.size) {
+        throw new InvalidArgumentError(
+          `Cannot back up volume "${vol}": the driver cannot list its allocated ranges and its size is unknown`,
+        );
+      }
+      compared = { mappings: [{ offset: 0, size: volume.size }], blockSize: BLOCK_SIZE };
+    }
+    const mappings = compared;
     const tCompared = performance.now();
     if (mappings.blockSize !== BLOCK_SIZE) {
       throw new InvalidArgumentError(
@@ -335,9 +352,16 @@ export async function createDeltaBackup(
     log.info("backup started", {
       backup: name,
       mode: incremental ? "incremental" : "full",
+      compare: byChecksum ? "checksums" : "driver",
       blocks: offsets.length,
     });
     const known = new Set<string>(incremental ? base.Blocks.map((b) => b.BlockChecksum) : []);
+    /** The base map by offset, to count the blocks read that did not change. */
+    const before = new Map<number, string>(
+      incremental ? base.Blocks.map((b) => [b.Offset, b.BlockChecksum]) : [],
+    );
+    let unchanged = 0;
+    let stored = 0;
     const inflight = new Map<string, Promise<void>>();
     const changed: BlockMapping[] = [];
     const zeroed: number[] = [];
@@ -393,7 +417,6 @@ export async function createDeltaBackup(
                         const good = await storedBlockIsGood(store, key, {
                           sum,
                           algo: codec.checksum,
-                          buffers,
                         });
                         if (good) {
                           rechecked++;
@@ -407,6 +430,7 @@ export async function createDeltaBackup(
                       back = buffer;
                       await store.write(key, packed, { deferSync: true });
                       uploaded += packed.length;
+                      stored++;
                       release(); // not after a failed write, which might still read `packed`
                     })();
                     inflight.set(sum, p);
@@ -418,6 +442,7 @@ export async function createDeltaBackup(
                 back ??= await hashed.drop().catch(() => undefined);
                 buf = back ?? new Uint8Array(BLOCK_SIZE);
               }
+              if (before.get(offset) === sum) unchanged++;
               changed.push({ Offset: offset, BlockChecksum: sum });
             }
           } finally {
@@ -439,7 +464,7 @@ export async function createDeltaBackup(
     const tBlocks = performance.now();
     await store.flush?.(); // every block durable before the record that refers to them
     const tFlushed = performance.now();
-    const blocks = mergeBlocks(incremental ? base.Blocks : [], changed, zeroed);
+    const blocks = mergeBlocks(incremental && !byChecksum ? base.Blocks : [], changed, zeroed);
     const now = opts.now?.() ?? rubyDate();
     const backup: BackupRecord & BackupExtra = {
       Name: name,
@@ -471,8 +496,11 @@ export async function createDeltaBackup(
     log.info("backup completed", {
       backup: name,
       mode: incremental ? "incremental" : "full",
+      compare: byChecksum ? "checksums" : "driver",
       blocksRead: offsets.length,
       blocksChanged: changed.length,
+      blocksUnchanged: unchanged,
+      blocksUploaded: stored,
       bytesUploaded: uploaded,
       blocksRechecked: rechecked,
       blocksReplaced: replaced,
@@ -566,29 +594,23 @@ function corrupt(ref: BlockRef, why: string, cause?: unknown): BackendError {
 }
 
 /**
- * Reads, decompresses and verifies one block into `opts.into` (handed over; the data comes back
- * in it); a clear error names the backup and the block.
+ * Reads, decompresses and verifies one block, keeping none of it; resolves to its size. A clear
+ * error names the backup and the block.
  */
-async function fetchBlock(
-  store: ObjectStore,
-  opts: BlockRef & { into: Uint8Array },
-): Promise<Uint8Array> {
+async function checkBlockFile(store: ObjectStore, opts: BlockRef): Promise<number> {
   const raw = await readBlockFile(store, opts);
-  let data: Uint8Array;
   let sum: string;
   let length: number;
   try {
-    ({ data, checksum: sum, length } = await unpackBlock(raw, {
-      algo: opts.algo,
-      into: opts.into, // `raw` is handed over: a store's read() result is ours
-    }));
+    // `raw` is handed over: a store's read() result is ours.
+    ({ checksum: sum, length } = await checkBlock(raw, { algo: opts.algo, size: BLOCK_SIZE }));
   } catch (err) {
     throw corrupt(opts, errorMessage(err), err);
   }
   if (length !== BLOCK_SIZE || sum !== opts.block.BlockChecksum) {
     throw corrupt(opts, "checksum mismatch");
   }
-  return data;
+  return length;
 }
 
 /**
@@ -719,29 +741,21 @@ export async function verifyDeltaBackup(
   const problems: string[] = [];
   let bytes = 0;
   let done = 0;
-  const buffers: Uint8Array[] = [];
-  try {
-    await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
-      try {
-        const data = await fetchBlock(store, {
-          volume: opts.volume,
-          block,
-          algo,
-          url: opts.url,
-          action: "verify",
-          into: buffers.pop() ?? new Uint8Array(BLOCK_SIZE),
-        });
-        bytes += data.length;
-        buffers.push(data);
-      } catch (err) {
-        if (isErrorCode(err, "Cancelled")) throw err;
-        problems.push(errorMessage(err));
-      }
-      opts.progress?.({ done: ++done, total: blocks.length, bytes });
-    });
-  } finally {
-    freeBuffers(buffers);
-  }
+  await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
+    try {
+      bytes += await checkBlockFile(store, {
+        volume: opts.volume,
+        block,
+        algo,
+        url: opts.url,
+        action: "verify",
+      });
+    } catch (err) {
+      if (isErrorCode(err, "Cancelled")) throw err;
+      problems.push(errorMessage(err));
+    }
+    opts.progress?.({ done: ++done, total: blocks.length, bytes });
+  });
   return {
     backupURL: opts.url,
     blocks: backup.Blocks.length,

@@ -34,7 +34,7 @@ import { loadBackupRecord } from "./catalog.ts";
 import { collectGarbage } from "./gc.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
 import { leasesDir, processStart, takeLease, thisHolder } from "./leases.ts";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import { s3TestEndpoint } from "../../tests/s3_helper.ts";
@@ -56,7 +56,11 @@ class FakeDisk implements DeltaBlockOperations {
   hasSnapshot(id: string) {
     return this.snaps.has(id);
   }
-  compareSnapshot(id: string, base: string): Mappings {
+  compareSnapshot(id: string, base: string): Mappings | "unknown" {
+    return this.ranges(id, base);
+  }
+  /** The blocks of `id` that differ from `base`; with no base, the non-zero ones. */
+  ranges(id: string, base: string): Mappings {
     const a = this.snaps.get(id)!;
     const b = base ? this.snaps.get(base)! : undefined;
     const mappings = [];
@@ -73,6 +77,26 @@ class FakeDisk implements DeltaBlockOperations {
   readSnapshot(id: string, _vol: string, start: number, data: Uint8Array) {
     if (++this.reads > this.failAfter) throw new Error("disk vanished");
     data.set(this.snaps.get(id)!.subarray(start, start + data.length));
+  }
+}
+
+/**
+ * FakeDisk of a driver that cannot compare two snapshots: with a base its comparison is
+ * "unknown". With none it reports the non-zero blocks, and `allocated` (zero, but not holes).
+ */
+class UnknownDisk extends FakeDisk {
+  allocated = new Set<number>();
+  /** The snapshot of every readSnapshot call. */
+  readsOf: string[] = [];
+  override compareSnapshot(id: string, base: string): Mappings | "unknown" {
+    if (base) return "unknown";
+    const { mappings } = this.ranges(id, "");
+    for (const offset of this.allocated) mappings.push({ offset, size: BLOCK_SIZE });
+    return { mappings, blockSize: BLOCK_SIZE };
+  }
+  override readSnapshot(id: string, vol: string, start: number, data: Uint8Array) {
+    this.readsOf.push(id);
+    super.readSnapshot(id, vol, start, data);
   }
 }
 
@@ -171,6 +195,15 @@ async function restore(store: ObjectStore, name: string, under = tmpdir()): Prom
 
 const blockKeys = (s: MemoryStore) => s.keys().filter((k) => k.endsWith(".blk"));
 
+/** A backup's block map of vol1: block number to checksum. */
+async function blockMap(store: ObjectStore, name: string): Promise<Map<number, string>> {
+  const key = `convoy-objectstore/volumes/vo/l1/vol1/backups/backup_${name}.cfg`;
+  const rec = JSON.parse(new TextDecoder().decode(await store.read(key))) as {
+    Blocks: Array<{ Offset: number; BlockChecksum: string }>;
+  };
+  return new Map(rec.Blocks.map((b) => [b.Offset / BLOCK_SIZE, b.BlockChecksum]));
+}
+
 /** Every object key under `prefix`, walking the store's listing. */
 async function allKeys(store: ObjectStore, prefix = ""): Promise<string[]> {
   const out: string[] = [];
@@ -259,6 +292,51 @@ describe("delta-block engine", () => {
     );
     const s1 = disk.snaps.get("s1")!;
     assert.deepEqual(await restore(store, first), s1);
+  });
+
+  it('createDeltaBackup() given "unknown" changes reads the snapshot once and stores only the blocks that differ', async () => {
+    const store = new MemoryStore("unknown");
+    const disk = new UnknownDisk(volume.size);
+    const img = new Uint8Array(volume.size);
+    for (let b = 0; b < 7; b++) fill(img, b, b + 20);
+    disk.snapshot("s1", img);
+    const first = await backup(store, disk, "s1");
+    const s1Map = await blockMap(store, first);
+
+    fill(img, 2, 77); // changed
+    img.copyWithin(6 * BLOCK_SIZE, 0, BLOCK_SIZE); // block 6 now holds block 0's bytes
+    img.fill(0, 4 * BLOCK_SIZE, 5 * BLOCK_SIZE); // zeroed, still allocated: reads as zeros
+    img.fill(0, 5 * BLOCK_SIZE, 6 * BLOCK_SIZE); // trimmed: a hole, not reported at all
+    disk.allocated.add(4 * BLOCK_SIZE);
+    disk.snapshot("s2", img);
+    const written: string[] = [];
+    const statted: string[] = [];
+    const { write, stat } = store;
+    store.write = (key, ...rest) => (written.push(key), write.call(store, key, ...rest));
+    store.stat = (key) => (statted.push(key), stat.call(store, key));
+    disk.readsOf = [];
+    const second = await backup(store, disk, "s2");
+    store.write = write;
+    store.stat = stat;
+
+    assert.deepEqual(disk.readsOf, Array(6).fill("s2"), "blocks 0-4 and 6 of s2, once each");
+    const blocksWritten = written.filter((k) => k.endsWith(".blk"));
+    assert.equal(blocksWritten.length, 1, "only block 2 is compressed and stored");
+    assert.deepEqual(statted.filter((k) => k.endsWith(".blk")), blocksWritten);
+    const s2Map = await blockMap(store, second);
+    assert.deepEqual([...s2Map.keys()], [0, 1, 2, 3, 6]);
+    for (const b of [0, 1, 3]) assert.equal(s2Map.get(b), s1Map.get(b), `block ${b} carried`);
+    assert.equal(s2Map.get(6), s1Map.get(0));
+    assert.notEqual(s2Map.get(2), s1Map.get(2));
+    assert.deepEqual(
+      await restore(store, second),
+      img,
+      "zeroed and trimmed blocks restore as zeros",
+    );
+    assert.deepEqual(await restore(store, first), disk.snaps.get("s1"));
+    const report = await verifyDeltaBackup(store, { volume: "vol1", backup: second, url: "u" });
+    assert.deepEqual(report.problems, []);
+    assert.equal(report.checked, 5);
   });
 
   it("createDeltaBackup() falls back to a full backup, never merging a stale map, when the base snapshot is gone", async () => {

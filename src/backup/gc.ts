@@ -1,16 +1,17 @@
 /**
  * Garbage collection of a block store: removes the blocks of a volume that no backup record
  * references (left by a crash, by a failed backup, or by a delete that had to skip its sweep
- * while a backup ran), and stale temporary objects. Runs under a gc lease and skips a volume
+ * while a backup ran), and stale temporary objects (sweepStaleTemps: vfs temp files, S3
+ * multipart uploads). Runs under a gc lease and skips a volume
  * while a live backup lease exists.
  * @module
  */
 import { errorMessage, NotFoundError } from "../api/errors.ts";
+import { sweepStaleTemps } from "../store/sweep.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { generateName } from "../util/names.ts";
 import { listBackupNames, loadBackupRecord, loadVolumeRecord, walkVolumes } from "./catalog.ts";
-import { staleTemps } from "./gc_temps.ts";
 import { blockPath, BLOCKS_DIR, volumeConfigPath, volumeDir } from "./layout.ts";
 import { describeLease, leaseStates, noteSweepNeeded, sweepNotes, takeLease } from "./leases.ts";
 import { RecordParseError } from "./records.ts";
@@ -145,9 +146,14 @@ export async function gcVolume(
         if (!opts.dryRun) await clearLeftovers(store, volume, { notes, exceptID: id });
       }
     }
-    const temps = await staleTemps(store, volumeDir(volume), { dryRun: opts.dryRun });
-    report.StaleTemps = temps.count;
-    report.StaleTempBytes = temps.bytes;
+    const sizes = new Map<string, number>();
+    const temps = await sweepStaleTemps(store, {
+      prefix: volumeDir(volume),
+      dryRun: opts.dryRun,
+      onSwept: (key, bytes) => sizes.set(key, bytes),
+    });
+    report.StaleTemps = temps.length;
+    report.StaleTempBytes = temps.reduce((n, key) => n + (sizes.get(key) ?? 0), 0);
     if (report.Skipped) {
       log.info("gc skipped the volume's blocks", { reason: report.Skipped });
       if (!opts.dryRun && backups.length > 0) {

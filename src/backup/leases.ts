@@ -12,12 +12,14 @@
  * expires, and its holder refreshes it while it holds it.
  * @module
  */
-import { readFile, readlink } from "node:fs/promises";
-import { hostname } from "node:os";
 import { CancelledError, isErrorCode } from "../api/errors.ts";
 import type { ObjectStore } from "../store/types.ts";
+import { holderGone, thisHolder } from "../util/holder.ts";
 import type { Logger } from "../util/log.ts";
 import { volumeDir } from "./layout.ts";
+
+/** The holder of a lease is a process as src/util/holder.ts names it. */
+export { type Holder, processStart, thisHolder } from "../util/holder.ts";
 
 export type LeaseKind = "backup" | "gc";
 
@@ -43,15 +45,6 @@ export interface LeaseRecord {
   Start?: string;
 }
 
-/** Who holds a lease: this process, as a lease names it. */
-export interface Holder {
-  host: string;
-  pid: number;
-  boot: string;
-  pidNS: string;
-  start: string;
-}
-
 /** The folder of a volume's leases in the store. */
 export function leasesDir(volume: string): string {
   return `${volumeDir(volume)}/leases`;
@@ -62,47 +55,19 @@ export interface Lease {
   release(): Promise<void>;
 }
 
-async function readText(path: string): Promise<string> {
-  try {
-    return (await readFile(path, "utf8")).trim();
-  } catch {
-    return "";
-  }
-}
-
-/** Field 22 (starttime) of /proc/PID/stat, or "" when there is no such process. */
-export async function processStart(pid: number): Promise<string> {
-  const stat = await readText(`/proc/${pid}/stat`);
-  // Field 2 (comm) may hold spaces and ")": the fields after it follow the last ")".
-  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return stat ? rest[22 - 3] ?? "" : "";
-}
-
-let self: Promise<Holder> | undefined;
-
-/** This process as a lease holder (boot id etc. are "" where /proc does not tell). */
-export function thisHolder(): Promise<Holder> {
-  self ??= (async () => ({
-    host: hostname(),
-    pid: process.pid,
-    boot: await readText("/proc/sys/kernel/random/boot_id"),
-    pidNS: await readlink("/proc/self/ns/pid").catch(() => ""),
-    start: await processStart(process.pid),
-  }))();
-  return self;
-}
-
 /**
  * Whether `rec` still holds: false for an expired lease, and for a lease of this host, boot and
  * pid namespace whose process is gone or is another process; true otherwise.
  */
 export async function isLive(rec: LeaseRecord, opts: { now?: number } = {}): Promise<boolean> {
   if (!(Date.parse(rec.Expires) > (opts.now ?? Date.now()))) return false;
-  const me = await thisHolder();
-  const checkable = !!rec.Boot && !!rec.Start && !!me.boot && !!me.pidNS &&
-    rec.Host === me.host && rec.Boot === me.boot && rec.PidNS === me.pidNS;
-  if (!checkable) return true;
-  return await processStart(rec.Pid) === rec.Start;
+  return !(await holderGone({
+    host: rec.Host,
+    boot: rec.Boot,
+    pidNS: rec.PidNS,
+    pid: rec.Pid,
+    start: rec.Start,
+  }));
 }
 
 async function write(store: ObjectStore, volume: string, rec: LeaseRecord): Promise<void> {

@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import { MemoryStore } from "../store/memory.ts";
 import type { LogFields, Logger } from "../util/log.ts";
 import {
@@ -115,7 +115,7 @@ describe("leases", () => {
       const url = `vfs://${dir}`;
       const script = `
         import { openStore } from ${
-        JSON.stringify(new URL("../store/registry.ts", import.meta.url).href)
+        JSON.stringify(new URL("../store/testing.ts", import.meta.url).href)
       };
         import { takeLease } from ${JSON.stringify(new URL("./leases.ts", import.meta.url).href)};
         const store = await openStore(${JSON.stringify(url)});

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { BackendError, NotSupportedError } from "../api/errors.ts";
 import { MemoryStore } from "../store/memory.ts";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { silentLogger } from "../util/log.ts";

@@ -14,7 +14,7 @@ import type {
 } from "../api/plugin.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseOptions } from "../util/parse_options.ts";
-import { defaultStoreRegistry } from "../store/registry.ts";
+import { builtinStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { validateName } from "../util/names.ts";
@@ -40,7 +40,10 @@ import { type BackupRef, decodeBackupURL, encodeBackupURL } from "./url.ts";
 /** Options of createBackupStoreApi. */
 export interface BackupStoreApiOptions {
   log: Logger;
-  /** Where stores come from (default: the built-in registry). Tests inject wrappers here. */
+  /**
+   * Where stores come from: the daemon passes its registry (default: a new builtinStoreRegistry,
+   * for tests). Tests inject wrappers here.
+   */
   stores?: { open(destURL: string, opts?: OpenStoreOptions): Promise<ObjectStore> };
   /** The CreatedTime of new backup records (default: now, as RubyDate). */
   now?: () => string;
@@ -112,7 +115,7 @@ export interface HostBackupStoreApi extends BackupStoreApi {
 
 /** The BackupStoreApi handed to drivers, over the stores of `opts.stores`. */
 export function createBackupStoreApi(opts: BackupStoreApiOptions): HostBackupStoreApi {
-  const stores = opts.stores ?? defaultStoreRegistry;
+  const stores = opts.stores ?? builtinStoreRegistry({ log: opts.log.child({ pkg: "store" }) });
   const log = opts.log.child({ component: "backupstore" });
 
   async function openBackup(

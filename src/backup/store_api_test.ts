@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { InvalidArgumentError, NotFoundError } from "../api/errors.ts";
 import type { BackupStoreApi, BackupVolume } from "../api/plugin.ts";
-import { openStore } from "../store/registry.ts";
+import { openStore } from "../store/testing.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { LogFields, Logger } from "../util/log.ts";
 import { createBackupStoreApi } from "./store_api.ts";

@@ -7,6 +7,7 @@ import { bundledPlugins } from "../plugins/bundled.ts";
 import { createPluginApi } from "../plugins/host_api.ts";
 import { NativeBackupRegistry } from "../plugins/block/driver.ts";
 import { loadPlugins } from "../plugins/loader.ts";
+import { builtinStoreRegistry } from "../store/registry.ts";
 import { createExec } from "../runtime/exec.ts";
 import {
   type HttpRequest,
@@ -128,7 +129,8 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
         mountinfo: typeof ns.mountInfo === "string" ? ns.mountInfo : "nsenter",
       });
     }
-    const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }) });
+    const stores = builtinStoreRegistry({ log: log.child({ pkg: "store" }) });
+    const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }), stores });
     const natives = new NativeBackupRegistry();
     const registry = await loadPlugins({
       bundled: bundledPlugins,
@@ -166,6 +168,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
       state,
       config: cfg.config,
       backup,
+      stores,
       log,
       jobRetentionMs: retentionMs,
     });

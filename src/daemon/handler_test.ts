@@ -13,6 +13,7 @@ import { createBackupStoreApi } from "../backup/store_api.ts";
 import { registeredInit } from "../plugins/testing.ts";
 import { createExec } from "../runtime/exec.ts";
 import type { HttpRequest, HttpResponse } from "../runtime/listen.ts";
+import { builtinStoreRegistry } from "../store/registry.ts";
 import { silentLogger } from "../util/log.ts";
 import vfsSetup from "../../plugins/vfs/mod.ts";
 import { DaemonConfig } from "./config.ts";
@@ -27,7 +28,8 @@ async function startService(
   root: string,
   config: Partial<DaemonConfig> = {},
 ): Promise<{ svc: VolumeService; handle: (req: HttpRequest) => Promise<HttpResponse> }> {
-  const backup = createBackupStoreApi({ log: silentLogger });
+  const stores = builtinStoreRegistry({ log: silentLogger });
+  const backup = createBackupStoreApi({ log: silentLogger, stores });
   const init = registeredInit(vfsSetup, "vfs", { exec, backup });
   const driver = await init(join(root, "vfs"), {});
   const state = new State(root);
@@ -42,6 +44,7 @@ async function startService(
       ...config,
     }),
     backup,
+    stores,
     log: silentLogger,
   });
   await svc.reconcile();

@@ -18,7 +18,6 @@ import { decodeBackupURL } from "../backup/url.ts";
 import { isBlockDriver } from "../plugins/block/driver.ts";
 import { validateName } from "../util/names.ts";
 import { unescapeURL } from "./service_base.ts";
-import { isStoreURL } from "./service_base.ts";
 import type { GcReport } from "../backup/gc.ts";
 import { ServiceSnapshots } from "./service_snapshots.ts";
 
@@ -113,7 +112,7 @@ export class ServiceBackups extends ServiceSnapshots {
     const action = `Cannot delete backup "${url}"`;
     const driver = await this.backupDriverOf(url, opts.endpoint, action);
     const bops = await this.backupOps(driver, action);
-    if (isStoreURL(url)) await this.backup.deleteBackup(url, opts);
+    if (this.isStoreURL(url)) await this.backup.deleteBackup(url, opts);
     else await bops.deleteBackup(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
     this.log.info("backup deleted", { url });
   }
@@ -123,7 +122,7 @@ export class ServiceBackups extends ServiceSnapshots {
     const action = `Cannot inspect backup "${url}"`;
     const driver = await this.backupDriverOf(url, opts.endpoint, action);
     const bops = await this.backupOps(driver, action);
-    if (isStoreURL(url)) return await this.backup.getBackupInfo(url, opts);
+    if (this.isStoreURL(url)) return await this.backup.getBackupInfo(url, opts);
     return await bops.getBackupInfo(url, { [OPT_ENDPOINT_URL]: opts.endpoint ?? "" });
   }
 
@@ -135,7 +134,7 @@ export class ServiceBackups extends ServiceSnapshots {
     if (!destURL) throw new InvalidArgumentError("Cannot list backups: no destination URL given");
     if (opts.volumeName) validateName(opts.volumeName, "volume");
     destURL = unescapeURL(destURL);
-    const inStore = isStoreURL(destURL);
+    const inStore = this.isStoreURL(destURL);
     const out: Record<string, StringMap> = {};
     for (const [name, d] of this.drivers) {
       let bops: BackupOperations;

@@ -18,6 +18,7 @@ import type {
   VolumeOperations,
 } from "../api/driver.ts";
 import type { HostBackupStoreApi } from "../backup/store_api.ts";
+import type { StoreRegistry } from "../store/registry.ts";
 import { unescapeBackupURL } from "../backup/url.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
@@ -46,8 +47,6 @@ export interface CreateVolumeRequest {
 /** Replaces every escaped "&" Convoy's CLI printed (see unescapeBackupURL). */
 export const unescapeURL = unescapeBackupURL;
 
-const STORE_SCHEMES = new Set(["vfs", "s3", "mem"]);
-
 /** The scheme of a URL without ":", or "" when it does not parse. */
 export function schemeOf(url: string): string {
   try {
@@ -57,17 +56,14 @@ export function schemeOf(url: string): string {
   }
 }
 
-/** True for a URL of a backup store (vfs://, s3://), which the daemon reads itself. */
-export function isStoreURL(url: string): boolean {
-  return STORE_SCHEMES.has(schemeOf(url));
-}
-
 /** The service's state and lookups; see VolumeService (service.ts). */
 export class ServiceBase {
   readonly drivers: Map<string, ConvoyDriver>;
   readonly state: State;
   readonly config: DaemonConfig;
   readonly backup: HostBackupStoreApi;
+  /** The backup store schemes (the daemon's registry): other backup URLs name a driver. */
+  readonly stores: Pick<StoreRegistry, "schemes">;
   readonly log: Logger;
   readonly locks = new KeyedMutex();
   readonly jobs: Jobs;
@@ -79,6 +75,7 @@ export class ServiceBase {
     state: State;
     config: DaemonConfig;
     backup: HostBackupStoreApi;
+    stores: Pick<StoreRegistry, "schemes">;
     log: Logger;
     /** How long finished jobs stay listed (default KEEP_FINISHED_MS). */
     jobRetentionMs?: number;
@@ -87,6 +84,7 @@ export class ServiceBase {
     this.state = opts.state;
     this.config = opts.config;
     this.backup = opts.backup;
+    this.stores = opts.stores;
     this.log = opts.log;
     this.jobs = new Jobs({ keepFinishedMs: opts.jobRetentionMs });
   }
@@ -169,8 +167,12 @@ export class ServiceBase {
     } catch {
       throw new InvalidArgumentError(`${action}: invalid backup URL`);
     }
-    if (!STORE_SCHEMES.has(scheme)) return scheme;
+    if (!this.isStoreURL(url)) return scheme;
     return (await this.backup.getBackupVolume(url, { endpoint })).driver;
+  }
+  /** True for a URL of a backup store (vfs://, s3://), which the daemon reads itself. */
+  isStoreURL(url: string): boolean {
+    return this.stores.schemes().includes(schemeOf(url));
   }
 
   // ---- what the Docker adapter asks ---------------------------------------------------------

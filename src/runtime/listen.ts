@@ -28,7 +28,21 @@ export interface UnixServer {
   close(): Promise<void>;
 }
 
-const MAX_BODY = 16 * 1024 * 1024;
+/** The largest request body the daemon reads; a larger one is answered 413. */
+export const MAX_BODY = 16 * 1024 * 1024;
+
+/**
+ * How long a client has to send a request's headers, and then its body: a request that has not
+ * fully arrived by then is answered 408 and its connection closed. Handling the request (a backup
+ * that takes minutes) is not limited.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
+/** Options of {@linkcode listenUnix}. */
+export interface ListenOptions {
+  /** See REQUEST_TIMEOUT_MS (tests shorten it). */
+  requestTimeoutMs?: number;
+}
 
 /** Resolves true when something accepts connections on the socket at `path`. */
 export function socketAlive(path: string): Promise<boolean> {
@@ -42,19 +56,51 @@ export function socketAlive(path: string): Promise<boolean> {
   });
 }
 
-function readBody(req: IncomingMessage): Promise<Uint8Array> {
+/** A request the server answers itself, without the handler: too large, or too slow to arrive. */
+class RequestRefused extends Error {
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/**
+ * The request body. Past MAX_BODY, the rest is read and dropped (the client can then read the
+ * answer) and the promise rejects with 413; a body that has not ended `timeoutMs` after the
+ * headers rejects with 408 (or 413 if it was too large already).
+ */
+function readBody(req: IncomingMessage, timeoutMs: number): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const chunks: Uint8Array[] = [];
     let size = 0;
+    const tooLarge = () =>
+      new RequestRefused(413, `Request body is larger than ${MAX_BODY / 1024 / 1024} MiB`);
+    const timer = setTimeout(() => {
+      reject(
+        size > MAX_BODY ? tooLarge() : new RequestRefused(
+          408,
+          `Request did not arrive in ${timeoutMs / 1000} s: ${size} of ${
+            req.headers["content-length"] ?? "?"
+          } body bytes received`,
+        ),
+      );
+    }, timeoutMs);
     req.on("data", (c: Uint8Array) => {
       size += c.length;
-      if (size > MAX_BODY) {
-        reject(new ConvoyError("InvalidArgument", "Request body is larger than 16 MiB"));
-        req.destroy();
-      } else chunks.push(c);
+      if (size > MAX_BODY) chunks.length = 0;
+      else chunks.push(c);
     });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
-    req.on("error", reject);
+    req.on("end", () => {
+      clearTimeout(timer);
+      if (size > MAX_BODY) reject(tooLarge());
+      else resolve(Buffer.concat(chunks));
+    });
+    req.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.on("close", () => clearTimeout(timer));
   });
 }
 
@@ -63,7 +109,12 @@ function readBody(req: IncomingMessage): Promise<Uint8Array> {
  * name and renamed into place, so clients never see a half-set-up socket. A stale socket of a
  * dead daemon is replaced; a live one is refused.
  */
-export async function listenUnix(path: string, handler: Handler): Promise<UnixServer> {
+export async function listenUnix(
+  path: string,
+  handler: Handler,
+  opts: ListenOptions = {},
+): Promise<UnixServer> {
+  const timeoutMs = opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   await mkdir(dirname(path), { recursive: true, mode: 0o755 });
   const existing = await lstat(path).catch(() => undefined);
   if (existing) {
@@ -77,16 +128,30 @@ export async function listenUnix(path: string, handler: Handler): Promise<UnixSe
       throw new ConvoyError("Conflict", `Cannot listen on "${path}": another daemon is running`);
     }
   }
-  const server: Server = createServer((req, res) => {
-    const send = (r: HttpResponse) => {
+  // Headers must arrive within the timeout (the runtime answers 408 without a body); the body
+  // within the timeout after them (readBody, which answers 408 with JSON).
+  const server: Server = createServer({
+    headersTimeout: timeoutMs,
+    requestTimeout: 0,
+    connectionsCheckingInterval: Math.min(timeoutMs / 4, 5_000),
+  }, (req, res) => {
+    const send = (r: HttpResponse, close = false) => {
+      if (res.headersSent || res.destroyed) return;
       const body = typeof r.body === "string" ? Buffer.from(r.body) : r.body;
       res.writeHead(r.status, {
         "Content-Type": r.contentType ?? "text/plain; charset=utf-8",
         "Content-Length": String(body.length),
+        ...(close ? { Connection: "close" } : {}),
       });
       res.end(body);
     };
-    readBody(req)
+    const fail = (status: number, err: unknown, close = false) =>
+      send({
+        status,
+        body: JSON.stringify({ Error: (err as Error).message }),
+        contentType: "application/json",
+      }, close);
+    readBody(req, timeoutMs)
       .then((body) => {
         const url = new URL(req.url ?? "/", "http://convoy");
         return handler({
@@ -97,12 +162,10 @@ export async function listenUnix(path: string, handler: Handler): Promise<UnixSe
           body,
         });
       })
-      .then(send, (err) =>
-        send({
-          status: 500,
-          body: JSON.stringify({ Error: (err as Error).message }),
-          contentType: "application/json",
-        }));
+      .then((r) => send(r), (err) => {
+        if (err instanceof RequestRefused) fail(err.status, err, true);
+        else fail(500, err);
+      });
   });
   const tmp = join(dirname(path), `.${process.pid}-${Date.now()}.sock.tmp`);
   await rm(tmp, { force: true });

@@ -1,14 +1,17 @@
 /**
  * Chooses the store for a destination URL by its scheme. Each scheme has one StoreFactory that
  * declares its capabilities (custom endpoint support), so generic code never names a backend.
+ * There is no process-wide registry: the daemon builds one (builtinStoreRegistry) and hands it
+ * down; tests build their own (and only they add the `mem://` store).
  * @module
  */
 import { InvalidArgumentError } from "../api/errors.ts";
+import type { Logger } from "../util/log.ts";
 import { destScheme } from "./dest_url.ts";
-import { memoryStoreFactory } from "./memory.ts";
-import { s3StoreFactory } from "./s3.ts";
+import { s3StoreFactory } from "./s3/store.ts";
 import type { ObjectStore, OpenStoreOptions, StoreFactory } from "./types.ts";
 import { vfsStoreFactory } from "./vfs.ts";
+import { withStoreWrappers } from "./wrappers.ts";
 
 /** Factories keyed by scheme. */
 export interface StoreRegistry {
@@ -61,17 +64,17 @@ export function createStoreRegistry(factories: StoreFactory[] = []): StoreRegist
   return registry;
 }
 
-/**
- * The built-in factories: vfs://, s3:// (the AWS SDK loads on first open) and mem:// (tests).
- */
+/** The built-in factories: vfs:// and s3:// (the AWS SDK loads on first open). */
 export function builtinStoreFactories(): StoreFactory[] {
-  return [vfsStoreFactory, s3StoreFactory, memoryStoreFactory()];
+  return [vfsStoreFactory, s3StoreFactory];
 }
 
-/** The process-wide registry of the built-in schemes. */
-export const defaultStoreRegistry: StoreRegistry = createStoreRegistry(builtinStoreFactories());
-
-/** Opens `destURL` with the default registry (see StoreRegistry.open). */
-export function openStore(destURL: string, opts: OpenStoreOptions = {}): Promise<ObjectStore> {
-  return defaultStoreRegistry.open(destURL, opts);
+/**
+ * The registry of the built-in schemes as the daemon uses them: each factory wrapped with
+ * withStoreWrappers (its retry policy, if any, and logging to `opts.log`).
+ */
+export function builtinStoreRegistry(opts: { log: Logger }): StoreRegistry {
+  return createStoreRegistry(
+    builtinStoreFactories().map((f) => withStoreWrappers(f, { log: opts.log })),
+  );
 }

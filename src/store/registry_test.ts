@@ -5,7 +5,9 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { InvalidArgumentError } from "../api/errors.ts";
 import { MemoryStore } from "./memory.ts";
-import { createStoreRegistry, openStore } from "./registry.ts";
+import { builtinStoreRegistry, createStoreRegistry } from "./registry.ts";
+import { silentLogger } from "../util/log.ts";
+import { openStore } from "./testing.ts";
 import type { StoreFactory } from "./types.ts";
 
 describe("openStore()", () => {
@@ -41,6 +43,16 @@ describe("openStore()", () => {
       name: "InvalidArgumentError",
       message:
         'Cannot use endpoint "http://x" with "vfs:///tmp": only s3:// supports custom endpoints',
+    });
+  });
+});
+
+describe("builtinStoreRegistry()", () => {
+  it("builtinStoreRegistry() has vfs:// and s3:// only: mem:// is registered by tests", async () => {
+    const reg = builtinStoreRegistry({ log: silentLogger });
+    assert.deepEqual(reg.schemes(), ["s3", "vfs"]);
+    await assert.rejects(reg.open("mem://x"), {
+      message: 'Unsupported backup destination "mem://x": scheme "mem" is not supported',
     });
   });
 });

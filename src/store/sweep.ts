@@ -1,13 +1,14 @@
 /**
  * Sweeping the leftovers of interrupted writes (a process killed mid-write, a host that lost
  * power): vfs temp files `.<name>.tmp-<hex>` that were never renamed into place, and S3
- * multipart uploads that were never completed or aborted. Neither is ever visible as an object,
- * so only their age tells a dead write from a live one.
+ * multipart uploads that were never completed or aborted. Neither is ever visible as an object.
+ * A vfs temp file whose name names a writer of this host that is gone is swept at once
+ * (temp_name.ts); any other leftover only by its age.
  * @module
  */
 import { errorMessage } from "../api/errors.ts";
 import type { Logger } from "../util/log.ts";
-import type { ObjectStore } from "./types.ts";
+import type { ObjectStore, SweepOptions } from "./types.ts";
 
 /**
  * Leftovers idle for at least this long are swept: 1 hour. Age counts from the leftover's
@@ -19,18 +20,25 @@ export const STALE_TEMP_AGE_MS = 60 * 60_000;
 
 /**
  * Removes the leftovers of interrupted writes under `opts.prefix` (default: the whole store)
- * idle for `opts.olderThanMs` (default STALE_TEMP_AGE_MS) or longer; resolves to their keys
- * (vfs: the temp file's key; s3: `<key>?uploadId=<id>`). With `dryRun`, removes nothing.
+ * idle for `opts.olderThanMs` (default STALE_TEMP_AGE_MS) or longer, or left by a local writer
+ * that is gone; resolves to their keys (vfs: the temp file's key; s3: `<key>?uploadId=<id>`).
+ * With `dryRun`, removes nothing. `onSwept` is told each key's size in bytes (see SweepOptions).
  * Resolves to [] for stores that leave no leftovers (mem://).
  */
 export async function sweepStaleTemps(
   store: ObjectStore,
-  opts: { olderThanMs?: number; prefix?: string; dryRun?: boolean } = {},
+  opts: {
+    olderThanMs?: number;
+    prefix?: string;
+    dryRun?: boolean;
+    onSwept?: SweepOptions["onSwept"];
+  } = {},
 ): Promise<string[]> {
   if (!store.sweepTemps) return [];
   return await store.sweepTemps(opts.prefix ?? "", {
     olderThanMs: opts.olderThanMs ?? STALE_TEMP_AGE_MS,
     dryRun: opts.dryRun,
+    onSwept: opts.onSwept,
   });
 }
 

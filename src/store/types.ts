@@ -64,7 +64,8 @@ export interface ObjectStore {
   flush?(): Promise<void>;
   /**
    * Optional: removes the leftovers of interrupted writes under `prefix` (`""` = everywhere)
-   * that nothing has written to for `olderThanMs` or longer, and resolves to what it removed
+   * that nothing has written to for `olderThanMs` or longer (or that a writer known to be gone
+   * left, where the store can tell), and resolves to what it removed
    * (or would remove, with `dryRun`). Stores whose writes leave nothing behind lack it. Call it
    * through `sweepStaleTemps` (sweep.ts).
    */
@@ -77,6 +78,11 @@ export interface SweepOptions {
   olderThanMs: number;
   /** List what would be removed, remove nothing. */
   dryRun?: boolean;
+  /**
+   * Told each leftover removed (or found, with `dryRun`) and its size in bytes, as it goes; a
+   * retried sweep may tell a key again.
+   */
+  onSwept?: (key: string, bytes: number) => void;
 }
 
 /** Options of `StoreFactory.open`. */
@@ -85,12 +91,27 @@ export interface OpenStoreOptions {
   endpoint?: string;
 }
 
+/** How to retry a store's transient failures (see withRetry in wrappers.ts). */
+export interface RetryPolicy {
+  /** Total tries per operation, first included (default 3). */
+  attempts?: number;
+  /** Delay before the first retry, doubled each time (default 200 ms); see `backoff`. */
+  delayMs?: number;
+  /** The wait before retry number `retry` (1 = the first) after `err`; replaces `delayMs`. */
+  backoff?: (err: unknown, retry: number) => number;
+}
+
 /** Opens the stores of one URL scheme; registered in a StoreRegistry. */
 export interface StoreFactory {
   /** The URL scheme without ":", e.g. "vfs". */
   readonly scheme: string;
   /** True when the store accepts a custom endpoint (s3-compatible services). */
   readonly supportsEndpoint: boolean;
+  /**
+   * How the daemon retries transient failures of opening and using these stores (see
+   * withStoreWrappers); none: never retried.
+   */
+  readonly retry?: RetryPolicy;
   /**
    * Opens the store at `destURL`, checking it is reachable. Throws InvalidArgumentError for a
    * malformed URL, NotFoundError when the location does not exist.

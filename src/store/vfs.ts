@@ -16,6 +16,7 @@ import { BackgroundSync } from "../util/background_sync.ts";
 import { fsyncDir } from "../util/fs.ts";
 import { pool } from "../util/pool.ts";
 import { parseVfsURL } from "./dest_url.ts";
+import { TEMP_NAME, tempName, tempWriterGone } from "./temp_name.ts";
 import {
   checkKey,
   type ObjectStore,
@@ -29,8 +30,6 @@ const CHUNK = 1 << 20;
 const SYNC_BATCH_BYTES = 32 * 1024 * 1024;
 /** fsync calls in flight at once, in the background or in flush(). */
 const SYNC_CONCURRENCY = 8;
-/** Temp files of in-flight writes; never listed. */
-const TEMP_NAME = /^\..+\.tmp-[0-9a-f]{8}$/;
 
 function code(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
@@ -143,7 +142,7 @@ export class VfsStore implements ObjectStore {
     const k = checkKey(key);
     const path = this.#path(k);
     const dir = dirname(path);
-    const tmp = join(dir, `.${basename(path)}.tmp-${crypto.randomUUID().slice(0, 8)}`);
+    const tmp = join(dir, await tempName(basename(path)));
     let written = 0;
     try {
       // A concurrent remove() may prune the fresh directory before the temp file exists.
@@ -246,7 +245,8 @@ export class VfsStore implements ObjectStore {
 
   /**
    * Removes the temp files of writes that never reached their rename (a killed process) under
-   * `prefix`, walking every folder below it, when unmodified for `olderThanMs`. A live write
+   * `prefix`, walking every folder below it: at once when the name's writer is a process of this
+   * host that is gone (temp_name.ts), else when unmodified for `olderThanMs`. A live write
    * modifies its temp file with every chunk it writes.
    */
   async sweepTemps(prefix: string, opts: SweepOptions): Promise<string[]> {
@@ -270,8 +270,10 @@ export class VfsStore implements ObjectStore {
         if (!e.isFile() || !TEMP_NAME.test(e.name)) continue;
         const path = this.#path(child);
         try {
-          if ((await lstat(path)).mtimeMs > cutoff) continue;
+          const st = await lstat(path);
+          if (st.mtimeMs > cutoff && !(await tempWriterGone(e.name))) continue;
           if (!opts.dryRun) await rm(path, { force: true });
+          opts.onSwept?.(child, st.size);
         } catch (err) {
           if (isMissing(err)) continue;
           throw this.#fail("sweep", child, err);

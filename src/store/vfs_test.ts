@@ -7,6 +7,7 @@ import { InvalidArgumentError, NotFoundError } from "../api/errors.ts";
 import { runObjectStoreSuite } from "./suite.ts";
 import { STALE_TEMP_AGE_MS, sweepStaleTemps } from "./sweep.ts";
 import { openVfsStore } from "./vfs.ts";
+import { thisHolder } from "../util/holder.ts";
 
 async function tempDir(): Promise<string> {
   return await mkdtemp(join(tmpdir(), "convoy-vfs-"));
@@ -120,6 +121,43 @@ describe("VfsStore", () => {
       await mkdir(join(dir, "d"));
       await writeFile(join(dir, "d", ".obj.tmp-0123abcd"), "partial");
       await writeFile(join(dir, "d", "obj"), "x");
+      assert.deepEqual(await store.list("d"), ["obj"]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("VfsStore.write() names this process in its temp file; list() hides it, a sweep keeps it", async () => {
+    const dir = await tempDir();
+    try {
+      const store = await openVfsStore(`vfs://${dir}`);
+      let finish!: () => void;
+      const wait = new Promise<void>((res) => finish = res);
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(new Uint8Array(10));
+        },
+        async pull(c) {
+          await wait;
+          c.close();
+        },
+      });
+      const writing = store.write("d/obj", body);
+      let names: string[] = [];
+      while (names.length === 0) {
+        await new Promise((res) => setTimeout(res, 5));
+        names = await readdir(join(dir, "d")).catch(() => []);
+      }
+      const me = await thisHolder();
+      assert.equal(names.length, 1);
+      assert.ok(
+        names[0].includes(`-${process.pid}-${me.start}-`),
+        `"${names[0]}" names this process`,
+      );
+      assert.deepEqual(await store.list("d"), []);
+      assert.deepEqual(await sweepStaleTemps(store), [], "a live writer's temp is kept");
+      finish();
+      await writing;
       assert.deepEqual(await store.list("d"), ["obj"]);
     } finally {
       await rm(dir, { recursive: true, force: true });

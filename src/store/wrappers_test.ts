@@ -28,6 +28,29 @@ describe("withRetry()", () => {
     assert.equal(withLogging(withRetry(new MemoryStore()), silentLogger).sweepTemps, undefined);
   });
 
+  it("withRetry() and withLogging() keep a store's flush and removeObjects", async () => {
+    const calls: string[] = [];
+    const mem = Object.assign(new MemoryStore(), {
+      flush: () => Promise.resolve(void calls.push("flush")),
+      removeObjects: (...keys: string[]) => Promise.resolve(void calls.push(`rm ${keys}`)),
+    });
+    const wrapped = withLogging(withRetry(mem), silentLogger);
+    await wrapped.flush?.();
+    await wrapped.removeObjects?.("a", "b");
+    assert.deepEqual(calls, ["flush", "rm a,b"]);
+    assert.equal(withRetry(new MemoryStore()).flush, undefined);
+  });
+
+  it("withRetry() waits what the policy's backoff says, for each retry", async () => {
+    const mem = new MemoryStore();
+    await mem.write("k", new Uint8Array([7]));
+    const f = flaky(mem, 2, new BackendError("Cannot read: connection reset"));
+    const asked: number[] = [];
+    const store = withRetry(f, { attempts: 3, backoff: (_err, retry) => (asked.push(retry), 1) });
+    assert.deepEqual(await store.read("k"), new Uint8Array([7]));
+    assert.deepEqual(asked, [1, 2]);
+  });
+
   it("withRetry() retries a transient BackendError", async () => {
     const mem = new MemoryStore();
     await mem.write("k", new Uint8Array([7]));

@@ -4,8 +4,10 @@
  *
  * A 4 GiB loop volume on an xfs (reflink) filesystem gets about 2 GB of real files from /usr;
  * then: full backup to vfs://, full backup to the local S3 server, incremental backup after
- * rewriting about 1% of the data, restore into a new volume; and restic backup and restore of the
- * same snapshot image into a local repository, restored onto the same xfs.
+ * rewriting about 1% of the data, restore into a new volume, restore of the S3 backup, verify of
+ * the vfs:// and the S3 backup (each restore and verify in a daemon started for it, so its peak
+ * RSS is its own); and restic backup and restore of the same snapshot image into a local
+ * repository, restored onto the same xfs.
  *
  * The xfs stands in for a real disk: its image is attached with direct I/O, so it has no second
  * page cache. Every timed step starts with a cold page cache and runs CONVOY_BENCH_RUNS times
@@ -182,13 +184,23 @@ async function main() {
   const endpoint = await new Promise<string>((resolve) =>
     s3.stdout!.once("data", (c) => resolve(String(c).trim().split("\n")[0]))
   );
-  const daemon = await startDaemon({
-    root: join(WORK, "root"),
-    args: ["--drivers", "loop", "--driver-opts", `loop.path=${join(WORK, "xfs", "volumes")}`],
-    env,
-  });
+  const startBenchDaemon = () =>
+    startDaemon({
+      root: join(WORK, "root"),
+      args: ["--drivers", "loop", "--driver-opts", `loop.path=${join(WORK, "xfs", "volumes")}`],
+      env,
+    });
+  let daemon = await startBenchDaemon();
   const socket = daemon.socket;
-  const pid = daemon.proc.pid!;
+  let pid = daemon.proc.pid!;
+  let daemonOutput = "";
+  /** Stops the daemon and starts a new one on the same root and socket. */
+  const restartDaemon = async () => {
+    await daemon.stop();
+    daemonOutput += daemon.output();
+    daemon = await startBenchDaemon();
+    pid = daemon.proc.pid!;
+  };
   const cli = (...args: string[]) => ok(args, { socket, env });
   const results: Record<string, unknown> = {};
   try {
@@ -218,8 +230,11 @@ async function main() {
         prepare?: (i: number) => Promise<void>;
         bytes: number;
         store?: () => Promise<number>;
+        /** Run in a daemon started for this step: its peak RSS, not what earlier steps left. */
+        fresh?: boolean;
       },
     ) => {
+      if (opts.fresh) await restartDaemon();
       let peak = 0;
       let start = Infinity;
       const { seconds, runs, value, cpuBusySeconds, iowaitSeconds } = await repeated(async (i) => {
@@ -256,7 +271,7 @@ async function main() {
       store: () => duBytes(vfsStore(0)),
     });
     for (let i = 1; i < RUNS; i++) await rm(vfsStore(i), { recursive: true, force: true });
-    await step("fullBackupS3", {
+    const s3Backup = await step("fullBackupS3", {
       run: (i) =>
         cli(
           "backup",
@@ -305,6 +320,7 @@ async function main() {
       },
       run: (i) => cli("create", `restored-${i}`, "--driver", "loop", "--backup", incr),
       bytes: data,
+      fresh: true,
     });
     // The I/O floor of a durable restore on this disk: the backup's block files read cold (cat,
     // 4 at a time) while dd writes as many bytes as the restore wrote (its image's allocated
@@ -356,6 +372,36 @@ async function main() {
       log(`restoreIoFloor: ${JSON.stringify(results.restoreIoFloor)}`);
     }
     await cli("delete", `restored-${RUNS - 1}`);
+    // The other restores and verifies, for their peak RSS (and speed); each in its own daemon.
+    await step("restoreS3", {
+      prepare: async (i) => {
+        if (i > 0) await cli("delete", `restored-s3-${i - 1}`);
+      },
+      run: (i) =>
+        cli(
+          "create",
+          `restored-s3-${i}`,
+          "--driver",
+          "loop",
+          "--backup",
+          s3Backup,
+          "--s3-endpoint",
+          endpoint,
+        ),
+      bytes: data,
+      fresh: true,
+    });
+    await cli("delete", `restored-s3-${RUNS - 1}`);
+    await step("verifyVfs", {
+      run: () => cli("backup", "verify", incr),
+      bytes: data,
+      fresh: true,
+    });
+    await step("verifyS3", {
+      run: () => cli("backup", "verify", s3Backup, "--s3-endpoint", endpoint),
+      bytes: data,
+      fresh: true,
+    });
 
     const snapImage = Object.values(
       JSON.parse(await cli("snapshot", "inspect", "s1")).DriverInfo as Record<string, string>,
@@ -454,7 +500,7 @@ async function main() {
       if (line.includes(WORK)) await run("losetup", ["-d", line.split(":")[0]]);
     }
   }
-  for (const line of daemon.output().split("\n")) {
+  for (const line of (daemonOutput + daemon.output()).split("\n")) {
     if (/backup completed|Compared snapshot|Restored delta/.test(line)) log(`daemon: ${line}`);
   }
   console.log(JSON.stringify(results, null, 2));

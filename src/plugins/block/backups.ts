@@ -12,6 +12,7 @@ import type {
   Mappings,
   OperationContext,
   StringMap,
+  UnknownChanges,
 } from "../../api/driver.ts";
 import { optionSchemas } from "../../util/option_schemas.ts";
 import { validateName } from "../../util/names.ts";
@@ -91,12 +92,13 @@ export class BlockBackupOps extends BlockSnapshotOps {
 
   /**
    * The ranges of snapshot `snap` that differ from snapshot `base` (every range with data when
-   * `base` is "" or `snap`, or no longer recorded). "unknown" reads as every block.
+   * `base` is "" or `snap`). "unknown" with a base goes to the engine, which then compares each
+   * block's checksum with the previous backup's; without a base it means every block.
    */
   async compare(
     snap: string,
     opts: { base: string; volume: string; ctx?: OperationContext },
-  ): Promise<Mappings> {
+  ): Promise<Mappings | UnknownChanges> {
     const { vol, snap: s } = await this.mustSnapshot(snap, {
       volume: opts.volume,
       what: "compare",
@@ -109,7 +111,7 @@ export class BlockBackupOps extends BlockSnapshotOps {
       const r = this.adapter.compareSnapshots
         ? await this.adapter.compareSnapshots(vol, s, base, { ...opts.ctx, log: this.log })
         : "unknown";
-      if (r !== "unknown") return r;
+      if (r !== "unknown" || base) return r;
       return { mappings: [{ offset: 0, size: s.size }], blockSize: BLOCK_SIZE };
     } finally {
       release();

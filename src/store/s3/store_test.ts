@@ -1,27 +1,37 @@
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { Buffer } from "node:buffer";
 import process from "node:process";
 import { after, before, describe, it } from "node:test";
-import { BackendError, InvalidArgumentError, NotFoundError } from "../api/errors.ts";
-import { s3TestEndpoint, type S3TestTarget, useTestCredentials } from "../../tests/s3_helper.ts";
-import { collectStream } from "./memory.ts";
-import { openStore } from "./registry.ts";
-import {
-  classifyS3Error,
-  closeS3Clients,
-  openS3Store,
-  S3_PART_SIZE,
-  type S3Store,
-  S3StoreError,
-} from "./s3.ts";
-import { runObjectStoreSuite } from "./suite.ts";
-import { STALE_TEMP_AGE_MS, sweepStaleTemps } from "./sweep.ts";
-import type { ObjectStore } from "./types.ts";
+import { BackendError, InvalidArgumentError, NotFoundError } from "../../api/errors.ts";
+import { s3TestEndpoint, type S3TestTarget, useTestCredentials } from "../../../tests/s3_helper.ts";
+import { collectStream } from "../memory.ts";
+import { runObjectStoreSuite } from "../suite.ts";
+import { STALE_TEMP_AGE_MS, sweepStaleTemps } from "../sweep.ts";
+import { openStore } from "../testing.ts";
+import type { ObjectStore } from "../types.ts";
+import { retrying, withRetry, withStoreWrappers } from "../wrappers.ts";
+import { silentLogger } from "../../util/log.ts";
+import { closeS3Clients } from "./client.ts";
+import { S3StoreError } from "./errors.ts";
+import { S3_PART_SIZE } from "./multipart.ts";
+import { type S3RetryOptions, s3RetryPolicy } from "./retry.ts";
+import { openS3Store, type S3Store, s3StoreFactory } from "./store.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const FAST_RETRY = { baseDelayMs: 1, throttleDelayMs: 1, maxDelayMs: 5 };
+
+/** Opens `url` at `endpoint` as the daemon does: opening and every operation retried. */
+async function openRetrying(
+  url: string,
+  endpoint: string,
+  retry: S3RetryOptions = FAST_RETRY,
+): Promise<ObjectStore> {
+  const policy = s3RetryPolicy(retry);
+  return withRetry(await retrying(() => openS3Store(url, { endpoint, retry }), policy), policy);
+}
 
 let s3: S3TestTarget;
 before(async () => {
@@ -272,10 +282,7 @@ describe("S3Store failure handling", () => {
       xmlError(res, 403, "InvalidAccessKeyId", "The AWS Access Key Id does not exist.");
     });
     try {
-      const store = await openS3Store("s3://bucket@us-east-1/p", {
-        endpoint: fake.endpoint,
-        retry: FAST_RETRY,
-      });
+      const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
       const err = await store.stat("blocks/ab/cd/abcd.blk").then(
         (v) => assert.fail(`stat resolved to ${JSON.stringify(v)}`),
         (e: unknown) => e,
@@ -336,12 +343,52 @@ describe("S3Store failure handling", () => {
       res.end("hello");
     });
     try {
+      const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
+      assert.equal(dec.decode(await store.read("obj")), "hello");
+      assert.equal(fake.requests.length, 4);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it("read() returns an object sent in many pieces as one buffer of its own", async () => {
+    const data = new Uint8Array(3 * 1024 * 1024 + 17).map((_, i) => (i * 7) % 251);
+    const fake = await fakeS3((_req, res) => {
+      res.writeHead(200, { "content-length": String(data.length) });
+      for (let i = 0; i < data.length; i += 10_000) res.write(data.subarray(i, i + 10_000));
+      res.end();
+    });
+    try {
+      const store = await openS3Store("s3://bucket@us-east-1/p", { endpoint: fake.endpoint });
+      const got = await store.read("big");
+      assert.ok(Buffer.from(got).equals(Buffer.from(data)));
+      assert.equal(got.byteOffset, 0);
+      assert.equal(got.byteLength, got.buffer.byteLength);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it("read() of a body cut short fails as a network error, retried", async () => {
+    const fake = await fakeS3((_req, res, n) => {
+      res.writeHead(200, { "content-length": "1000" });
+      res.write("0123456789");
+      if (n < 3) setTimeout(() => res.socket?.destroy(), 20);
+      else res.end("x".repeat(990));
+    });
+    try {
       const store = await openS3Store("s3://bucket@us-east-1/p", {
         endpoint: fake.endpoint,
         retry: FAST_RETRY,
       });
-      assert.equal(dec.decode(await store.read("obj")), "hello");
-      assert.equal(fake.requests.length, 4);
+      await assert.rejects(store.read("cut"), (e: unknown) => {
+        assert.ok(e instanceof S3StoreError);
+        assert.equal(e.permanent, false);
+        assert.match(e.message, /^Cannot read "cut" in "s3:\/\/bucket@us-east-1\/p": /);
+        return true;
+      });
+      assert.equal(fake.requests.length, 1); // a body failure is the caller's to retry
+      assert.equal((await withRetry(store, { delayMs: 1 }).read("cut")).length, 1000);
     } finally {
       await fake.close();
     }
@@ -353,9 +400,9 @@ describe("S3Store failure handling", () => {
       xmlError(res, 500, "InternalError", "We encountered an internal error.");
     });
     try {
-      const store = await openS3Store("s3://bucket@us-east-1/p", {
-        endpoint: fake.endpoint,
-        retry: { ...FAST_RETRY, attempts: 3 },
+      const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint, {
+        ...FAST_RETRY,
+        attempts: 3,
       });
       await assert.rejects(store.read("bad"), (e: unknown) => {
         assert.ok(e instanceof S3StoreError);
@@ -384,6 +431,57 @@ describe("S3Store failure handling", () => {
     }
   });
 
+  it("write() of a stream retries its own requests: withRetry cannot replay the body", async () => {
+    const fake = await fakeS3((_req, res, n) => {
+      if (n <= 2) return xmlError(res, 503, "SlowDown", "Please reduce your request rate.");
+      res.writeHead(200, { etag: '"e"' });
+      res.end();
+    });
+    try {
+      const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(enc.encode("hello"));
+          c.close();
+        },
+      });
+      await store.write("streamed", body);
+      assert.deepEqual(fake.requests, [
+        "PUT /bucket/p/streamed",
+        "PUT /bucket/p/streamed",
+        "PUT /bucket/p/streamed",
+      ]);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it("withStoreWrappers() retries opening: HeadBucket answering 503 twice", async () => {
+    let heads = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      if (++heads <= 2) return xmlError(res, 503, "SlowDown", "Please reduce your request rate.");
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port } = server.address() as AddressInfo;
+    try {
+      const factory = withStoreWrappers(
+        { ...s3StoreFactory, retry: s3RetryPolicy(FAST_RETRY) },
+        { log: silentLogger },
+      );
+      const store = await factory.open("s3://bucket@us-east-1/p", {
+        endpoint: `http://127.0.0.1:${port}`,
+      });
+      assert.equal(store.url, "s3://bucket@us-east-1/p");
+      assert.equal(heads, 3);
+    } finally {
+      closeS3Clients();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
   it("remove() reports per-key errors of DeleteObjects", async () => {
     const fake = await fakeS3((req, res) => {
       res.writeHead(200, { "content-type": "application/xml" });
@@ -398,10 +496,7 @@ describe("S3Store failure handling", () => {
       }
     });
     try {
-      const store = await openS3Store("s3://bucket@us-east-1/p", {
-        endpoint: fake.endpoint,
-        retry: FAST_RETRY,
-      });
+      const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
       await assert.rejects(store.remove("x"), {
         name: "S3StoreError",
         message:
@@ -451,13 +546,13 @@ describe("S3Store.sweepTemps()", () => {
       }
     });
     try {
-      const store = await openS3Store("s3://bucket@us-east-1/p", {
-        endpoint: fake.endpoint,
-        retry: FAST_RETRY,
-      });
-      assert.deepEqual(await sweepStaleTemps(store, { prefix: "v", dryRun: true }), [
+      const store = await openRetrying("s3://bucket@us-east-1/p", fake.endpoint);
+      const sizes: [string, number][] = [];
+      const onSwept = (key: string, bytes: number) => sizes.push([key, bytes]);
+      assert.deepEqual(await sweepStaleTemps(store, { prefix: "v", dryRun: true, onSwept }), [
         "v/a.bak?uploadId=idle",
       ]);
+      assert.deepEqual(sizes, [["v/a.bak?uploadId=idle", 5242880]], "the parts' size is told");
       assert.ok(!calls.some((c) => c.startsWith("DELETE")), "a dry run aborts nothing");
       calls.length = 0;
       assert.deepEqual(await sweepStaleTemps(store, { prefix: "v" }), ["v/a.bak?uploadId=idle"]);
@@ -470,25 +565,5 @@ describe("S3Store.sweepTemps()", () => {
     } finally {
       await fake.close();
     }
-  });
-});
-
-describe("classifyS3Error()", () => {
-  it("classifyS3Error() tells missing objects from auth, throttling and client errors", () => {
-    const e = (name: string, status?: number) =>
-      Object.assign(new Error(name), { name, $metadata: { httpStatusCode: status } });
-    assert.equal(classifyS3Error(e("NotFound", 404)), "not-found");
-    assert.equal(classifyS3Error(e("NoSuchKey", 404)), "not-found");
-    assert.equal(classifyS3Error(e("NoSuchBucket", 404)), "no-bucket");
-    assert.equal(classifyS3Error(e("Forbidden", 403)), "auth");
-    assert.equal(classifyS3Error(e("SignatureDoesNotMatch", 403)), "auth");
-    assert.equal(classifyS3Error(e("CredentialsProviderError")), "auth");
-    assert.equal(classifyS3Error(e("SlowDown", 503)), "throttled");
-    assert.equal(classifyS3Error(e("TooManyRequests", 429)), "throttled");
-    assert.equal(classifyS3Error(e("InternalError", 500)), "server");
-    assert.equal(classifyS3Error(e("NotImplemented", 501)), "client");
-    assert.equal(classifyS3Error(e("InvalidArgument", 400)), "client");
-    const reset = Object.assign(new Error("socket hang up"), { code: "ECONNRESET" });
-    assert.equal(classifyS3Error(reset), "network");
   });
 });

@@ -11,7 +11,6 @@ import type { OperationContext } from "../../api/driver.ts";
 import { isZero } from "../../backup/codec.ts";
 import { pool } from "../../util/pool.ts";
 import { readFull } from "../block_volumes.ts";
-import { BLOCK_SIZE } from "./core.ts";
 
 /** Opens a native backup of a registered driver. */
 export type OpenNativeBackup = (url: string, ctx?: BlockCallContext) => Promise<NativeBackupReader>;
@@ -35,8 +34,10 @@ export class NativeBackupRegistry {
   }
 }
 
-/** Parallel reads of a remote reader (each is up to 2 MiB). */
+/** Parallel reads of a remote reader. */
 const COPY_CONCURRENCY = 4;
+/** A SnapshotSource is read at multiples of 2 MiB, at most 2 MiB at a time. */
+const BLOCK_SIZE = 2 * 1024 * 1024;
 
 /**
  * Copies the mapped ranges of `r` into `target` (a fresh file or device, sized to `r.size` when

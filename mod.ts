@@ -19,5 +19,6 @@ export * from "./src/api/options.ts";
 export * from "./src/api/errors.ts";
 export type * from "./src/api/driver.ts";
 export type * from "./src/api/plugin.ts";
+export type * from "./src/api/aws.ts";
 export type * from "./src/api/block.ts";
 export { PLUGIN_API_VERSION } from "./src/api/plugin.ts";

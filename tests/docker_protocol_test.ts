@@ -105,7 +105,7 @@ describe("Docker volume plugin protocol", () => {
     assert.equal(
       unknown.Err,
       'Cannot create volume "proto2": unknown options "colour", "Flavour" (valid options: ' +
-        "size, driver, backup, snapshot, endpoint, id, type, iops, vm)",
+        "size, driver, backup, snapshot, endpoint, id, type, iops, throughput, vm)",
     );
     assert.match(
       String(

@@ -112,7 +112,8 @@ export interface CreateDeviceRequest<O> {
   /**
    * Set when the volume is made from a backup. `native`: a backup of this adapter's own kind
    * (a URL with one of `nativeBackups.schemes`) that `createDevice` itself turns into the
-   * device; otherwise the host writes a delta-block backup into the device after `activate`.
+   * device; otherwise the host writes the backup (a delta-block backup, or another block
+   * driver's native backup through its `NativeBackups.open`) into the staging file or device.
    */
   restore?: { url: string; native: boolean };
   signal?: AbortSignal;
@@ -150,6 +151,16 @@ export interface BlockCallContext extends OperationContext {
   log?: Logger;
 }
 
+/** A native backup opened by `NativeBackups.open`. */
+export interface NativeBackupReader {
+  /** Bytes of the volume it restores. */
+  size: number;
+  /** The byte ranges that may hold data; the rest reads as zeros and is not copied. */
+  mappings: Mapping[];
+  /** The bytes; its `close` runs once the restore is done with it, success or not. */
+  source: SnapshotSource;
+}
+
 /**
  * An adapter's own backup kind (e.g. an EBS snapshot, `ebs://region/snap-id`), beside the
  * host's delta-block backups to vfs:// and s3:// stores. A backup whose destination has one of
@@ -167,6 +178,12 @@ export interface NativeBackups<V extends AdapterFields, S extends AdapterFields>
   ): Promise<string>;
   /** The size in bytes of the volume a backup restores. */
   size(url: string): Promise<number>;
+  /**
+   * Opens a backup for a restore into a volume of another block driver (e.g. an EBS snapshot
+   * into a loop volume): the host copies `mappings` from `source` into the new device. Without
+   * it, such restores are refused.
+   */
+  open?(url: string, ctx?: BlockCallContext): Promise<NativeBackupReader>;
   delete(url: string): Promise<void>;
   /** Convoy's BackupInfo map. */
   inspect(url: string): Promise<StringMap>;
@@ -218,7 +235,16 @@ export interface BlockDeviceAdapter<
    * thaws it afterwards. A failure must leave nothing behind.
    */
   createSnapshot(volume: BlockVolume<V>, snapshot: { name: string }): Promise<{ fields: S }>;
-  removeSnapshot(volume: BlockVolume<V>, snapshot: BlockSnapshot<S>): Promise<void>;
+  /**
+   * Removes a snapshot. `unrecorded`: its create failed after `createSnapshot` (the host could
+   * not record it), so nothing refers to it and an adapter that keeps snapshot data on delete
+   * (reference-only) removes it too.
+   */
+  removeSnapshot(
+    volume: BlockVolume<V>,
+    snapshot: BlockSnapshot<S>,
+    opts?: { unrecorded?: boolean },
+  ): Promise<void>;
   /** Opens a snapshot for reading by a backup (see SnapshotSource). */
   openSnapshot(
     volume: BlockVolume<V>,

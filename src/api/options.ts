@@ -7,6 +7,8 @@ export const OPT_VOLUME_NAME = "VolumeName";
 export const OPT_VOLUME_ID = "VolumeDriverID";
 export const OPT_VOLUME_TYPE = "VolumeType";
 export const OPT_VOLUME_IOPS = "VolumeIOPS";
+/** Our addition: provisioned throughput in MiB/s (EBS gp3); passed only when given. */
+export const OPT_VOLUME_THROUGHPUT = "VolumeThroughput";
 export const OPT_VOLUME_CREATED_TIME = "VolumeCreatedAt";
 export const OPT_SNAPSHOT_NAME = "SnapshotName";
 export const OPT_SNAPSHOT_CREATED_TIME = "SnapshotCreatedAt";

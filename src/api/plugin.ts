@@ -17,6 +17,7 @@ import type {
   VolumeOperations,
 } from "./driver.ts";
 import type * as errors from "./errors.ts";
+import type { AwsSdkDeps } from "./aws.ts";
 import type { BlockDeviceInit } from "./block.ts";
 import type { Exec, LogFields, Logger, MountEntry, OptionSchemas, ReadableFile } from "./host.ts";
 
@@ -490,7 +491,8 @@ export interface PluginApi {
    */
   registerBlockDevice(name: string, init: BlockDeviceInit): void;
   log: Logger;
-  deps: { z: typeof z };
+  /** Libraries: zod, and the AWS SDK (imported on first use). */
+  deps: { z: typeof z; aws: AwsSdkDeps };
   /**
    * Runs a command with the daemon's `--cmd-timeout`. With `--mnt-ns`, the mount-point commands
    * (mount, umount, mkdir, stat, truncate, mknod, rm, fsfreeze) run in that namespace, through

@@ -36,6 +36,17 @@ export function iopsArg(value: string): number {
   return n;
 }
 
+/** `--throughput`: a non-negative integer (MiB/s). */
+export function throughputArg(value: string): number {
+  const n = Number(value.trim());
+  if (!/^\s*[0-9]+\s*$/.test(value) || !Number.isSafeInteger(n)) {
+    throw new CommanderArgumentError(
+      `Invalid throughput ${JSON.stringify(value)}: expected an integer`,
+    );
+  }
+  return n;
+}
+
 /**
  * Splits a `--driver-opts` entry on its first "=" (so values may contain "="). Throws when the
  * entry has no "=" or an empty key.

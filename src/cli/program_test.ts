@@ -84,18 +84,29 @@ describe("runCli() volume commands", () => {
     assert.match(r.stderr, /^convoy: Invalid volume name "a\/b": [^\n]+\n$/);
   });
 
-  it("create rejects a malformed --size or --iops as a usage error", async () => {
+  it("create rejects a malformed --size, --iops or --throughput as a usage error", async () => {
     for (
       const argv of [["create", "--size", "10x"], ["create", "--iops", "abc"], [
         "create",
         "--size=-3",
-      ]]
+      ], ["create", "--throughput", "fast"]]
     ) {
       const r = await runFake(argv);
       assert.equal(r.code, 2, argv.join(" "));
       assert.equal(r.calls.length, 0);
-      assert.match(r.stderr, /^convoy: error: option '--(size|iops) <[a-z]+>' argument [^\n]+\n$/);
+      assert.match(
+        r.stderr,
+        /^convoy: error: option '--(size|iops|throughput) <[a-z]+>' argument [^\n]+\n$/,
+      );
     }
+  });
+
+  it("create --throughput sends Throughput (MiB/s)", async () => {
+    const r = await runFake(["create", "t1", "--type", "gp3", "--throughput", "250"], {
+      respond: () => "t1",
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((r.calls[0].body as { Throughput?: number }).Throughput, 250);
   });
 
   it("--verbose asks for JSON on create, mount, snapshot create and backup create", async () => {

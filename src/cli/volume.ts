@@ -1,6 +1,6 @@
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
 import { oneLine, ReportedFailure } from "./exit.ts";
-import { checkName, iopsArg, normalizeBackupUrl, sizeArg } from "./parse.ts";
+import { checkName, iopsArg, normalizeBackupUrl, sizeArg, throughputArg } from "./parse.ts";
 import type { Session } from "./session.ts";
 import { withProgress } from "./progress.ts";
 import { errorMessage } from "../api/errors.ts";
@@ -29,6 +29,7 @@ export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void
     .option("--id <id>", "driver volume ID of an existing volume (for drivers that adopt one)")
     .option("--type <type>", "volume type (for drivers that have types)")
     .option("--iops <n>", "provisioned IOPS (for drivers that take it)", iopsArg)
+    .option("--throughput <n>", "provisioned MiB/s (for drivers that take it)", throughputArg)
     .option("--vm", "prepare the volume for use by a virtual machine")
     .action(async (name, opts) => {
       const volume = name ?? "";
@@ -45,6 +46,7 @@ export function addVolumeCommands(program: CommandUnknownOpts, s: Session): void
           DriverVolumeID: opts.id ?? "",
           Type: opts.type ?? "",
           IOPS: opts.iops ?? 0,
+          ...(opts.throughput ? { Throughput: opts.throughput } : {}),
           PrepareForVM: opts.vm === true,
           Verbose: s.verbose,
           ...(jobID ? { JobID: jobID } : {}),

@@ -5,6 +5,7 @@ import type { ConvoyDriver } from "../api/driver.ts";
 import { createBackupStoreApi } from "../backup/store_api.ts";
 import { bundledPlugins } from "../plugins/bundled.ts";
 import { createPluginApi } from "../plugins/host_api.ts";
+import { NativeBackupRegistry } from "../plugins/block/driver.ts";
 import { loadPlugins } from "../plugins/loader.ts";
 import { builtinStoreRegistry } from "../store/registry.ts";
 import { createExec } from "../runtime/exec.ts";
@@ -130,6 +131,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
     }
     const stores = builtinStoreRegistry({ log: log.child({ pkg: "store" }) });
     const backup = createBackupStoreApi({ log: log.child({ pkg: "backup" }), stores });
+    const natives = new NativeBackupRegistry();
     const registry = await loadPlugins({
       bundled: bundledPlugins,
       folders: [join(cfg.root, "plugins"), ...cfg.config.Plugins.map((p) => resolve(p))],
@@ -141,6 +143,7 @@ export async function startDaemon(flags: DaemonFlags): Promise<Daemon> {
           exec: ns.exec,
           mountInfo: ns.mountInfo,
           backup,
+          natives,
         }),
       log,
     });

@@ -50,6 +50,7 @@ export const CREATE_OPTIONS = [
   "id",
   "type",
   "iops",
+  "throughput",
   "vm",
 ] as const;
 type CreateOption = typeof CREATE_OPTIONS[number];
@@ -98,6 +99,15 @@ export function parseCreateOptions(
       );
     }
   }
+  let throughput: number | undefined;
+  if (o.throughput) {
+    throughput = Number(o.throughput);
+    if (!/^[0-9]+$/.test(o.throughput) || !Number.isSafeInteger(throughput)) {
+      throw new InvalidArgumentError(
+        `${action}: invalid option "throughput=${o.throughput}": expected an integer`,
+      );
+    }
+  }
   if (o.snapshot && o.backup) {
     throw new InvalidArgumentError(`${action}: options "backup" and "snapshot" exclude each other`);
   }
@@ -112,6 +122,7 @@ export function parseCreateOptions(
       driverVolumeID: o.id || undefined,
       type: o.type || undefined,
       iops,
+      throughput,
       prepareForVM: boolOpt(o.vm, "vm", action),
     },
     snapshot: o.snapshot || undefined,

@@ -28,6 +28,7 @@ const CreateVolume = z.object({
   DriverVolumeID: str,
   Type: str,
   IOPS: int,
+  Throughput: int,
   PrepareForVM: bool,
   Verbose: bool,
   JobID: str,
@@ -75,6 +76,7 @@ export const routes: Record<string, Route> = {
       driverVolumeID: b.DriverVolumeID,
       type: b.Type,
       iops: b.IOPS,
+      throughput: b.Throughput,
       prepareForVM: b.PrepareForVM,
       jobID: b.JobID || undefined,
     });

@@ -37,6 +37,8 @@ export interface CreateVolumeRequest {
   driverVolumeID?: string;
   type?: string;
   iops?: number;
+  /** MiB/s, for drivers that take it (ebs gp3). */
+  throughput?: number;
   prepareForVM?: boolean;
   /** The client's ID for the restore job (see Jobs.start). */
   jobID?: string;

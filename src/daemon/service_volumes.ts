@@ -20,6 +20,7 @@ import {
   OPT_VOLUME_ID,
   OPT_VOLUME_IOPS,
   OPT_VOLUME_NAME,
+  OPT_VOLUME_THROUGHPUT,
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
 import { validateName } from "../util/names.ts";
@@ -61,6 +62,7 @@ export class ServiceVolumes extends ServiceResponses {
       [OPT_VOLUME_ID]: req.driverVolumeID ?? "",
       [OPT_VOLUME_TYPE]: req.type ?? "",
       [OPT_VOLUME_IOPS]: String(req.iops ?? 0),
+      ...(req.throughput ? { [OPT_VOLUME_THROUGHPUT]: String(req.throughput) } : {}),
       [OPT_PREPARE_FOR_VM]: String(req.prepareForVM ?? false),
     };
     const job = req.backupURL

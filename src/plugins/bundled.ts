@@ -1,5 +1,6 @@
 import type { PluginSetup } from "../api/plugin.ts";
 import devicemapper from "../../plugins/devicemapper/mod.ts";
+import ebs from "../../plugins/ebs/mod.ts";
 import loop from "../../plugins/loop/mod.ts";
 import vfs from "../../plugins/vfs/mod.ts";
 
@@ -14,4 +15,5 @@ export const bundledPlugins: BundledPlugin[] = [
   { source: "plugins/vfs/mod.ts", setup: vfs },
   { source: "plugins/loop/mod.ts", setup: loop },
   { source: "plugins/devicemapper/mod.ts", setup: devicemapper },
+  { source: "plugins/ebs/mod.ts", setup: ebs },
 ];

@@ -43,11 +43,13 @@ import {
   readFull,
 } from "./block_volumes.ts";
 import { isZero } from "../backup/codec.ts";
-import { blockDriverInit } from "./block/driver.ts";
+import { awsSdkDeps } from "./aws_deps.ts";
+import { blockDriverInit, type NativeBackupRegistry } from "./block/driver.ts";
 
 /**
  * Builds the `api` object passed to each plugin's setup function. `exec` and `mountInfo` (default
- * /proc/self/mountinfo) are those of the namespace volumes are mounted in (`--mnt-ns`).
+ * /proc/self/mountinfo) are those of the namespace volumes are mounted in (`--mnt-ns`). `natives`,
+ * shared by every plugin of a daemon, lets a block driver restore another's native backups.
  */
 export function createPluginApi(opts: {
   register: (name: string, init: InitFunc) => void;
@@ -55,6 +57,7 @@ export function createPluginApi(opts: {
   exec: Exec;
   mountInfo?: MountInfoSource;
   backup: BackupStoreApi;
+  natives?: NativeBackupRegistry;
 }): PluginApi {
   const table = opts.mountInfo ?? MOUNTINFO;
   const mounts: PluginMounts = {
@@ -79,13 +82,14 @@ export function createPluginApi(opts: {
             mounts,
             filesystems,
             backup: opts.backup,
+            natives: opts.natives,
           },
           name,
           init,
         ),
       ),
     log: opts.log,
-    deps: { z },
+    deps: { z, aws: awsSdkDeps },
     exec: opts.exec,
     errors,
     util: {

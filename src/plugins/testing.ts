@@ -10,6 +10,7 @@ import type { InitFunc } from "../api/driver.ts";
 import type { BackupStoreApi, Exec, LogFields, Logger, PluginSetup } from "../api/plugin.ts";
 import { silentLogger } from "../util/log.ts";
 import { createPluginApi } from "./host_api.ts";
+import type { NativeBackupRegistry } from "./block/driver.ts";
 
 /** A backup store whose every call rejects. */
 export const noBackupStore: BackupStoreApi = new Proxy({} as BackupStoreApi, {
@@ -20,7 +21,7 @@ export const noBackupStore: BackupStoreApi = new Proxy({} as BackupStoreApi, {
 export function registeredInit(
   setup: PluginSetup,
   name: string,
-  opts: { exec: Exec; log?: Logger; backup?: BackupStoreApi },
+  opts: { exec: Exec; log?: Logger; backup?: BackupStoreApi; natives?: NativeBackupRegistry },
 ): InitFunc {
   let init: InitFunc | undefined;
   const api = createPluginApi({
@@ -31,6 +32,7 @@ export function registeredInit(
     log: opts.log ?? silentLogger,
     exec: opts.exec,
     backup: opts.backup ?? noBackupStore,
+    natives: opts.natives,
   });
   setup(api);
   assert.ok(init, "setup() did not register the driver");

@@ -18,7 +18,7 @@ import { optionSchemas } from "../../util/option_schemas.ts";
 import { validateName } from "../../util/names.ts";
 import { parseOptions } from "../driver_util.ts";
 import { readFull } from "../block_volumes.ts";
-import { BLOCK_SIZE, type BlockBackupRequest, schemeOf } from "./core.ts";
+import { BLOCK_SIZE, type BlockBackupRequest, inContext, schemeOf } from "./core.ts";
 import { BlockSnapshotOps } from "./snapshots.ts";
 
 /** Backup operations. */
@@ -157,7 +157,7 @@ export class BlockBackupOps extends BlockSnapshotOps {
       });
       return url;
     } catch (err) {
-      throw errors.wrapError(err, what);
+      throw inContext(err, what);
     } finally {
       await session.close();
       release();

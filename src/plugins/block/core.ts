@@ -27,6 +27,7 @@ import { KeyedMutex } from "../../util/keyed_mutex.ts";
 import { UseCounter } from "../../util/use_counter.ts";
 import { createRecordStore } from "../driver_util.ts";
 import { createBlockVolumeHelpers } from "../block_volumes.ts";
+import type { NativeBackupRegistry } from "./native.ts";
 import {
   toRecord,
   toSnapshot,
@@ -47,6 +48,8 @@ export interface BlockHost {
   mounts: PluginMounts;
   filesystems: BlockFilesystems;
   backup: BackupStoreApi;
+  /** The native backups of the daemon's block drivers (restores of one driver's into another). */
+  natives?: NativeBackupRegistry;
 }
 
 /** A typed backup request (the daemon's path: options parsed once, at the REST boundary). */
@@ -70,16 +73,19 @@ export interface BlockDriver extends ConvoyDriver {
 }
 
 /**
- * `err` with the operation's context: a typed error of the adapter keeps its class and gets
- * `what` in front unless it already says what failed ("Cannot ..."); others become BackendErrors.
+ * `err` with the operation's context `what` ("Cannot <op> <kind> "<name>"..."): a typed error
+ * that already names the same operation and object (a BackendError too) is kept as it is; another
+ * typed error keeps its class and gets `what` in front unless it says what failed ("Cannot ...");
+ * the rest become BackendErrors.
  */
 export function inContext(err: unknown, what: string): unknown {
-  if (
-    err instanceof errors.ConvoyError && !(err instanceof errors.BackendError) &&
-    !err.message.startsWith("Cannot ")
-  ) {
-    const E = err.constructor as new (m: string, o?: { cause?: unknown }) => errors.ConvoyError;
-    return new E(`${what}: ${err.message}`, { cause: err });
+  if (err instanceof errors.ConvoyError) {
+    const subject = /^Cannot [^"]*"[^"]*"/.exec(what)?.[0];
+    if (subject && err.message.startsWith(subject)) return err;
+    if (!(err instanceof errors.BackendError) && !err.message.startsWith("Cannot ")) {
+      const E = err.constructor as new (m: string, o?: { cause?: unknown }) => errors.ConvoyError;
+      return new E(`${what}: ${err.message}`, { cause: err });
+    }
   }
   return errors.wrapError(err, what);
 }

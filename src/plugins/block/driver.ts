@@ -14,6 +14,7 @@ import { convoyDriver } from "../driver_util.ts";
 import { type BlockDriver, type BlockHost } from "./core.ts";
 import { BlockBackupOps } from "./backups.ts";
 export type { BlockBackupRequest, BlockDriver, BlockHost } from "./core.ts";
+export { NativeBackupRegistry } from "./native.ts";
 
 /** True for a driver made by the block framework. */
 export function isBlockDriver(d: ConvoyDriver): d is BlockDriver {
@@ -29,7 +30,20 @@ export function blockDriverInit(host: BlockHost, name: string, init: BlockDevice
     const adapter = await init({ root: driverRoot, options: config ?? {}, log, exec: host.exec });
     const d = new BlockVolumes(host, { name, root: driverRoot, adapter, log });
     await d.start();
-    return d.driver();
+    const nb = adapter.nativeBackups;
+    const unregister = nb && host.natives?.add(
+      name,
+      nb.schemes,
+      nb.open && ((url, ctx) => nb.open!(url, { ...ctx, log })),
+    );
+    const driver = d.driver();
+    return {
+      ...driver,
+      shutdown: async () => {
+        unregister?.();
+        await driver.shutdown?.();
+      },
+    };
   };
 }
 

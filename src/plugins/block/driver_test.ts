@@ -7,7 +7,7 @@ import { createBackupStoreApi } from "../../backup/store_api.ts";
 import { createExec } from "../../runtime/exec.ts";
 import { silentLogger } from "../../util/log.ts";
 import { registeredInit, withTempDir } from "../testing.ts";
-import { type BlockDriver, isBlockDriver } from "./driver.ts";
+import { type BlockDriver, isBlockDriver, NativeBackupRegistry } from "./driver.ts";
 
 const exec = createExec({ timeoutMs: 120_000 });
 const MiB = 1024 * 1024;
@@ -18,7 +18,7 @@ type Fields = { File: string };
  * mounted): snapshots are copies read through a range reader, no comparison ("unknown"), and a
  * native backup kind "fake://" kept in memory.
  */
-function fileAdapter(api: PluginApi, calls: string[]) {
+function fileAdapter(api: PluginApi, calls: string[], opts: { scheme?: string } = {}) {
   const native = new Map<string, { file: string; size: number }>();
   return (name: string) =>
     api.registerBlockDevice(name, async ({ root }) => {
@@ -74,7 +74,7 @@ function fileAdapter(api: PluginApi, calls: string[]) {
         },
         info: () => ({ Files: files }),
         nativeBackups: {
-          schemes: ["fake"],
+          schemes: [opts.scheme ?? "fake"],
           async create(vol, snap, dest) {
             const url = `${dest.url}/${vol.name}-${snap.name}`;
             const file = join(files, `native-${snap.name}.img`);
@@ -83,6 +83,15 @@ function fileAdapter(api: PluginApi, calls: string[]) {
             return url;
           },
           size: (url) => Promise.resolve(native.get(url)!.size),
+          open: (url) => {
+            const n = native.get(url);
+            if (!n) return Promise.reject(new api.errors.NotFoundError(`no backup "${url}"`));
+            return Promise.resolve({
+              size: n.size,
+              mappings: [{ offset: 0, size: n.size }],
+              source: { kind: "file", path: n.file },
+            });
+          },
           delete: (url) => Promise.resolve(void native.delete(url)),
           inspect: (url) => Promise.resolve({ BackupURL: url }),
           list: () =>
@@ -152,6 +161,55 @@ describe("block framework", () => {
       for (const v of ["v1", "v2", "v3"]) await vols.deleteVolume(v, {});
       assert.deepEqual(await vols.listVolume({}), {});
       await backups.deleteBackup(url, {});
+    });
+  });
+
+  it("restores another block driver's native backup through its open(), and refuses one without", async () => {
+    await withTempDir(async (dir) => {
+      const backup = createBackupStoreApi({ log: silentLogger });
+      const natives = new NativeBackupRegistry();
+      const a = await registeredInit((api) => fileAdapter(api, [])("filea"), "filea", {
+        exec,
+        backup,
+        natives,
+      })(join(dir, "a"), {});
+      const calls: string[] = [];
+      const b = await registeredInit(
+        (api) => fileAdapter(api, calls, { scheme: "other" })("fileb"),
+        "fileb",
+        { exec, backup, natives },
+      )(join(dir, "b"), {});
+      const av = await a.volumeOps();
+      await av.createVolume("v1", {});
+      const image = join(dir, "a", "files", "v1.img");
+      const fh = await open(image, "r+");
+      await fh.write(new Uint8Array(MiB).fill(7), 0, MiB, 5 * MiB);
+      await fh.close();
+      await (await a.snapshotOps()).createSnapshot("s1", "v1");
+      const url = await (await a.backupOps()).createBackup("s1", "v1", "fake://r", {});
+
+      const bv = await b.volumeOps();
+      await bv.createVolume("w1", { BackupURL: url });
+      assert.ok(calls.includes("create w1"), "not a native restore of fileb's own");
+      assert.deepEqual(await readFile(join(dir, "b", "files", "w1.img")), await readFile(image));
+      assert.equal((await bv.getVolumeInfo("w1")).Filesystem, "ext4");
+
+      natives.add("nodev", ["noopen"], undefined);
+      await assert.rejects(
+        async () => await bv.createVolume("w2", { BackupURL: "noopen://r/x" }),
+        /backups of driver "nodev" restore only into nodev volumes/,
+      );
+      await assert.rejects(
+        async () => await bv.createVolume("w3", { BackupURL: "fake://r/none" }),
+        { name: "NotFoundError", message: /no backup "fake:\/\/r\/none"/ },
+      );
+      assert.deepEqual(Object.keys(await bv.listVolume({})), ["w1"]);
+      await a.shutdown?.();
+      await assert.rejects(
+        async () => await bv.createVolume("w4", { BackupURL: url }),
+        /Invalid backup URL/,
+        "a driver that stopped no longer serves its backups",
+      );
     });
   });
 

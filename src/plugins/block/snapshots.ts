@@ -45,7 +45,14 @@ export class BlockSnapshotOps extends BlockVolumeOps {
       try {
         await this.write(vol, { ...snaps, [snap]: s });
       } catch (err) {
-        await this.adapter.removeSnapshot(vol, s).catch(() => {});
+        await this.adapter.removeSnapshot(vol, s, { unrecorded: true }).catch((e) =>
+          this.log.warn(
+            `Cannot remove the unrecorded snapshot "${snap}" of volume "${name}": ${
+              errors.errorMessage(e)
+            }`,
+            { volume: name, snapshot: snap },
+          )
+        );
         throw errors.wrapError(err, what);
       }
       this.log.info(`Created snapshot "${snap}" of volume "${name}"`, {

@@ -1,16 +1,17 @@
 /**
- * The block framework's volumes: create (a new device, mkfs, or a restore of any block backup),
- * delete, mount and unmount, info.
+ * The block framework's volumes: create (a new device, mkfs, or a restore of any block backup or
+ * of another block driver's native backup), delete, mount and unmount, info.
  * @module
  */
 import * as errors from "../../api/errors.ts";
-import type { BlockVolume } from "../../api/block.ts";
+import type { BlockVolume, NativeBackupReader } from "../../api/block.ts";
 import type { OperationContext, StringMap } from "../../api/driver.ts";
 import { optionSchemas } from "../../util/option_schemas.ts";
 import { validateName } from "../../util/names.ts";
 import { rubyDate } from "../../util/time.ts";
 import { parseOptions, requestedMountPoint } from "../driver_util.ts";
 import { BlockCore, fsync, inContext, LONG_COMMAND_TIMEOUT_MS, schemeOf } from "./core.ts";
+import { copyNativeBackup } from "./native.ts";
 
 /** Volume operations. */
 export class BlockVolumeOps extends BlockCore {
@@ -37,22 +38,47 @@ export class BlockVolumeOps extends BlockCore {
       const native = !!url && !!this.adapter.nativeBackups?.schemes.includes(schemeOf(url));
       const requested = o.Size || 0;
       let size: number;
+      let reader: NativeBackupReader | undefined;
       try {
+        if (url && !native) reader = await this.openForeign(url, { ctx, what });
         size = url
-          ? await this.backupSize(url, { native, endpoint, requested, what })
+          ? await this.backupSize(url, { native, reader, endpoint, requested, what })
           : this.size(name, requested);
       } catch (err) {
-        throw errors.wrapError(err, what);
+        await reader?.source.close?.().catch(() => {});
+        throw inContext(err, what);
       }
-      await this.create(name, {
-        size,
-        requested: !!requested,
-        options,
-        restore: url ? { url, native, endpoint } : undefined,
-        ctx,
-        what,
-      });
+      try {
+        await this.create(name, {
+          size,
+          requested: !!requested,
+          options,
+          restore: url ? { url, native, endpoint, reader } : undefined,
+          ctx,
+          what,
+        });
+      } finally {
+        await reader?.source.close?.().catch(() => {});
+      }
     });
+  }
+
+  /**
+   * Opens `url` when it is another block driver's native backup (see NativeBackups.open);
+   * undefined for a backup in a store.
+   */
+  protected async openForeign(
+    url: string,
+    o: { ctx?: OperationContext; what: string },
+  ): Promise<NativeBackupReader | undefined> {
+    const owner = this.host.natives?.get(schemeOf(url));
+    if (!owner) return undefined;
+    if (!owner.open) {
+      throw new errors.InvalidArgumentError(
+        `${o.what}: backups of driver "${owner.driver}" restore only into ${owner.driver} volumes`,
+      );
+    }
+    return await owner.open(url, { ...o.ctx, log: this.log });
   }
 
   /** The size of a new volume: the request rounded to the adapter's alignment, or its default. */
@@ -75,10 +101,17 @@ export class BlockVolumeOps extends BlockCore {
   /** The size of the volume a backup restores; only block backups restore into block volumes. */
   protected async backupSize(
     url: string,
-    o: { native: boolean; endpoint?: string; requested: number; what: string },
+    o: {
+      native: boolean;
+      reader?: NativeBackupReader;
+      endpoint?: string;
+      requested: number;
+      what: string;
+    },
   ): Promise<number> {
     let size: number;
     if (o.native) size = await this.adapter.nativeBackups!.size(url);
+    else if (o.reader) size = o.reader.size;
     else {
       const bv = await this.host.backup.getBackupVolume(url, { endpoint: o.endpoint });
       if (bv.format !== "delta-block") {
@@ -110,7 +143,7 @@ export class BlockVolumeOps extends BlockCore {
       size: number;
       requested: boolean;
       options: unknown;
-      restore?: { url: string; native: boolean; endpoint?: string };
+      restore?: { url: string; native: boolean; endpoint?: string; reader?: NativeBackupReader };
       ctx?: OperationContext;
       what: string;
     },
@@ -142,11 +175,14 @@ export class BlockVolumeOps extends BlockCore {
     /** Fills `target` (the staging file or the device); resolves to its filesystem. */
     const fill = async (target: string, fresh: boolean): Promise<string> => {
       if (restore && !restore.native) {
-        await this.host.backup.restoreDeltaBackup(restore.url, target, {
-          endpoint: restore.endpoint,
-          signal,
-          progress: ctx?.progress,
-        });
+        if (restore.reader) await copyNativeBackup(restore.reader, target, ctx);
+        else {
+          await this.host.backup.restoreDeltaBackup(restore.url, target, {
+            endpoint: restore.endpoint,
+            signal,
+            progress: ctx?.progress,
+          });
+        }
         await fsync(target);
         if (signal?.aborted) throw new errors.CancelledError(`${what}: cancelled`);
         return await fs.detect(target);

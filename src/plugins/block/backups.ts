@@ -4,7 +4,6 @@
  * goes to its nativeBackups.
  * @module
  */
-import * as errors from "../../api/errors.ts";
 import { type FileHandle, open } from "node:fs/promises";
 import type { SnapshotSource } from "../../api/block.ts";
 import type {

@@ -42,14 +42,25 @@ export async function sweepStaleTemps(
   });
 }
 
+/** How often sweepQuietly sweeps one folder of one store, at most (per process). */
+export const QUIET_SWEEP_INTERVAL_MS = 10 * 60_000;
+const lastQuietSweep = new Map<string, number>();
+
 /**
  * sweepStaleTemps under `opts.prefix` with the default safe age, for running beside other work:
- * never rejects (a failure is logged as a warning), logs what it removed.
+ * never rejects (a failure is logged as a warning), logs what it removed. Sweeps a folder of a
+ * store at most once per QUIET_SWEEP_INTERVAL_MS: on vfs a sweep walks every block folder, which
+ * would otherwise cost each small incremental backup more than its blocks (`convoy backup gc`
+ * sweeps whenever asked).
  */
 export async function sweepQuietly(
   store: ObjectStore,
   opts: { prefix: string; log: Logger },
 ): Promise<void> {
+  const key = `${store.url}\n${opts.prefix}`;
+  const last = lastQuietSweep.get(key);
+  if (last !== undefined && Date.now() - last < QUIET_SWEEP_INTERVAL_MS) return;
+  lastQuietSweep.set(key, Date.now());
   try {
     const removed = await sweepStaleTemps(store, { prefix: opts.prefix });
     if (removed.length > 0) opts.log.info("removed stale temporary objects", { removed });

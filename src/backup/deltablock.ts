@@ -743,13 +743,15 @@ export async function verifyDeltaBackup(
   let done = 0;
   await pool(blocks, { concurrency: DEFAULT_CONCURRENCY, signal: opts.signal }, async (block) => {
     try {
-      bytes += await checkBlockFile(store, {
+      // Not `bytes += await ...`: that reads `bytes` before the await, losing concurrent counts.
+      const checked = await checkBlockFile(store, {
         volume: opts.volume,
         block,
         algo,
         url: opts.url,
         action: "verify",
       });
+      bytes += checked;
     } catch (err) {
       if (isErrorCode(err, "Cancelled")) throw err;
       problems.push(errorMessage(err));

@@ -244,6 +244,7 @@ async function rerunOverDamagedBlocks(
   const report = await verifyDeltaBackup(store, { volume: "vol1", backup: name, url: "u" });
   assert.deepEqual(report.problems, [], "the re-run backup reported success, so it must verify");
   assert.equal(report.checked, 6);
+  assert.equal(report.bytes, 6 * BLOCK_SIZE, "every checked block's bytes are counted");
   assert.deepEqual(await restore(store, name), img);
 }
 

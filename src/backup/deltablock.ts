@@ -252,10 +252,7 @@ async function discardUploads(
     const keys = [...opts.sums].filter((sum) => !referenced.has(sum)).map((sum) =>
       blockPath(volume, sum)
     );
-    for (let i = 0; i < keys.length; i += 1000) {
-      const batch = keys.slice(i, i + 1000);
-      await (store.removeObjects ? store.removeObjects(...batch) : store.remove(...batch));
-    }
+    await removeBlocks(store, keys);
     log.info("removed the failed backup's blocks", { blocksRemoved: keys.length });
   } catch (err) {
     log.warn("cannot remove the failed backup's blocks; left for gc", {

@@ -33,7 +33,8 @@ import {
 import { loadBackupRecord } from "./catalog.ts";
 import { collectGarbage } from "./gc.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
-import { leasesDir, processStart, takeLease, thisHolder } from "./leases.ts";
+import { leasesDir, takeLease } from "./leases.ts";
+import { processStart, thisHolder } from "../util/holder.ts";
 import { openStore } from "../store/testing.ts";
 import type { ObjectStore } from "../store/types.ts";
 import { STALE_TEMP_AGE_MS } from "../store/sweep.ts";

@@ -18,9 +18,6 @@ import { holderGone, thisHolder } from "../util/holder.ts";
 import type { Logger } from "../util/log.ts";
 import { volumeDir } from "./layout.ts";
 
-/** The holder of a lease is a process as src/util/holder.ts names it. */
-export { type Holder, processStart, thisHolder } from "../util/holder.ts";
-
 export type LeaseKind = "backup" | "gc";
 
 /** How long a lease lives without a refresh. */

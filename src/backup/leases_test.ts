@@ -12,11 +12,10 @@ import {
   leasesDir,
   leaseStates,
   liveLeases,
-  processStart,
   takeBackupLease,
   takeLease,
-  thisHolder,
 } from "./leases.ts";
+import { processStart, thisHolder } from "../util/holder.ts";
 
 const enc = new TextEncoder();
 

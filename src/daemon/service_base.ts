@@ -161,12 +161,8 @@ export class ServiceBase {
 
   /** The driver that made a backup: from the store's volume record, or the URL scheme (ebs://). */
   async backupDriverOf(url: string, endpoint: string | undefined, action: string): Promise<string> {
-    let scheme: string;
-    try {
-      scheme = new URL(url).protocol.replace(/:$/, "");
-    } catch {
-      throw new InvalidArgumentError(`${action}: invalid backup URL`);
-    }
+    const scheme = schemeOf(url);
+    if (scheme === "") throw new InvalidArgumentError(`${action}: invalid backup URL`);
     if (!this.isStoreURL(url)) return scheme;
     return (await this.backup.getBackupVolume(url, { endpoint })).driver;
   }

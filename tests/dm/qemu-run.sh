@@ -17,25 +17,16 @@
 # This directory's path must not contain spaces (it goes on the kernel command line).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-mem=1G timeout=900 disks=() envs=() st=0
-while getopts m:t:d:e: o; do
-	case $o in m) mem=$OPTARG ;; t) timeout=$OPTARG ;; d) disks+=("$OPTARG") ;; e) envs+=("$OPTARG") ;; *) exit 2 ;; esac
-done
-shift $((OPTIND - 1))
-[ $# -gt 0 ] || { echo "usage: $0 [-m MEM] [-t SECS] [-d FILE]... [-e VAR]... CMD..." >&2; exit 2; }
+st=0
+# shellcheck source=guest-run-lib.sh
+. "$here/guest-run-lib.sh"   # options -> mem, timeout, disks, envs; write_job, finish_job
 
 kdir=$("$here/qemu-build.sh") || { echo "qemu-run: qemu-build.sh failed" >&2; exit 255; }
 kver=$(cat "$kdir/version")
 
 job=$(mktemp -d /tmp/qemujob.XXXXXX)   # seen by the guest through 9p
 trap 'rm -rf "$job"' EXIT
-{   # the job script: same cwd, same command line, selected env passed through
-	printf 'cd %q || exit 254\n' "$PWD"
-	for v in "${envs[@]}" $(compgen -e | grep -E '^(CI|NODE_[A-Z_]*|TEST_[A-Z_]*|DEBUG)$'); do
-		[ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"
-	done
-	printf 'exec'; printf ' %q' "$@"; printf '\n'
-} >"$job/job"
+write_job "$job/job" "$@"
 
 drives=() mods=crc32c-intel,crc32c_generic,ext4,xfs
 for f in "${disks[@]}"; do drives+=(-drive "file=$f,format=raw,if=virtio"); done
@@ -75,8 +66,4 @@ timeout -k 10 "$timeout" qemu-system-x86_64 -nodefaults -nographic -no-reboot \
 exec 4>&-
 wait "$errpid" 2>/dev/null || true   # let the stderr pipe drain before we return
 
-if [ -s "$job/rc" ]; then exit "$(cat "$job/rc")"; fi
-echo "$(basename "$0"): exit status ${st:-0}$([ "${st:-0}" = 124 ] && echo " (timed out after $timeout s)")" >&2
-echo "qemu-run: guest did not finish the job; qemu log:" >&2
-cat "$job/qemu.log" >&2
-exit 255
+finish_job "$job" "${st:-0}" qemu "$job/qemu.log"

@@ -130,8 +130,8 @@ export class BlockBackupOps extends BlockSnapshotOps {
     });
     const session = this.deltaSession(req);
     try {
-      const nb = this.adapter.nativeBackups;
-      const url = nb?.schemes.includes(schemeOf(destURL))
+      const nb = this.native(destURL);
+      const url = nb
         ? await nb.create(vol, s, { url: destURL, ctx: { ...req, log: this.log } })
         : await this.host.backup.createDeltaBackup(session.ops, {
           volume: {

@@ -17,7 +17,7 @@ import { optionSchemas } from "../../util/option_schemas.ts";
 import { validateName } from "../../util/names.ts";
 import { parseOptions } from "../driver_util.ts";
 import { readFull } from "../block_volumes.ts";
-import { BLOCK_SIZE, type BlockBackupRequest, inContext, schemeOf } from "./core.ts";
+import { BLOCK_SIZE, type BlockBackupRequest, inContext } from "./core.ts";
 import { BlockSnapshotOps } from "./snapshots.ts";
 
 /** Backup operations. */
@@ -177,11 +177,6 @@ export class BlockBackupOps extends BlockSnapshotOps {
       compression: o.Compression,
       ...ctx,
     });
-  }
-
-  protected native(url: string) {
-    const nb = this.adapter.nativeBackups;
-    return nb?.schemes.includes(schemeOf(url)) ? nb : undefined;
   }
 
   /** Any block backup may be inspected by any block driver; delete and list keep to this one's. */

@@ -183,6 +183,12 @@ export class BlockCore {
     return this.adapter.capabilities ?? {};
   }
 
+  /** The adapter's native backups when `url` is of their kind. */
+  protected native(url: string) {
+    const nb = this.adapter.nativeBackups;
+    return nb?.schemes.includes(schemeOf(url)) ? nb : undefined;
+  }
+
   // ---- start-up ----------------------------------------------------------------------------
 
   async start(): Promise<void> {

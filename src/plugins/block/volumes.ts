@@ -35,7 +35,7 @@ export class BlockVolumeOps extends BlockCore {
         ? `Cannot create volume "${name}" from backup "${url}"`
         : `Cannot create volume "${name}"`;
       const endpoint = o.EndpointURL || undefined;
-      const native = !!url && !!this.adapter.nativeBackups?.schemes.includes(schemeOf(url));
+      const native = !!url && !!this.native(url);
       const requested = o.Size || 0;
       let size: number;
       let reader: NativeBackupReader | undefined;

@@ -130,6 +130,16 @@ export async function createEbsAdapter(
     }
   }
 
+  /** ConflictError when `v` is attached to an instance other than this one. */
+  function refuseAttachedElsewhere(v: EbsVolume, what: string): void {
+    const other = v.attachments.find((a) => a.instanceId !== instanceId);
+    if (other) {
+      throw new errors.ConflictError(
+        `${what}: EBS volume ${v.id} is attached to instance ${other.instanceId} at ${other.device}`,
+      );
+    }
+  }
+
   function fieldsOf(v: EbsVolume, deviceName = ""): VolumeFields {
     const attached = v.attachments.find((a) => a.instanceId === instanceId);
     return {
@@ -189,12 +199,7 @@ export async function createEbsAdapter(
           `${what}: EBS volume ${v.id} is in zone "${v.zone}", this instance in "${zone}"`,
         );
       }
-      const other = v.attachments.find((a) => a.instanceId !== instanceId);
-      if (other) {
-        throw new errors.ConflictError(
-          `${what}: EBS volume ${v.id} is attached to instance ${other.instanceId} at ${other.device}`,
-        );
-      }
+      refuseAttachedElsewhere(v, what);
       await cloud.createTags([v.id], tags, what).catch((err) =>
         log.warn("Cannot tag adopted EBS volume", { volume: v.id, error: errors.errorMessage(err) })
       );
@@ -240,12 +245,7 @@ export async function createEbsAdapter(
     const what = `Cannot attach volume "${volume.name}"`;
     const id = volume.fields.EBSVolumeID;
     let v = await cloud.volume(id, what);
-    const other = v.attachments.find((a) => a.instanceId !== instanceId);
-    if (other) {
-      throw new errors.ConflictError(
-        `${what}: EBS volume ${id} is attached to instance ${other.instanceId} at ${other.device}`,
-      );
-    }
+    refuseAttachedElsewhere(v, what);
     let mine = v.attachments.find((a) => a.instanceId === instanceId);
     if (!mine) {
       const used = await cloud.attachedDeviceNames(instanceId, what);

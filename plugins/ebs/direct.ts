@@ -19,6 +19,13 @@ export const EBS_BLOCK = 512 * 1024;
 /** Block index → block token (undefined: the block holds no data, reads as zeros). */
 export type BlockTokens = Map<number, string | undefined>;
 
+/** One page of ListSnapshotBlocks or ListChangedBlocks: its blocks as (index, token). */
+interface BlockPage {
+  BlockSize?: number;
+  NextToken?: string;
+  blocks: [index: number | undefined, token: string | undefined][];
+}
+
 /** The EBS direct APIs of one region. */
 export class EbsDirect {
   #sdk: EbsSdk;
@@ -56,59 +63,62 @@ export class EbsDirect {
   }
 
   /** Every block of `snapshotId` that holds data, with its token. */
-  async snapshotBlocks(
+  snapshotBlocks(
     snapshotId: string,
     opts: { prefix: string; signal?: AbortSignal },
   ): Promise<BlockTokens> {
-    const out: BlockTokens = new Map();
-    let token: string | undefined;
-    try {
-      do {
-        const page = await this.#client.send(
-          new this.#sdk.ListSnapshotBlocksCommand({
-            SnapshotId: snapshotId,
-            NextToken: token,
-            MaxResults: 10000,
-          }),
-          { abortSignal: opts.signal },
-        );
-        this.#check(page.BlockSize, opts.prefix);
-        for (const b of page.Blocks ?? []) {
-          if (b.BlockIndex !== undefined) out.set(Number(b.BlockIndex), b.BlockToken);
-        }
-        token = page.NextToken;
-      } while (token);
-    } catch (err) {
-      throw awsError(this.#errors, err, opts.prefix);
-    }
-    return out;
+    return this.#blockTokens(opts, async (token) => {
+      const page = await this.#client.send(
+        new this.#sdk.ListSnapshotBlocksCommand({
+          SnapshotId: snapshotId,
+          NextToken: token,
+          MaxResults: 10000,
+        }),
+        { abortSignal: opts.signal },
+      );
+      return { ...page, blocks: (page.Blocks ?? []).map((b) => [b.BlockIndex, b.BlockToken]) };
+    });
   }
 
   /**
    * The blocks that differ between `first` and `second`, with `second`'s token (undefined where
    * `second` holds no data there).
    */
-  async changedBlocks(
+  changedBlocks(
     first: string,
     second: string,
     opts: { prefix: string; signal?: AbortSignal },
+  ): Promise<BlockTokens> {
+    return this.#blockTokens(opts, async (token) => {
+      const page = await this.#client.send(
+        new this.#sdk.ListChangedBlocksCommand({
+          FirstSnapshotId: first,
+          SecondSnapshotId: second,
+          NextToken: token,
+          MaxResults: 10000,
+        }),
+        { abortSignal: opts.signal },
+      );
+      return {
+        ...page,
+        blocks: (page.ChangedBlocks ?? []).map((b) => [b.BlockIndex, b.SecondBlockToken]),
+      };
+    });
+  }
+
+  /** Block index → token over every page `fetch(NextToken)` returns, block sizes checked. */
+  async #blockTokens(
+    opts: { prefix: string },
+    fetch: (token: string | undefined) => Promise<BlockPage>,
   ): Promise<BlockTokens> {
     const out: BlockTokens = new Map();
     let token: string | undefined;
     try {
       do {
-        const page = await this.#client.send(
-          new this.#sdk.ListChangedBlocksCommand({
-            FirstSnapshotId: first,
-            SecondSnapshotId: second,
-            NextToken: token,
-            MaxResults: 10000,
-          }),
-          { abortSignal: opts.signal },
-        );
+        const page = await fetch(token);
         this.#check(page.BlockSize, opts.prefix);
-        for (const b of page.ChangedBlocks ?? []) {
-          if (b.BlockIndex !== undefined) out.set(Number(b.BlockIndex), b.SecondBlockToken);
+        for (const [index, blockToken] of page.blocks) {
+          if (index !== undefined) out.set(Number(index), blockToken);
         }
         token = page.NextToken;
       } while (token);

@@ -270,3 +270,48 @@ export async function saveConfig(api: PluginApi, cfg: DmConfig): Promise<void> {
     PendingDevIDs: cfg.PendingDevIDs,
   });
 }
+
+/**
+ * The saved configuration of a running driver: read anywhere through `cfg`, changed only by
+ * `update`, one change at a time, each saved before it is seen.
+ */
+export class SavedConfig {
+  #api: PluginApi;
+  #cfg: DmConfig;
+  #lock;
+
+  constructor(api: PluginApi, cfg: DmConfig) {
+    this.#api = api;
+    this.#cfg = cfg;
+    this.#lock = api.util.createLock();
+  }
+
+  get cfg(): Readonly<DmConfig> {
+    return this.#cfg;
+  }
+
+  /** The file it is saved in. */
+  get file(): string {
+    return join(this.#cfg.Root, CONFIG_FILE);
+  }
+
+  /**
+   * Runs `fn` on a copy and saves it. A failed save throws and drops the change, unless
+   * `keepOnFailure`: then the change stays in memory (the next save writes it).
+   */
+  async update<T>(fn: (cfg: DmConfig) => T, opts: { keepOnFailure?: boolean } = {}): Promise<T> {
+    return await this.#lock.run("config", async () => {
+      const next = structuredClone(this.#cfg);
+      const out = fn(next);
+      try {
+        await saveConfig(this.#api, next);
+      } catch (err) {
+        if (!opts.keepOnFailure) throw err;
+        this.#cfg = next;
+        throw err;
+      }
+      this.#cfg = next;
+      return out;
+    });
+  }
+}

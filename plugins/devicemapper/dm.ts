@@ -11,7 +11,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import type { Exec, Logger, Mapping, MountEntry, PluginApi } from "../../mod.ts";
+import type { Exec, Logger, Mapping, PluginApi } from "../../mod.ts";
 
 /** The backup engine's block size: every mapping is aligned to it. */
 export const BACKUP_BLOCK_SIZE = 2 * 1024 * 1024;
@@ -57,27 +57,6 @@ export function devNumber(rdev: number): string {
   const major = (Math.floor(rdev / 256) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
   const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & ~0xff);
   return `${major >>> 0}:${minor >>> 0}`;
-}
-
-/**
- * The mount points in `entries` of the device `major:minor`, whichever of its nodes it was
- * mounted by: "/dev/mapper/x" and "/dev/dm-3" are one device, so each mount source is turned
- * into its device number with `numberOf` (once per source) and numbers are compared.
- */
-export async function mountsOfDevice(
-  entries: MountEntry[],
-  device: string,
-  numberOf: (source: string) => Promise<string | undefined>,
-): Promise<string[]> {
-  if (!device) return [];
-  const numbers = new Map<string, Promise<string | undefined>>();
-  const out: string[] = [];
-  for (const e of entries) {
-    let n = numbers.get(e.source);
-    if (!n) numbers.set(e.source, n = numberOf(e.source));
-    if ((await n) === device) out.push(e.mountPoint);
-  }
-  return out;
 }
 
 /** Least common multiple of two positive integers. */

@@ -42,13 +42,13 @@ import {
   writeAt,
 } from "../../tests/dm/helpers.ts";
 import { loadOrCreateConfig, saveConfig } from "./config.ts";
-import type { CompareStats, DmConvoyDriver } from "./driver.ts";
+import type { CompareStats } from "./driver.ts";
+import type { BlockDriver } from "../../src/plugins/block/driver.ts";
 import {
   comparePoolTable,
   deltaToMappings,
   devNumber,
   isSnapshotDeviceName,
-  mountsOfDevice,
   parsePoolStatus,
   parseTable,
   parseThinDelta,
@@ -68,7 +68,7 @@ function compares(log: { lines: LogLine[] }): CompareStats[] {
   );
 }
 
-async function ops(d: DmConvoyDriver) {
+async function ops(d: BlockDriver) {
   return { vols: await d.volumeOps(), snaps: await d.snapshotOps() };
 }
 
@@ -246,40 +246,6 @@ describe("devicemapper driver: thin_delta, tables and names", () => {
     assert.equal(sizeAlignment(8192), 4 * MiB);
     assert.equal(sizeAlignment(384), 6 * MiB);
     assert.equal(roundUp(5 * MiB, sizeAlignment(8192)), 8 * MiB);
-  });
-
-  it("mounts are matched by device number, so /dev/mapper/x and /dev/dm-3 are one device", async () => {
-    const entries = parseMountInfo(
-      [
-        "22 1 8:1 / / rw - ext4 /dev/sda1 rw",
-        "23 22 254:1 / /run/m\\040x rw,relatime - ext4 /dev/mapper/convoy-p-v1 rw,stripe=64",
-        "24 22 254:1 / /run/other rw - ext4 /dev/dm-1 rw",
-        "25 22 254:10 / /run/vol10 rw - ext4 /dev/mapper/convoy-p-v10 rw",
-        "26 22 0:5 / /dev/shm rw - tmpfs tmpfs rw",
-      ].join("\n"),
-    );
-    const numbers: Record<string, string> = {
-      "/dev/sda1": "8:1",
-      "/dev/mapper/convoy-p-v1": "254:1",
-      "/dev/dm-1": "254:1",
-      "/dev/mapper/convoy-p-v10": "254:10",
-    };
-    const asked: string[] = [];
-    const numberOf = (source: string) => {
-      asked.push(source);
-      return Promise.resolve(numbers[source]);
-    };
-    assert.deepEqual(await mountsOfDevice(entries, "254:1", numberOf), ["/run/m x", "/run/other"]);
-    assert.deepEqual(asked, [
-      "/dev/sda1",
-      "/dev/mapper/convoy-p-v1",
-      "/dev/dm-1",
-      "/dev/mapper/convoy-p-v10",
-      "tmpfs",
-    ]);
-    assert.deepEqual(await mountsOfDevice(entries, "254:10", numberOf), ["/run/vol10"]);
-    assert.deepEqual(await mountsOfDevice(entries, "254:2", numberOf), []);
-    assert.deepEqual(await mountsOfDevice(entries, "", numberOf), []);
   });
 });
 
@@ -599,18 +565,26 @@ describe(`devicemapper driver: volumes${skipNote}`, needsPool, () => {
         const rec = JSON.parse(
           await readFile(join(env.root, "devicemapper_volume_vol1.json"), "utf8"),
         );
-        assert.deepEqual(Object.keys(rec), [
-          "Name",
-          "DevID",
-          "Size",
+        // Convoy's fields (what Convoy reads back), plus the host's Device.
+        assert.deepEqual(Object.keys(rec).sort(), [
           "Base",
-          "MountPoint",
           "CreatedTime",
-          "Snapshots",
-          "Filesystem",
-          "UUID",
+          "DevID",
+          "Device",
           "DeviceName",
+          "Filesystem",
+          "MountPoint",
+          "Name",
+          "Size",
+          "Snapshots",
+          "UUID",
         ]);
+        assert.equal(rec.DevID, 1);
+        assert.equal(rec.Size, 8 * MiB);
+        assert.equal(rec.DeviceName, env.device("vol1"));
+        assert.equal(rec.Device, info.Device);
+        assert.match(rec.UUID, /^[0-9a-f-]{36}$/);
+        assert.deepEqual(rec.Snapshots, {});
         assert.equal((await readCfg(env)).LastDevID, 2);
         assert.deepEqual(Object.keys(await vols.listVolume({})), ["vol1", "vol2"]);
 
@@ -939,7 +913,7 @@ describe(`devicemapper driver: snapshots${skipNote}`, needsPool, () => {
         await writeAt(dev, { offset: 30 * MiB, data: pattern(4, 512) }); // block 15 (overwrite)
         await snaps.createSnapshot("s2", "vol1");
 
-        const { ops: delta, close } = d.deltaOps();
+        const { ops: delta, close } = d.block.deltaOps();
         try {
           const incr = await delta.compareSnapshot("s2", "s1", "vol1");
           if (incr === "unknown") assert.fail("thin_delta always knows what changed");
@@ -973,7 +947,7 @@ describe(`devicemapper driver: snapshots${skipNote}`, needsPool, () => {
         } finally {
           await close();
         }
-        await rejectsWith(() => d.deltaOps().ops.compareSnapshot("s9", "s1", "vol1"), {
+        await rejectsWith(() => d.block.deltaOps().ops.compareSnapshot("s9", "s1", "vol1"), {
           type: NotFoundError,
           message: 'Cannot compare snapshot "s9" of volume "vol1": snapshot does not exist',
         });
@@ -1010,7 +984,7 @@ describe(`devicemapper driver: snapshots${skipNote}`, needsPool, () => {
         await vols.createVolume("vol1", {});
         await snaps.createSnapshot("s1", "vol1");
         rexec.calls.length = 0;
-        await rejectsWith(() => d.deltaOps().ops.compareSnapshot("s1", "", "vol1"), {
+        await rejectsWith(() => d.block.deltaOps().ops.compareSnapshot("s1", "", "vol1"), {
           type: BackendError,
           message: new RegExp(
             `^Cannot compare snapshot "s1" of volume "vol1": thin_delta failed: Failed to execute ` +
@@ -1027,7 +1001,7 @@ describe(`devicemapper driver: snapshots${skipNote}`, needsPool, () => {
 
         stuck = true;
         rexec.calls.length = 0;
-        await rejectsWith(() => d.deltaOps().ops.compareSnapshot("s1", "", "vol1"), {
+        await rejectsWith(() => d.block.deltaOps().ops.compareSnapshot("s1", "", "vol1"), {
           type: TimeoutError,
           message: new RegExp(
             `^Cannot compare snapshot "s1" of volume "vol1": thin_delta did not finish: ` +
@@ -1053,7 +1027,7 @@ describe(`devicemapper driver: snapshots${skipNote}`, needsPool, () => {
         // A metadata snapshot someone else holds: a clear error naming the command to release it.
         await snaps.createSnapshot("s2", "vol1");
         await exec("dmsetup", ["message", env.pool, "0", "reserve_metadata_snap"]);
-        await rejectsWith(() => d.deltaOps().ops.compareSnapshot("s2", "", "vol1"), {
+        await rejectsWith(() => d.block.deltaOps().ops.compareSnapshot("s2", "", "vol1"), {
           type: ConflictError,
           message: `a metadata snapshot of thin pool "${env.pool}" is already reserved (by ` +
             `another tool, or left by a crash); release it with ` +
@@ -1164,8 +1138,8 @@ describe(`devicemapper driver: backups${skipNote}`, needsPool, () => {
 
         await rejectsWith(() => vols.createVolume("res3", { BackupURL: url2, Size: "16M" }), {
           type: InvalidArgumentError,
-          message: `Cannot create volume "res3" from backup "${url2}": volume size ${16 * MiB} ` +
-            `must match with backup's size ${size}`,
+          message: `Cannot create volume "res3" from backup "${url2}": size must match the ` +
+            `backup's size ${size}`,
         });
         await vols.createVolume("res4", { BackupURL: url2, Size: String(size) });
 
@@ -1286,6 +1260,81 @@ describe(`devicemapper driver: restart${skipNote}`, needsPool, () => {
         await check();
         await v3.umountVolume("vol1");
         await v3.umountVolume("vol2");
+      });
+    },
+  );
+  it(
+    "a Convoy v0.5.2 record (no UUID, DeviceName or Device, Snapshots null) is activated under its bare name and completed",
+    async () => {
+      await withPool({}, async (env) => {
+        const { vols, snaps } = await ops(await env.init());
+        // A volume name no other test uses: Convoy named the device after the volume alone.
+        const name = `${env.pool}-old`;
+        await vols.createVolume(name, {});
+        let mp = await vols.mountVolume(name, {});
+        await writeFile(join(mp, "f"), "from convoy");
+        await vols.umountVolume(name);
+        await snaps.createSnapshot("s1", name);
+        const file = join(env.root, `devicemapper_volume_${name}.json`);
+        const ours = JSON.parse(await readFile(file, "utf8"));
+        await exec("dmsetup", ["remove", env.device(name)]);
+        // What Convoy v0.5.2 wrote: its fields only; first with no snapshots (null).
+        const convoy = {
+          Name: name,
+          DevID: ours.DevID,
+          Size: ours.Size,
+          Base: "",
+          MountPoint: "",
+          CreatedTime: ours.CreatedTime,
+          Snapshots: null,
+        };
+        await writeFile(file, JSON.stringify(convoy));
+        try {
+          const d2 = await ops(await env.init());
+          assert.deepEqual(await d2.snaps.listSnapshot({ VolumeName: name }), {});
+          await d2.vols.deleteVolume(name, { ReferenceOnly: "true" });
+          await d2.vols.createVolume(name, {});
+          await d2.vols.deleteVolume(name, { ReferenceOnly: "true" });
+          // And with its snapshot, Convoy's fields only (no Size).
+          await writeFile(
+            file,
+            JSON.stringify({
+              ...convoy,
+              Snapshots: {
+                s1: {
+                  Name: "s1",
+                  CreatedTime: ours.Snapshots.s1.CreatedTime,
+                  DevID: ours.Snapshots.s1.DevID,
+                  Activated: false,
+                },
+              },
+            }),
+          );
+          await writeFile(
+            join(env.root, "devicemapper.cfg"),
+            JSON.stringify({ ...await readCfg(env), Kept: {} }),
+          );
+          const d3 = await ops(await env.init());
+          const info = await d3.vols.getVolumeInfo(name);
+          assert.equal(info.Device, `/dev/mapper/${name}`);
+          assert.equal(info.Filesystem, "ext4");
+          assert.equal(info.DevID, String(ours.DevID));
+          assert.equal((await tableOf(name)) !== undefined, true);
+          const rec = JSON.parse(await readFile(file, "utf8"));
+          assert.match(rec.UUID, /^[0-9a-f-]{36}$/);
+          assert.equal(rec.DeviceName, name);
+          const s1 = await d3.snaps.getSnapshotInfo("s1", name);
+          assert.equal(s1.Size, String(ours.Size));
+          assert.equal(s1.DevID, String(ours.Snapshots.s1.DevID));
+          mp = await d3.vols.mountVolume(name, {});
+          assert.equal(await readFile(join(mp, "f"), "utf8"), "from convoy");
+          await d3.vols.umountVolume(name);
+          await d3.vols.deleteVolume(name, {});
+          assert.equal(await tableOf(name), undefined);
+          assert.deepEqual(await thinIDs(env), []);
+        } finally {
+          await exec("dmsetup", ["remove", name]).catch(() => {});
+        }
       });
     },
   );

@@ -25,9 +25,9 @@
  * @module
  */
 import type { PluginApi } from "../../mod.ts";
-import { createDevicemapperDriver } from "./driver.ts";
+import { createDevicemapperAdapter } from "./driver.ts";
 
-/** Registers the "devicemapper" driver. */
+/** Registers the "devicemapper" device adapter. */
 export default function setup(api: PluginApi): void {
-  api.register("devicemapper", (root, config) => createDevicemapperDriver(api, root, config));
+  api.registerBlockDevice("devicemapper", (ctx) => createDevicemapperAdapter(api, ctx));
 }

@@ -185,7 +185,7 @@ export async function createEbsAdapter(
 
   async function createDevice(
     req: CreateDeviceRequest<VolumeOptions>,
-  ): Promise<CreatedDevice<VolumeFields>> {
+  ): Promise<CreatedDevice<VolumeFields, SnapshotFields>> {
     const what = `Cannot create volume "${req.name}"`;
     const o = req.options ?? {};
     const tags = { Name: req.name, ConvoyVolumeName: req.name };

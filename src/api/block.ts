@@ -13,10 +13,12 @@
  * }
  * ```
  *
- * Records: the host keeps one JSON record per volume, `<root>/state/<volume>.json`, with the
- * common fields (Name, UUID, Size, Filesystem, CreatedTime, Device, MountPoint, Snapshots) and
- * the adapter's own fields (`fields`, validated with `volumeFields`) beside them at the top
- * level; each snapshot likewise (Name, CreatedTime, Size, and `snapshotFields`).
+ * Records: the host keeps one JSON record per volume, `<root>/state/<volume>.json` (or where
+ * `records` says), with the common fields (Name, UUID, Size, Filesystem, CreatedTime, Device,
+ * MountPoint, Snapshots) and the adapter's own fields (`fields`, validated with `volumeFields`)
+ * beside them at the top level; each snapshot likewise (Name, CreatedTime, Size, and
+ * `snapshotFields`). Records that lack UUID, Device, Filesystem or a snapshot's Size (Convoy's
+ * devicemapper records) are read with defaults and completed.
  * @module
  */
 import type { z } from "zod";
@@ -120,7 +122,7 @@ export interface CreateDeviceRequest<O> {
 }
 
 /** What `createDevice` made. */
-export interface CreatedDevice<V extends AdapterFields> {
+export interface CreatedDevice<V extends AdapterFields, S extends AdapterFields = AdapterFields> {
   fields: V;
   /** The device's size in bytes (it may differ from the request, e.g. an adopted device). */
   size: number;
@@ -129,6 +131,12 @@ export interface CreatedDevice<V extends AdapterFields> {
    * volume): a failed create then calls `removeDevice` with `keepData: true`.
    */
   adopted?: boolean;
+  /**
+   * With `adopted`: the earlier volume whose device was adopted (kept by a reference-only
+   * delete with its snapshots). The new record keeps its identity, so incremental backups go
+   * on, and its snapshots.
+   */
+  previous?: { uuid: string; createdTime: string; snapshots: BlockSnapshot<S>[] };
   /**
    * A regular file of `size` bytes that the host fills before the device is activated (mkfs, or
    * the blocks of a restored backup), so that a crash meanwhile leaves no half-made device that
@@ -213,8 +221,31 @@ export interface BlockDeviceAdapter<
    */
   volumeOptions?: z.ZodType<O>;
 
+  /**
+   * Where the host keeps the records: `<root>/<dir>/<prefix><volume>.json`. Default: dir
+   * "state", prefix "". For an adapter that keeps an existing layout (devicemapper: Convoy's
+   * `<root>/devicemapper_volume_<volume>.json`, dir ".").
+   */
+  records?: { dir: string; prefix: string };
+
   /** Makes the device of a new volume (a new image, thin device, cloud volume...). */
-  createDevice(req: CreateDeviceRequest<O>): Promise<CreatedDevice<V>>;
+  createDevice(req: CreateDeviceRequest<O>): Promise<CreatedDevice<V, S>>;
+  /**
+   * Called once the host has written the record of what `createDevice` or `createSnapshot`
+   * made (`snapshot` set for a snapshot): an adapter that journals what it makes until a
+   * record refers to it (devicemapper's thin ids) clears the journal here. Errors are logged.
+   */
+  recorded?(volume: BlockVolume<V>, snapshot?: BlockSnapshot<S>): Promise<void>;
+  /**
+   * Called before the host removes the record of a volume (`snapshots`: all of its snapshots)
+   * or of one snapshot (`snapshots`: that one, `volume` false) on delete, so that an adapter
+   * can journal what the delete removes next and its `start` finish a delete killed after the
+   * record went. `keepData`: a reference-only volume delete. A failure stops the delete.
+   */
+  beforeRemove?(
+    volume: BlockVolume<V>,
+    what: { snapshots: BlockSnapshot<S>[]; volume: boolean; keepData: boolean },
+  ): Promise<void>;
   /**
    * Removes a volume's device, deactivated before; `keepData` (a reference-only delete, or a
    * failed create of an adopted device) keeps what holds the data. Snapshots are removed first.
@@ -238,12 +269,13 @@ export interface BlockDeviceAdapter<
   /**
    * Removes a snapshot. `unrecorded`: its create failed after `createSnapshot` (the host could
    * not record it), so nothing refers to it and an adapter that keeps snapshot data on delete
-   * (reference-only) removes it too.
+   * (reference-only) removes it too. `keepData`: its volume is deleted reference-only; an
+   * adapter whose kept device keeps its snapshots (`CreatedDevice.previous`) keeps it.
    */
   removeSnapshot(
     volume: BlockVolume<V>,
     snapshot: BlockSnapshot<S>,
-    opts?: { unrecorded?: boolean },
+    opts?: { unrecorded?: boolean; keepData?: boolean },
   ): Promise<void>;
   /** Opens a snapshot for reading by a backup (see SnapshotSource). */
   openSnapshot(
@@ -273,9 +305,14 @@ export interface BlockDeviceAdapter<
 
   /**
    * Called once at start, before the host re-activates and re-mounts recorded volumes: clean
-   * leftovers of interrupted operations. `volumes` are the recorded ones.
+   * leftovers of interrupted operations. `volumes` are the recorded ones, `snapshots` their
+   * snapshots by volume name; `unreadable` names records that could not be read (what they
+   * refer to is unknown: do not remove it).
    */
-  start?(volumes: BlockVolume<V>[]): Promise<void>;
+  start?(
+    volumes: BlockVolume<V>[],
+    opts: { snapshots: Record<string, BlockSnapshot<S>[]>; unreadable: string[] },
+  ): Promise<void>;
   /** Called when the daemon stops. Volumes stay mounted. */
   shutdown?(): Promise<void>;
 

@@ -45,6 +45,11 @@ export interface MountEntry {
   /** The mount source after the " - " separator, e.g. "/dev/loop3". */
   source: string;
   fstype: string;
+  /**
+   * The device number "major:minor" (field 3): that of the block device for ext4 and xfs, so
+   * "/dev/mapper/x" and "/dev/dm-3" mounts compare equal. Absent in hand-made entries.
+   */
+  device?: string;
 }
 
 /** What `api.util.readFull` reads from: an open file (Node's FileHandle is one). */

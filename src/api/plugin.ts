@@ -164,14 +164,10 @@ export interface PluginUtil {
   parseOptions<S extends z.ZodType>(schema: S, raw: StringMap, what: string): z.output<S>;
   /** Zod schemas of option strings, built with `api.deps.z`. */
   schemas: OptionSchemas;
-  /** True when every byte of `data` is zero. */
-  isZero(data: Uint8Array): boolean;
   /** Creates `path` and its missing parents with mode 0755, whatever the umask. */
   ensureDir(path: string): Promise<void>;
   /** A new per-key async mutex. */
   createLock(): KeyedLock;
-  /** A new per-key count of holders (e.g. backups reading a snapshot). */
-  createUseCounter(): UseCounter;
   /** Mount lookups, by exact path, in the namespace volumes are mounted in (`--mnt-ns`). */
   mounts: PluginMounts;
   /** The filesystem on a block device or image: mkfs, detect, mount, umount. */
@@ -198,158 +194,6 @@ export interface PluginUtil {
   randomId(): string;
   /** Fills `at.buf` from byte `at.pos` of `fh` (zeros past the end); resolves to the bytes read. */
   readFull(fh: ReadableFile, at: { buf: Uint8Array; pos: number }): Promise<number>;
-  /**
-   * The record of volume `of.volume` and its snapshot `snap` (a key of the record's Snapshots):
-   * NotFoundError `Cannot <what> snapshot "<snap>" of volume "<volume>": ...` when either is
-   * missing.
-   */
-  mustSnapshot<T extends SnapshotRecords>(
-    records: RecordStore<T>,
-    snap: string,
-    of: { volume: string; what: string },
-  ): Promise<{ record: T; snapshot: T["Snapshots"][string] }>;
-  /**
-   * A block volume's mountVolume, after its record is read (under the volume's lock): a volume
-   * mounted elsewhere, or a mount point taken, is a ConflictError; a mounted volume resolves to
-   * its mount point (mounted again when gone); otherwise the device is mounted, `spec.save` records
-   * the mount point (the mount is undone when it fails), and it resolves to the mount point.
-   */
-  mountBlockVolume(name: string, spec: BlockMountSpec): Promise<string>;
-  /**
-   * A block volume's umountVolume, after its record is read: nothing when no mount point is
-   * recorded; else unmounts it when `spec.isMountOf` says it is the volume's (warns when not),
-   * removes the default mount point's folder, and `spec.save`s the unmounted record.
-   */
-  umountBlockVolume(name: string, spec: BlockUmountSpec): Promise<void>;
-  /**
-   * A block driver's createBackup: validates the names and the options (`schemas.backup`), pins
-   * the snapshot (found as by `mustSnapshot`, under the volume's lock, held in `spec.inUse` by
-   * (volume, snapshot) until the end), then runs `api.backup.createDeltaBackup` with
-   * `spec.session(ctx)`, logs the backup, wraps a failure with `Cannot back up snapshot ...`, and
-   * always closes the session before the pin is released.
-   */
-  backUpSnapshot<T extends BackedUpRecord>(
-    req: SnapshotBackupRequest,
-    spec: SnapshotBackupSpec<T>,
-  ): Promise<string>;
-  /**
-   * A deleteSnapshot of a driver whose records hold their snapshots: validates the names, then
-   * under the volume's lock throws NotFoundError when the snapshot is not recorded and
-   * ConflictError while `spec.inUse` holds it, runs `spec.remove` (a failure wrapped with
-   * `Cannot delete snapshot ...`), and logs the delete.
-   */
-  deleteSnapshot<T extends SnapshotRecords>(
-    req: { id: string; volumeID: string },
-    spec: SnapshotDeleteSpec<T>,
-  ): Promise<void>;
-}
-
-/** A volume record that holds its snapshots by name. */
-export interface SnapshotRecords {
-  Snapshots: Record<string, unknown>;
-}
-
-/** The parts of a driver that the snapshot helpers of `api.util` use. */
-export interface SnapshotHelperSpec<T extends SnapshotRecords> {
-  records: RecordStore<T>;
-  /** The driver's per-volume lock. */
-  locks: KeyedLock;
-  /** Snapshots being read, by (volume, snapshot); a held one is not deleted. */
-  inUse: UseCounter;
-  /** Adds context to an error; default `api.errors.wrapError`. */
-  wrap?(err: unknown, prefix: string): unknown;
-  log: Logger;
-}
-
-/** What `api.util.deleteSnapshot` needs. */
-export interface SnapshotDeleteSpec<T extends SnapshotRecords> extends SnapshotHelperSpec<T> {
-  /**
-   * Deletes the snapshot's data and writes `unrecorded` (the record without the snapshot), in
-   * the driver's order; runs under the volume's lock.
-   */
-  remove(found: {
-    volume: string;
-    snap: string;
-    record: T;
-    snapshot: T["Snapshots"][string];
-    unrecorded: T;
-  }): Promise<void>;
-  /** More fields of the "Deleted snapshot" log line. */
-  logFields?(snapshot: T["Snapshots"][string]): LogFields;
-}
-
-/** A volume's block device, as `BlockMountSpec.activate` returns it. */
-export interface BlockDevice {
-  /** The device node, mounted and shown in messages. */
-  path: string;
-  /** Every mount point of the device; default `api.util.mounts.mountsOf(path)`. */
-  mountsOf?(): Promise<string[]>;
-  /** True when `entry` mounts this device; default `entry.source === path`. */
-  isMountOf?(entry: MountEntry): Awaitable<boolean>;
-}
-
-/** What `api.util.mountBlockVolume` needs. */
-export interface BlockMountSpec {
-  /** The recorded mount point; "" when the volume is not mounted. */
-  current: string;
-  /** The mount point asked for (`requestedMountPoint`), or "". */
-  wanted: string;
-  /** The mount point when none is recorded or asked for; its folder goes when its mount fails. */
-  defaultMountPoint: string;
-  /** The filesystem type to mount ("" lets mount detect it). */
-  fs: string;
-  /** Makes the device ready (attach, activate); a failure is wrapped with the mount's context. */
-  activate(): Promise<BlockDevice>;
-  /** Records the new mount point. */
-  save(mountPoint: string): Promise<void>;
-  /** Adds context to an error; default `api.errors.wrapError`. */
-  wrap?(err: unknown, prefix: string): unknown;
-  log: Logger;
-}
-
-/** What `api.util.umountBlockVolume` needs. */
-export interface BlockUmountSpec {
-  /** The recorded mount point; "" when the volume is not mounted. */
-  mountPoint: string;
-  defaultMountPoint: string;
-  /** True when the mount at the mount point is the volume's. */
-  isMountOf(entry: MountEntry): Awaitable<boolean>;
-  /** Records the volume as unmounted. */
-  save(): Promise<void>;
-  /** Adds context to an error; default `api.errors.wrapError`. */
-  wrap?(err: unknown, prefix: string): unknown;
-  log: Logger;
-}
-
-/** The DeltaBlockOperations of one backup, and what closes the snapshots they opened. */
-export interface DeltaSession {
-  ops: DeltaBlockOperations;
-  close(): Promise<void>;
-}
-
-/** The arguments of a createBackup call, for `api.util.backUpSnapshot`. */
-export interface SnapshotBackupRequest {
-  snapshotID: string;
-  volumeID: string;
-  destURL: string;
-  opts: StringMap;
-  ctx?: OperationContext;
-}
-
-/** What `api.util.backUpSnapshot` reads of a volume record. */
-export interface BackedUpRecord extends SnapshotRecords {
-  Size: number;
-  CreatedTime: string;
-  UUID?: string;
-  Snapshots: Record<string, { CreatedTime: string }>;
-}
-
-/** A block driver's parts that `api.util.backUpSnapshot` uses. */
-export interface SnapshotBackupSpec<T extends BackedUpRecord> extends SnapshotHelperSpec<T> {
-  /** The driver's name, recorded in the backup store. */
-  driver: string;
-  /** The DeltaBlockOperations of one backup. */
-  session(ctx?: OperationContext): DeltaSession;
 }
 
 /** What `api.util.createRecordStore` needs. */
@@ -380,6 +224,8 @@ export interface RecordStore<T> {
   write(name: string, value: unknown): Promise<void>;
   /** Removes the record durably (the directory is fsynced); a missing one is fine. */
   remove(name: string): Promise<void>;
+  /** The names of every record file, readable or not. */
+  names(): Promise<string[]>;
   /** Every readable record, by name; files that are not valid records are logged and skipped. */
   list(): Promise<Array<{ name: string; record: T }>>;
   /**
@@ -399,14 +245,6 @@ export type DriverMethods =
 export interface KeyedLock {
   /** Runs `fn` once every earlier `run` with the same key has settled; other keys run freely. */
   run<T>(key: string, fn: () => Promise<T>): Promise<T>;
-}
-
-/** Holders per key (`api.util.createUseCounter()`); a key may have several parts. */
-export interface UseCounter {
-  /** Takes one hold on the key; the returned release may be called more than once. */
-  use(...key: string[]): () => void;
-  /** True while any hold on the key is not released. */
-  inUse(...key: string[]): boolean;
 }
 
 /** `api.util.filesystems`: the same commands and rules for every block driver. */

@@ -145,7 +145,7 @@ export function createRecordStore<S extends z.ZodType>(
     }
     return record;
   };
-  const list = async (): Promise<Array<{ name: string; record: T }>> => {
+  const names = async (): Promise<string[]> => {
     let entries: string[];
     try {
       entries = await readdir(dir);
@@ -155,13 +155,15 @@ export function createRecordStore<S extends z.ZodType>(
         { cause: err },
       );
     }
+    // Temp files of atomic writes start with "."; so does no valid name.
+    return entries.sort().filter((e) =>
+      !e.startsWith(".") && e.startsWith(prefix) && e.endsWith(".json")
+    ).map((e) => e.slice(prefix.length, -".json".length));
+  };
+  const list = async (): Promise<Array<{ name: string; record: T }>> => {
     const out: Array<{ name: string; record: T }> = [];
-    for (const entry of entries.sort()) {
-      // Temp files of atomic writes start with "."; so does no valid name.
-      if (entry.startsWith(".") || !entry.startsWith(prefix) || !entry.endsWith(".json")) {
-        continue;
-      }
-      const name = entry.slice(prefix.length, -".json".length);
+    for (const name of await names()) {
+      const entry = `${prefix}${name}.json`;
       try {
         validateName(name, kind);
         const record = await read(name);
@@ -183,6 +185,7 @@ export function createRecordStore<S extends z.ZodType>(
       await rm(file(name), { force: true });
       await fsyncDir(dir); // a removal that a power loss cannot undo
     },
+    names,
     list,
     select: async (name, what) => {
       if (!name) return await list();

@@ -9,8 +9,7 @@ import {
 } from "../api/plugin.ts";
 import type { Exec } from "../runtime/exec.ts";
 import type { Logger } from "../util/log.ts";
-import { atomicWriteJSON, ensureDir, readJSONFile } from "../util/fs.ts";
-import { UseCounter } from "../util/use_counter.ts";
+import { atomicWriteJSON, ensureDir, errno, readFull, readJSONFile } from "../util/fs.ts";
 import { KeyedMutex } from "../util/keyed_mutex.ts";
 import {
   canonicalPath,
@@ -22,7 +21,7 @@ import {
   parseMountInfo,
   readMounts,
 } from "../util/mountinfo.ts";
-import { validateName } from "../util/names.ts";
+import { randomHex, validateName } from "../util/names.ts";
 import { optionSchemas } from "../util/option_schemas.ts";
 import { parseSize } from "../util/sizes.ts";
 import { rubyDate } from "../util/time.ts";
@@ -34,15 +33,6 @@ import {
   requestedMountPoint,
 } from "./driver_util.ts";
 import { createFilesystems } from "./filesystems.ts";
-import {
-  createBlockVolumeHelpers,
-  deleteSnapshot,
-  errno,
-  mustSnapshot,
-  randomId,
-  readFull,
-} from "./block_volumes.ts";
-import { isZero } from "../backup/codec.ts";
 import { awsSdkDeps } from "./aws_deps.ts";
 import { blockDriverInit, type NativeBackupRegistry } from "./block/driver.ts";
 
@@ -100,10 +90,8 @@ export function createPluginApi(opts: {
       readJSON: readJSONFile,
       parseOptions,
       schemas: optionSchemas,
-      isZero,
       ensureDir,
       createLock: () => new KeyedMutex(),
-      createUseCounter: () => new UseCounter(),
       mounts,
       filesystems,
       loadDriverConfig,
@@ -111,11 +99,8 @@ export function createPluginApi(opts: {
       createRecordStore,
       requestedMountPoint,
       errno,
-      randomId,
+      randomId: () => randomHex(12),
       readFull,
-      mustSnapshot,
-      deleteSnapshot,
-      ...createBlockVolumeHelpers({ mounts, filesystems, backup: opts.backup }),
     },
     backup: opts.backup,
   };

@@ -52,7 +52,7 @@ describe("plugin api: util", () => {
     assert.equal((await api.util.mounts.mountAt("/"))?.mountPoint, "/");
     assert.equal(await api.util.mounts.canonicalPath("/a/../b"), "/b");
     assert.deepEqual(api.util.mounts.parseMountInfo("1 0 8:1 / /x rw - ext4 /dev/sda1 rw"), [
-      { mountPoint: "/x", fstype: "ext4", source: "/dev/sda1" },
+      { mountPoint: "/x", fstype: "ext4", source: "/dev/sda1", device: "8:1" },
     ]);
     assert.deepEqual(await api.util.mounts.mountsOf(""), []);
   });

@@ -1,5 +1,6 @@
 import { chmod, lstat, mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import type { ReadableFile } from "../api/host.ts";
 
 /**
  * Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
@@ -76,4 +77,28 @@ export async function ensureDir(path: string): Promise<void> {
     await chmod(p, 0o755);
     if (p === first || p === dirname(p)) break;
   }
+}
+
+/** The `code` of a Node error ("ENOENT"), or undefined. */
+export function errno(err: unknown): string | undefined {
+  return (err as { code?: string } | null)?.code;
+}
+
+/**
+ * Fills `at.buf` from byte `at.pos` of `fh`; what lies past the end of the file reads as zeros.
+ * Resolves to the bytes read.
+ */
+export async function readFull(
+  fh: ReadableFile,
+  at: { buf: Uint8Array; pos: number },
+): Promise<number> {
+  const { buf, pos } = at;
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesRead } = await fh.read(buf, off, buf.length - off, pos + off);
+    if (bytesRead === 0) break;
+    off += bytesRead;
+  }
+  if (off < buf.length) buf.fill(0, off);
+  return off;
 }

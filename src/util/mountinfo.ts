@@ -6,7 +6,7 @@
  * @module
  */
 import type { MountEntry } from "../api/host.ts";
-import { readFile, realpath } from "node:fs/promises";
+import { readFile, realpath, stat } from "node:fs/promises";
 import { resolve } from "node:path";
 
 /** This process's mount table. */
@@ -33,6 +33,7 @@ export function parseMountInfo(text: string): MountEntry[] {
       mountPoint: unescapeMountField(fields[4]),
       fstype: sep > 0 ? unescapeMountField(fields[sep + 1] ?? "") : "",
       source: sep > 0 ? unescapeMountField(fields[sep + 2] ?? "") : "",
+      device: fields[2],
     });
   }
   return out;
@@ -77,11 +78,42 @@ export async function isMountPoint(
   return (await mountAt(path, source)) !== undefined;
 }
 
-/** Every mount point where `device` is mounted. */
+/** `major:minor` of a device number (`stat().rdev`), as mountinfo and dmsetup tables show it. */
+export function devNumber(rdev: number): string {
+  const major = (Math.floor(rdev / 256) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & ~0xff);
+  return `${major >>> 0}:${minor >>> 0}`;
+}
+
+/** `major:minor` of the block device at `path`; undefined when it is none. */
+export async function blockDeviceNumber(path: string): Promise<string | undefined> {
+  if (!path.startsWith("/")) return undefined;
+  try {
+    const st = await stat(path);
+    return st.isBlockDevice() ? devNumber(st.rdev) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * True when `entry` mounts the block device `device` (a path): by path, or by device number
+ * (`number`, from blockDeviceNumber), as "/dev/mapper/x" and "/dev/dm-3" are one device.
+ */
+export function mountsDevice(
+  entry: MountEntry,
+  device: { path: string; number?: string },
+): boolean {
+  return entry.source === device.path ||
+    (device.number !== undefined && entry.device === device.number);
+}
+
+/** Every mount point where the block device `device` is mounted, by whichever of its nodes. */
 export async function mountsOf(
   device: string,
   source: MountInfoSource = MOUNTINFO,
 ): Promise<string[]> {
   if (!device) return [];
-  return (await readMounts(source)).filter((e) => e.source === device).map((e) => e.mountPoint);
+  const dev = { path: device, number: await blockDeviceNumber(device) };
+  return (await readMounts(source)).filter((e) => mountsDevice(e, dev)).map((e) => e.mountPoint);
 }

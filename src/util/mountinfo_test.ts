@@ -5,8 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   canonicalPath,
+  devNumber,
   isMountPoint,
   mountAt,
+  mountsDevice,
   mountsOf,
   parseMountInfo,
   parseMountPoints,
@@ -35,12 +37,23 @@ describe("mountinfo", () => {
 
   it("parseMountInfo() reads the mount point, type and source after optional fields", () => {
     assert.deepEqual(parseMountInfo(TEXT + "\n"), [
-      { mountPoint: "/", fstype: "ext4", source: "/dev/sda1" },
-      { mountPoint: "/mnt/with space", fstype: "ext4", source: "/dev/sda1" },
-      { mountPoint: "/mnt/vol10", fstype: "ext4", source: "/dev/sda1" },
-      { mountPoint: "/mnt/vol10", fstype: "xfs", source: "/dev/loop3" },
-      { mountPoint: "/mnt/other", fstype: "xfs", source: "/dev/loop3" },
+      { mountPoint: "/", fstype: "ext4", source: "/dev/sda1", device: "8:1" },
+      { mountPoint: "/mnt/with space", fstype: "ext4", source: "/dev/sda1", device: "8:1" },
+      { mountPoint: "/mnt/vol10", fstype: "ext4", source: "/dev/sda1", device: "8:1" },
+      { mountPoint: "/mnt/vol10", fstype: "xfs", source: "/dev/loop3", device: "7:3" },
+      { mountPoint: "/mnt/other", fstype: "xfs", source: "/dev/loop3", device: "7:3" },
     ]);
+  });
+
+  it("mountsDevice() matches a mount by path or by device number, and devNumber() decodes rdev", () => {
+    const entry = { mountPoint: "/m", fstype: "ext4", source: "/dev/dm-3", device: "254:3" };
+    assert.equal(mountsDevice(entry, { path: "/dev/dm-3" }), true);
+    assert.equal(mountsDevice(entry, { path: "/dev/mapper/x", number: "254:3" }), true);
+    assert.equal(mountsDevice(entry, { path: "/dev/mapper/x", number: "254:30" }), false);
+    assert.equal(mountsDevice(entry, { path: "/dev/mapper/x" }), false);
+    assert.equal(devNumber(7 * 256 + 3), "7:3");
+    // Large minors: the low 8 bits in rdev's low byte, the rest from bit 20.
+    assert.equal(devNumber(254 * 256 + 0x34 + (0x12 << 20)), "254:4660");
   });
 
   it("mountAt(), isMountPoint() and mountsOf() match exact paths and devices", async () => {
@@ -52,6 +65,7 @@ describe("mountinfo", () => {
         mountPoint: "/mnt/vol10",
         fstype: "xfs",
         source: "/dev/loop3",
+        device: "7:3",
       });
       assert.equal(await mountAt("/mnt/vol1", file), undefined);
       assert.equal(await isMountPoint("/mnt/with space", file), true);

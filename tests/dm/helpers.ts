@@ -18,7 +18,7 @@ import { registeredInit } from "../../src/plugins/testing.ts";
 import { createExec } from "../../src/runtime/exec.ts";
 import { readMounts } from "../../src/util/mountinfo.ts";
 import setup from "../../plugins/devicemapper/mod.ts";
-import type { DmConvoyDriver } from "../../plugins/devicemapper/driver.ts";
+import type { BlockDriver } from "../../src/plugins/block/driver.ts";
 
 export const exec: Exec = createExec({ timeoutMs: 120_000 });
 export const MiB = 1024 * 1024;
@@ -277,7 +277,7 @@ export interface PoolEnv {
     log?: Logger;
     backup?: BackupStoreApi;
     exec?: Exec;
-  }): Promise<DmConvoyDriver>;
+  }): Promise<BlockDriver>;
   /** The device-mapper name of a volume. */
   device(volume: string): string;
 }
@@ -332,7 +332,7 @@ export async function withPool(
         await dmInit({ log: o.log ?? log, backup: o.backup, exec: o.exec })(
           root,
           o.config ?? config,
-        ) as DmConvoyDriver,
+        ) as BlockDriver,
       device: (volume) => `convoy-${pool}-${volume}`,
     });
   } finally {

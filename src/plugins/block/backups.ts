@@ -16,7 +16,7 @@ import type {
 import { optionSchemas } from "../../util/option_schemas.ts";
 import { validateName } from "../../util/names.ts";
 import { parseOptions } from "../driver_util.ts";
-import { readFull } from "../block_volumes.ts";
+import { readFull } from "../../util/fs.ts";
 import { BLOCK_SIZE, type BlockBackupRequest, inContext } from "./core.ts";
 import { BlockSnapshotOps } from "./snapshots.ts";
 

@@ -20,13 +20,15 @@ import type {
   BlockFilesystems,
   Exec,
   Logger,
+  MountEntry,
   PluginMounts,
 } from "../../api/plugin.ts";
 import { ensureDir } from "../../util/fs.ts";
+import { blockDeviceNumber, mountsDevice } from "../../util/mountinfo.ts";
 import { KeyedMutex } from "../../util/keyed_mutex.ts";
 import { UseCounter } from "../../util/use_counter.ts";
 import { createRecordStore } from "../driver_util.ts";
-import { createBlockVolumeHelpers } from "../block_volumes.ts";
+import { createMounting } from "./mounting.ts";
 import type { NativeBackupRegistry } from "./native.ts";
 import {
   toRecord,
@@ -129,19 +131,16 @@ export class BlockCore {
     this.root = opts.root;
     this.adapter = opts.adapter as BlockDeviceAdapter<AdapterFields, AdapterFields, unknown>;
     this.log = opts.log;
+    const where = opts.adapter.records ?? { dir: "state", prefix: "" };
     this.records = createRecordStore({
-      dir: join(opts.root, "state"),
-      prefix: "",
+      dir: join(opts.root, where.dir),
+      prefix: where.prefix,
       schema: volumeRecordSchema,
       nameField: "Name",
       kind: "volume",
       log: opts.log,
     });
-    this.mounting = createBlockVolumeHelpers({
-      mounts: host.mounts,
-      filesystems: host.filesystems,
-      backup: host.backup,
-    });
+    this.mounting = createMounting({ mounts: host.mounts, filesystems: host.filesystems });
   }
 
   // ---- records -----------------------------------------------------------------------------
@@ -161,7 +160,7 @@ export class BlockCore {
   protected snapshots(r: VolumeRecord): Record<string, BlockSnapshot> {
     const out: Record<string, BlockSnapshot> = {};
     for (const [k, s] of Object.entries(r.Snapshots)) {
-      out[k] = toSnapshot(s, this.adapter.snapshotFields);
+      out[k] = toSnapshot(s, { schema: this.adapter.snapshotFields, volumeSize: r.Size });
     }
     return out;
   }
@@ -192,24 +191,36 @@ export class BlockCore {
   // ---- start-up ----------------------------------------------------------------------------
 
   async start(): Promise<void> {
-    await ensureDir(join(this.root, "state"));
+    await ensureDir(join(this.root, this.adapter.records?.dir ?? "state"));
     await ensureDir(join(this.root, "mounts"));
-    const recs = await this.records.list();
+    const { records: recs, unreadable } = await this.readAll();
     const volumes: BlockVolume[] = [];
+    const snapshots: Record<string, BlockSnapshot[]> = {};
     for (const { name, record } of recs) {
       try {
-        volumes.push(this.volume(record));
+        const vol = this.volume(record);
+        snapshots[name] = Object.values(this.snapshots(record));
+        volumes.push(vol);
       } catch (err) {
+        unreadable.push(name);
         this.log.error(errors.errorMessage(err), { volume: name });
       }
     }
-    await this.adapter.start?.(volumes);
+    await this.adapter.start?.(volumes, { snapshots, unreadable });
     // Re-activates every recorded volume and re-mounts recorded mounts; failures are logged.
     for (const { name, record } of recs) {
       try {
         const vol = this.volume(record);
         const snaps = this.snapshots(record);
-        const active = await this.activate(vol, snaps);
+        let active = await this.activate(vol, snaps);
+        if (!active.filesystem) {
+          // Convoy's records name none: blkid tells.
+          const filesystem = await this.host.filesystems.detect(active.device);
+          if (filesystem) {
+            active = { ...active, filesystem };
+            await this.write(active, snaps);
+          }
+        }
         if (!active.mountPoint) continue;
         const entry = await this.host.mounts.mountAt(active.mountPoint);
         if (entry && (await this.isMountOf(active, entry))) continue;
@@ -234,6 +245,30 @@ export class BlockCore {
     }
   }
 
+  /**
+   * Every record, a record without a UUID (Convoy's) given one; `unreadable` names the files
+   * that cannot be read or parsed.
+   */
+  protected async readAll() {
+    const out: Array<{ name: string; record: VolumeRecord }> = [];
+    const unreadable: string[] = [];
+    for (const name of await this.records.names()) {
+      try {
+        let record = await this.records.read(name);
+        if (!record) continue;
+        if (!record.UUID) {
+          record = { ...record, UUID: crypto.randomUUID() };
+          await this.records.write(name, record);
+        }
+        out.push({ name, record });
+      } catch (err) {
+        unreadable.push(name);
+        this.log.error(errors.errorMessage(err), { volume: name });
+      }
+    }
+    return { records: out, unreadable };
+  }
+
   /** Activates the device; records a new device path or fields. */
   protected async activate(
     vol: BlockVolume,
@@ -246,8 +281,21 @@ export class BlockCore {
     return next;
   }
 
-  protected async isMountOf(vol: BlockVolume, entry: { source: string }): Promise<boolean> {
-    if (this.adapter.isMountOf) return await this.adapter.isMountOf(vol, entry as never);
-    return entry.source === vol.device;
+  /** The adapter's `recorded` hook; a failure is logged. */
+  protected async recorded(vol: BlockVolume, snap?: BlockSnapshot): Promise<void> {
+    await this.adapter.recorded?.(vol, snap).catch((err) =>
+      this.log.warn(
+        `After recording ${snap ? `snapshot "${snap.name}" of ` : ""}volume "${vol.name}": ${
+          errors.errorMessage(err)
+        }`,
+        { volume: vol.name, snapshot: snap?.name },
+      )
+    );
+  }
+
+  protected async isMountOf(vol: BlockVolume, entry: MountEntry): Promise<boolean> {
+    if (this.adapter.isMountOf) return await this.adapter.isMountOf(vol, entry);
+    if (!vol.device) return false;
+    return mountsDevice(entry, { path: vol.device, number: await blockDeviceNumber(vol.device) });
   }
 }

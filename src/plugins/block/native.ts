@@ -10,7 +10,7 @@ import type { BlockCallContext, NativeBackupReader } from "../../api/block.ts";
 import type { OperationContext } from "../../api/driver.ts";
 import { isZero } from "../../backup/codec.ts";
 import { pool } from "../../util/pool.ts";
-import { readFull } from "../block_volumes.ts";
+import { readFull } from "../../util/fs.ts";
 
 /** Opens a native backup of a registered driver. */
 export type OpenNativeBackup = (url: string, ctx?: BlockCallContext) => Promise<NativeBackupReader>;

@@ -1,7 +1,8 @@
 /**
- * The block framework's volume records: `<root>/state/<volume>.json`, the common fields and the
- * adapter's own fields side by side at the top level (the loop driver's record format), and the
- * conversion to and from the BlockVolume an adapter sees.
+ * The block framework's volume records: `<root>/state/<volume>.json` (or the adapter's
+ * `records` place), the common fields and the adapter's own fields side by side at the top
+ * level, and the conversion to and from the BlockVolume an adapter sees. Convoy's devicemapper
+ * records (no UUID, Device or snapshot Size; `Snapshots` may be null) read with defaults.
  * @module
  */
 import { z } from "zod";
@@ -23,21 +24,23 @@ const SNAPSHOT_KEYS = ["Name", "CreatedTime", "Size"];
 /** The host's part of a volume record; the adapter's keys pass through. */
 export const volumeRecordSchema = z.looseObject({
   Name: z.string(),
-  UUID: z.string(),
+  /** "" in Convoy's records: the host gives one at start. */
+  UUID: z.string().default(""),
   Size: z.number().int().nonnegative(),
   /** "" when unknown (a restored device blkid could not identify): mount detects it. */
   Filesystem: z.string().default(""),
-  CreatedTime: z.string(),
+  CreatedTime: z.string().default(""),
   Device: z.string().default(""),
   MountPoint: z.string().default(""),
   Snapshots: z.record(
     z.string(),
     z.looseObject({
       Name: z.string(),
-      CreatedTime: z.string(),
-      Size: z.number().int().nonnegative(),
+      CreatedTime: z.string().default(""),
+      /** Missing in Convoy's records: the volume's size. */
+      Size: z.number().int().nonnegative().optional(),
     }),
-  ).default({}),
+  ).nullable().default({}).transform((s) => s ?? {}),
 });
 
 /** A record as read from disk. */
@@ -50,12 +53,13 @@ function rest(obj: Record<string, unknown>, keys: string[]): Record<string, unkn
 /** A record's snapshot as the adapter sees it; `fields` validated by the adapter's schema. */
 export function toSnapshot<S extends AdapterFields>(
   s: VolumeRecord["Snapshots"][string],
-  schema: z.ZodType<S>,
+  of: { schema: z.ZodType<S>; volumeSize: number },
 ): BlockSnapshot<S> {
+  const schema = of.schema;
   return {
     name: s.Name,
     createdTime: s.CreatedTime,
-    size: s.Size,
+    size: s.Size ?? of.volumeSize,
     fields: schema.parse(rest(s, SNAPSHOT_KEYS)),
   };
 }

@@ -8,8 +8,6 @@ import type { BlockSnapshot, BlockVolume } from "../../api/block.ts";
 import type { StringMap } from "../../api/driver.ts";
 import { validateName } from "../../util/names.ts";
 import { rubyDate } from "../../util/time.ts";
-import { deleteSnapshot } from "../block_volumes.ts";
-import { toSnapshot } from "./records.ts";
 import { inContext } from "./core.ts";
 import { BlockVolumeOps } from "./volumes.ts";
 
@@ -55,6 +53,7 @@ export class BlockSnapshotOps extends BlockVolumeOps {
         );
         throw errors.wrapError(err, what);
       }
+      await this.recorded(vol, s);
       this.log.info(`Created snapshot "${snap}" of volume "${name}"`, {
         volume: name,
         snapshot: snap,
@@ -83,17 +82,34 @@ export class BlockSnapshotOps extends BlockVolumeOps {
   }
 
   async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    await deleteSnapshot({ id, volumeID }, {
-      records: this.records,
-      locks: this.locks,
-      inUse: this.inUse,
-      log: this.log,
-      remove: async ({ record, unrecorded, snap }) => {
+    const snap = validateName(id, "snapshot");
+    const name = validateName(volumeID, "volume");
+    const what = `Cannot delete snapshot "${snap}" of volume "${name}"`;
+    await this.locks.run(name, async () => {
+      const record = await this.records.read(name);
+      if (!record?.Snapshots[snap]) {
+        throw new errors.NotFoundError(`${what}: snapshot does not exist`);
+      }
+      if (this.inUse.inUse(name, snap)) {
+        throw new errors.ConflictError(`${what}: snapshot is being backed up`);
+      }
+      try {
         const vol = this.volume(record);
-        const s = toSnapshot(record.Snapshots[snap], this.adapter.snapshotFields);
-        await this.write(vol, this.snapshots(unrecorded));
+        const snaps = this.snapshots(record);
+        const s = snaps[snap];
+        delete snaps[snap];
+        await this.adapter.beforeRemove?.(vol, { snapshots: [s], volume: false, keepData: false });
+        // The record first: a crash afterwards leaves data no record refers to, never a record
+        // of a snapshot that is gone.
+        await this.write(vol, snaps);
         await this.adapter.removeSnapshot(vol, s);
-      },
+      } catch (err) {
+        throw errors.wrapError(err, what);
+      }
+      this.log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
+        volume: name,
+        snapshot: snap,
+      });
     });
   }
 

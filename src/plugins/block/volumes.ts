@@ -161,12 +161,13 @@ export class BlockVolumeOps extends BlockCore {
     }).catch((err) => {
       throw inContext(err, what);
     });
+    const previous = created.adopted ? created.previous : undefined;
     let vol: BlockVolume = {
       name,
-      uuid: crypto.randomUUID(),
+      uuid: previous?.uuid || crypto.randomUUID(),
       size: created.size,
       filesystem: "",
-      createdTime: rubyDate(),
+      createdTime: previous?.createdTime || rubyDate(),
       device: "",
       mountPoint: "",
       fields: created.fields,
@@ -188,7 +189,8 @@ export class BlockVolumeOps extends BlockCore {
         return await fs.detect(target);
       }
       const found = fresh ? "" : await fs.detect(target);
-      if (found || restore) return found;
+      // A device kept with its snapshots is never formatted: "" lets mount detect it.
+      if (found || restore || previous) return found;
       await fs.mkfs(target, fsType, {
         discard: this.caps.discardOnMkfs ?? true,
         timeoutMs: LONG_COMMAND_TIMEOUT_MS,
@@ -220,7 +222,10 @@ export class BlockVolumeOps extends BlockCore {
         });
       }
       vol = { ...vol, filesystem };
-      await this.write(vol, {});
+      await this.write(
+        vol,
+        Object.fromEntries((previous?.snapshots ?? []).map((s) => [s.name, s])),
+      );
     } catch (err) {
       await this.records.remove(name).catch(() => {});
       await created.staging?.discard().catch(() => {});
@@ -235,6 +240,7 @@ export class BlockVolumeOps extends BlockCore {
       }
       throw inContext(err, what);
     }
+    await this.recorded(vol);
     this.log.info(`Created volume "${name}"`, {
       volume: name,
       device: vol.device,
@@ -277,12 +283,20 @@ export class BlockVolumeOps extends BlockCore {
             );
           }
         }
+        const keepData = o.ReferenceOnly;
+        await this.adapter.beforeRemove?.(vol, {
+          snapshots: Object.values(snaps),
+          volume: true,
+          keepData,
+        });
         await this.adapter.deactivate?.(vol);
         // The record goes first: a crash afterwards leaves devices without a record, which the
         // adapter's start (snapshots) or the next create of the name (the device) takes care of.
         await this.records.remove(name);
-        for (const s of Object.values(snaps)) await this.adapter.removeSnapshot(vol, s);
-        await this.adapter.removeDevice(vol, { keepData: o.ReferenceOnly });
+        for (const s of Object.values(snaps)) {
+          await this.adapter.removeSnapshot(vol, s, { keepData });
+        }
+        await this.adapter.removeDevice(vol, { keepData });
       } catch (err) {
         throw inContext(err, what);
       }

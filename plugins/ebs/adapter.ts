@@ -54,30 +54,6 @@ export function parseEbsURL(url: string): { region: string; snapshotId: string }
   return m ? { region: m[1], snapshotId: m[2] } : undefined;
 }
 
-/** Go's RubyDate of `d` (UTC), as Convoy prints EBS times. */
-function rubyDate(d: Date | undefined): string {
-  if (!d) return "";
-  const days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-  const months = [
-    "Jan",
-    "Feb",
-    "Mar",
-    "Apr",
-    "May",
-    "Jun",
-    "Jul",
-    "Aug",
-    "Sep",
-    "Oct",
-    "Nov",
-    "Dec",
-  ];
-  const p = (n: number) => String(n).padStart(2, "0");
-  return `${days[d.getUTCDay()]} ${months[d.getUTCMonth()]} ${p(d.getUTCDate())} ${
-    p(d.getUTCHours())
-  }:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000 ${d.getUTCFullYear()}`;
-}
-
 /** The ebs adapter of one daemon. */
 export async function createEbsAdapter(
   api: PluginApi,
@@ -87,6 +63,8 @@ export async function createEbsAdapter(
   const { errors } = api;
   const log = ctx.log;
   const schemas = createSchemas(api);
+  /** Go's RubyDate of an AWS time (UTC), as Convoy prints EBS times; "" without one. */
+  const rubyDate = (d: Date | undefined) => d ? api.util.formatTime(d, { utc: true }) : "";
   const config: EbsConfig = await loadOrCreateConfig(api, schemas, {
     root: ctx.root,
     options: ctx.options,

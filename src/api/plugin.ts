@@ -153,6 +153,8 @@ export interface PluginUtil {
   validateName(name: unknown, kind: string): string;
   /** Go RubyDate in local time, as every Convoy CreatedTime. */
   now(): string;
+  /** Go RubyDate of `at`, in local time or UTC (`opts.utc`, as Convoy prints AWS's times). */
+  formatTime(at: Date, opts?: { utc?: boolean }): string;
   /** Atomic JSON write: temp file, fsync, rename. */
   writeJSON(path: string, value: unknown): Promise<void>;
   /** Parsed JSON, or undefined when the file does not exist. */

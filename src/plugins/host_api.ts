@@ -86,6 +86,7 @@ export function createPluginApi(opts: {
       parseSize,
       validateName,
       now: () => rubyDate(),
+      formatTime: (at, o) => rubyDate(at, o),
       writeJSON: atomicWriteJSON,
       readJSON: readJSONFile,
       parseOptions,

@@ -33,8 +33,6 @@ export interface CompareStats {
   changed: number;
   /** Blocks found equal because both files share their extents. */
   shared: number;
-  /** Data bytes read from the two images to compare. */
-  bytesRead: number;
   ms: number;
 }
 
@@ -97,7 +95,6 @@ export class ImageComparer {
         blocks,
         changed: list.length,
         shared: 0,
-        bytesRead: 0,
         ms: Math.round(performance.now() - started),
       });
       return { mappings: blocksToMappings(list), blockSize: BLOCK_SIZE };
@@ -110,7 +107,6 @@ export class ImageComparer {
         blocks,
         changed: 0,
         shared: 0,
-        bytesRead: 0,
         ms: Math.round(performance.now() - started),
       });
       return "unknown";
@@ -124,7 +120,6 @@ export class ImageComparer {
       blocks,
       changed: changed.length,
       shared,
-      bytesRead: 0,
       ms: Math.round(performance.now() - started),
     });
     return { mappings: blocksToMappings(changed), blockSize: BLOCK_SIZE };

@@ -6,7 +6,7 @@
  * @module
  */
 import { readFile, rm } from "node:fs/promises";
-import { connect } from "node:net";
+import { connectable } from "../runtime/listen.ts";
 import { join, resolve } from "node:path";
 import { ConflictError, errorMessage, InvalidArgumentError } from "../api/errors.ts";
 import { atomicWriteFile } from "../util/fs.ts";
@@ -52,17 +52,7 @@ export function addressAlive(address: string, timeoutMs = 2000): Promise<boolean
     if (!m) return Promise.resolve(false);
     target = { host: m[1], port: Number(m[2]) };
   }
-  return new Promise((done) => {
-    const s = connect(target);
-    const finish = (alive: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      done(alive);
-    };
-    const timer = setTimeout(() => finish(false), timeoutMs);
-    s.once("connect", () => finish(true));
-    s.once("error", () => finish(false));
-  });
+  return connectable(target, timeoutMs);
 }
 
 /** This daemon's spec file: checked at start, written once it listens, released on stop. */

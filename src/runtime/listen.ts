@@ -46,13 +46,27 @@ export interface ListenOptions {
 
 /** Resolves true when something accepts connections on the socket at `path`. */
 export function socketAlive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ path });
-    s.once("connect", () => {
+  return connectable({ path });
+}
+
+/**
+ * Resolves true when something accepts a connection at `target` (a unix socket path, or a TCP
+ * host and port) within `timeoutMs` (default: no limit).
+ */
+export function connectable(
+  target: { path: string } | { host: string; port: number },
+  timeoutMs?: number,
+): Promise<boolean> {
+  return new Promise((done) => {
+    const s = connect(target);
+    const finish = (alive: boolean) => {
+      clearTimeout(timer);
       s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
+      done(alive);
+    };
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => finish(false), timeoutMs);
+    s.once("connect", () => finish(true));
+    s.once("error", () => finish(false));
   });
 }
 

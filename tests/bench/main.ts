@@ -16,8 +16,8 @@
 import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { join } from "node:path";
-import { spawn } from "node:child_process";
-import { ok, REPO, run, startDaemon } from "../helpers.ts";
+import { ok, run, startDaemon } from "../helpers.ts";
+import { BENCH_ENV, startS3Server } from "./s3.ts";
 import { backupConfigPath, blockPath } from "../../src/backup/layout.ts";
 import { decodeBackupURL } from "../../src/backup/url.ts";
 
@@ -165,25 +165,9 @@ async function main() {
     (await must("losetup", ["--direct-io=on", "--find", "--show", join(WORK, "xfs.img")]))
       .trim();
   await must("mount", [disk, join(WORK, "xfs")]);
-  const env = {
-    AWS_ACCESS_KEY_ID: "bench",
-    AWS_SECRET_ACCESS_KEY: "bench-secret",
-    AWS_EC2_METADATA_DISABLED: "true",
-  };
-  const s3 = spawn(process.execPath, [
-    "run",
-    "-A",
-    join(REPO, "tests", "s3_server.ts"),
-    "--port",
-    "0",
-    "--dir",
-    join(WORK, "s3"),
-  ], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const endpoint = await new Promise<string>((resolve) =>
-    s3.stdout!.once("data", (c) => resolve(String(c).trim().split("\n")[0]))
-  );
+  const env = BENCH_ENV;
+  const s3 = await startS3Server(join(WORK, "s3"));
+  const endpoint = s3.endpoint;
   const startBenchDaemon = () =>
     startDaemon({
       root: join(WORK, "root"),
@@ -204,15 +188,6 @@ async function main() {
   const cli = (...args: string[]) => ok(args, { socket, env });
   const results: Record<string, unknown> = {};
   try {
-    const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-    await new S3Client({
-      endpoint,
-      region: "us-east-1",
-      forcePathStyle: true,
-      credentials: { accessKeyId: "bench", secretAccessKey: "x" },
-    })
-      .send(new CreateBucketCommand({ Bucket: "bench" }));
-
     log("creating a 4 GiB loop volume and copying files into it");
     await cli("create", "bench", "--driver", "loop", "--size", "4G");
     const mp = await cli("mount", "bench");
@@ -494,7 +469,7 @@ async function main() {
     await cli("delete", "bench");
   } finally {
     await daemon.stop();
-    s3.kill("SIGTERM");
+    s3.stop();
     await run("umount", ["-R", join(WORK, "xfs")]);
     for (const line of (await must("losetup", ["-a"])).split("\n")) {
       if (line.includes(WORK)) await run("losetup", ["-d", line.split(":")[0]]);

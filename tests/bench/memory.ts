@@ -11,8 +11,8 @@
  */
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { spawn } from "node:child_process";
-import { mountsUnder, ok, REPO, run, startDaemon } from "../helpers.ts";
+import { mountsUnder, ok, run, startDaemon } from "../helpers.ts";
+import { BENCH_ENV, startS3Server } from "./s3.ts";
 
 const MiB = 1024 * 1024;
 const WORK = process.env.CONVOY_MEM_DIR ?? "/var/tmp/convoy-bench-memory";
@@ -39,23 +39,9 @@ async function main() {
   if (process.getuid?.() !== 0) throw new Error("needs root (loop devices and mounts)");
   await rm(WORK, { recursive: true, force: true });
   await mkdir(join(WORK, "store"), { recursive: true });
-  const env = {
-    AWS_ACCESS_KEY_ID: "bench",
-    AWS_SECRET_ACCESS_KEY: "bench-secret",
-    AWS_EC2_METADATA_DISABLED: "true",
-  };
-  const s3 = spawn(process.execPath, [
-    "run",
-    "-A",
-    join(REPO, "tests", "s3_server.ts"),
-    "--port",
-    "0",
-    "--dir",
-    join(WORK, "s3"),
-  ], { stdio: ["ignore", "pipe", "inherit"] });
-  const endpoint = await new Promise<string>((resolve) =>
-    s3.stdout!.once("data", (c) => resolve(String(c).trim().split("\n")[0]))
-  );
+  const env = BENCH_ENV;
+  const s3 = await startS3Server(join(WORK, "s3"));
+  const endpoint = s3.endpoint;
   const start = () =>
     startDaemon({
       root: join(WORK, "root"),
@@ -89,13 +75,6 @@ async function main() {
     return value;
   };
   try {
-    const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-    await new S3Client({
-      endpoint,
-      region: "us-east-1",
-      forcePathStyle: true,
-      credentials: { accessKeyId: "bench", secretAccessKey: "x" },
-    }).send(new CreateBucketCommand({ Bucket: "bench" }));
     log(`writing ${DATA / MiB} MiB of random data into a ${VOLUME / MiB} MiB loop volume`);
     await cli("create", "mem", "--driver", "loop", "--size", String(VOLUME));
     const mp = await cli("mount", "mem");
@@ -132,7 +111,7 @@ async function main() {
     await cli("delete", "mem");
   } finally {
     await daemon.stop();
-    s3.kill("SIGTERM");
+    s3.stop();
     for (const mp of await mountsUnder(WORK)) await run("umount", [mp]);
     for (const line of (await must("losetup", ["-a"])).split("\n")) {
       if (line.includes(WORK)) await run("losetup", ["-d", line.split(":")[0]]);

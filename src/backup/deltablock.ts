@@ -54,7 +54,7 @@ import {
   unpackBlockTo,
 } from "./codec_pool.ts";
 import { backupConfigPath, blockPath, volumeDir } from "./layout.ts";
-import { clearLeftovers, removeBlocks, sweepUnreferenced } from "./gc.ts";
+import { clearLeftovers, referencedBlocks, removeBlocks, sweepUnreferenced } from "./gc.ts";
 import {
   describeLease,
   leaseStates,
@@ -168,20 +168,10 @@ async function findBase(
   return best;
 }
 
-/** Checksums of the blocks that the volume's (readable) backup records reference. */
-async function referencedBlocks(store: ObjectStore, volume: string): Promise<Set<string>> {
-  const out = new Set<string>();
-  for (const name of await listBackupNames(store, volume)) {
-    let b: BackupRecord | undefined;
-    try {
-      b = await loadBackupRecord(store, { volume, backup: name });
-    } catch (err) {
-      if (err instanceof RecordParseError) continue; // restores nothing, so protects nothing
-      throw err;
-    }
-    for (const m of b?.Blocks ?? []) out.add(m.BlockChecksum);
-  }
-  return out;
+/** Checksums of the blocks that the volume's readable backup records reference. */
+async function trustedBlocks(store: ObjectStore, volume: string): Promise<Set<string>> {
+  const r = await referencedBlocks(store, volume, { skipUnreadable: true });
+  return "refs" in r ? r.refs : new Set();
 }
 
 /**
@@ -248,7 +238,7 @@ async function discardUploads(
       await leaveNote();
       return;
     }
-    const referenced = await referencedBlocks(store, volume);
+    const referenced = await trustedBlocks(store, volume);
     const keys = [...opts.sums].filter((sum) => !referenced.has(sum)).map((sum) =>
       blockPath(volume, sum)
     );
@@ -408,7 +398,7 @@ export async function createDeltaBackup(
                       const key = blockPath(vol, sum);
                       const found = await store.stat(key);
                       if (found) {
-                        trusted ??= referencedBlocks(store, vol);
+                        trusted ??= trustedBlocks(store, vol);
                         if (found.size > 0 && (await trusted).has(sum)) return;
                         // Maybe left by a killed upload: truncated, empty or never completed.
                         const good = await storedBlockIsGood(store, key, {

@@ -51,11 +51,13 @@ async function storedBlocks(store: ObjectStore, volume: string): Promise<string[
 
 /**
  * The checksums referenced by the volume's backup records, or the message of the first record
- * that cannot be read (then no block may be judged unreferenced).
+ * that cannot be read (then no block may be judged unreferenced). With `skipUnreadable`, such a
+ * record is passed over instead (it restores nothing, so it vouches for nothing).
  */
-async function referencedBlocks(
+export async function referencedBlocks(
   store: ObjectStore,
   volume: string,
+  opts: { skipUnreadable?: boolean } = {},
 ): Promise<{ refs: Set<string> } | { unreadable: string }> {
   const refs = new Set<string>();
   for (const name of await listBackupNames(store, volume)) {
@@ -64,6 +66,7 @@ async function referencedBlocks(
       for (const b of rec?.Blocks ?? []) refs.add(b.BlockChecksum);
     } catch (err) {
       if (!(err instanceof RecordParseError)) throw err;
+      if (opts.skipUnreadable) continue;
       return { unreadable: errorMessage(err) };
     }
   }

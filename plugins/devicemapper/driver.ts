@@ -327,20 +327,41 @@ class ThinDevices {
 
   /**
    * Tells the data device that a deleted volume's blocks are free (thin deletes do not pass
-   * discards down): the thin device is mapped again for a blkdiscard. Best effort.
+   * discards down): the thin device is mapped again for a blkdiscard. Best effort; a device of
+   * that name that maps another thin id is left alone.
    */
   async #discard(vol: Volume): Promise<void> {
+    const dm = this.#pool.dm;
     const name = this.#deviceName(vol);
     try {
-      if ((await this.#pool.dm.table(name)) === undefined) {
-        await this.#pool.dm.create(name, this.#table(vol.size, vol.fields.DevID));
-      }
+      const live = await dm.table(name);
+      if (live !== undefined) {
+        const diff = await this.#otherTable(live, { size: vol.size, devID: vol.fields.DevID });
+        if (diff) {
+          this.#log.debug(`Not discarding "${name}": it is another device (${diff})`);
+          return;
+        }
+      } else await dm.create(name, this.#table(vol.size, vol.fields.DevID));
+    } catch (err) {
+      this.#log.debug(`Cannot map "${name}" to discard it: ${this.#api.errors.errorMessage(err)}`);
+      return;
+    }
+    try {
       await this.#api.exec("blkdiscard", [join(MAPPER_DIR, name)]);
     } catch (err) {
       this.#log.debug(`blkdiscard of "${name}" failed: ${this.#api.errors.errorMessage(err)}`);
     } finally {
-      await this.#pool.dm.remove(name).catch(() => {});
+      await dm.remove(name).catch(() => {});
     }
+  }
+
+  /** How a live table differs from the thin device `devID` of `size` bytes; "" when it is that. */
+  async #otherTable(live: string, o: { size: number; devID: number }): Promise<string> {
+    return compareThinTable(parseTable(live), {
+      sectors: Math.ceil(o.size / 512),
+      pool: await this.#pool.mapperNumber(this.#pool.name),
+      devID: o.devID,
+    });
   }
 
   #table(size: number, devID: number): string {
@@ -358,11 +379,7 @@ class ThinDevices {
         devID: vol.fields.DevID,
       });
     } else {
-      const diff = compareThinTable(parseTable(live), {
-        sectors: Math.ceil(vol.size / 512),
-        pool: await this.#pool.mapperNumber(this.#pool.name),
-        devID: vol.fields.DevID,
-      });
+      const diff = await this.#otherTable(live, { size: vol.size, devID: vol.fields.DevID });
       if (diff) {
         throw new this.#api.errors.ConflictError(
           `device-mapper device "${name}" exists with another table (${diff})`,
@@ -438,11 +455,7 @@ class ThinDevices {
       const live = await dm.table(device);
       let reuse = false;
       if (live !== undefined) {
-        const diff = compareThinTable(parseTable(live), {
-          sectors: Math.ceil(vol.size / 512),
-          pool: await this.#pool.mapperNumber(this.#pool.name),
-          devID: snap.fields.DevID,
-        });
+        const diff = await this.#otherTable(live, { size: vol.size, devID: snap.fields.DevID });
         if (diff) await dm.remove(device);
         else reuse = true;
       }

@@ -718,7 +718,18 @@ describe(`devicemapper driver: volumes${skipNote}`, needsPool, () => {
         await exec("umount", [behind]);
         assert.ok((await poolUsage(env.pool)).used > before.used);
 
+        // The data device's file (a loop device on a sparse file): what it holds, in bytes.
+        const allocated = async () => {
+          await exec("sync", []);
+          return (await stat(join(env.dir, "data.img"))).blocks * 512;
+        };
+        const held = await allocated();
         await vols.deleteVolume("db1", {});
+        // The blocks were discarded down to the data device: its file gave them back.
+        assert.ok(
+          (await allocated()) <= held - 4 * MiB,
+          `data.img holds ${await allocated()} bytes, was ${held}`,
+        );
         assert.equal(await tableOf(env.device("db1")), undefined);
         assert.deepEqual(await vols.listVolume({}), {});
         assert.equal((await poolUsage(env.pool)).used, before.used);

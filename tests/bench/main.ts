@@ -11,7 +11,9 @@
  *
  * The xfs stands in for a real disk: its image is attached with direct I/O, so it has no second
  * page cache. Every timed step starts with a cold page cache and runs CONVOY_BENCH_RUNS times
- * (default 5; each full backup into an empty store or repository); the median is reported.
+ * (default 5; each full backup into an empty store or repository); the median is reported. The
+ * work folder (CONVOY_BENCH_DIR, default /var/tmp/convoy-bench) is removed at the end unless
+ * CONVOY_BENCH_KEEP is set.
  */
 import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
@@ -470,9 +472,13 @@ async function main() {
   } finally {
     await daemon.stop();
     s3.stop();
-    await run("umount", ["-R", join(WORK, "xfs")]);
+    const unmounted = (await run("umount", ["-R", join(WORK, "xfs")])).code === 0;
     for (const line of (await must("losetup", ["-a"])).split("\n")) {
       if (line.includes(WORK)) await run("losetup", ["-d", line.split(":")[0]]);
+    }
+    // Tens of GB (the xfs image, the stores, restic's repository): kept only when asked.
+    if (unmounted && !process.env.CONVOY_BENCH_KEEP) {
+      await rm(WORK, { recursive: true, force: true });
     }
   }
   for (const line of (daemonOutput + daemon.output()).split("\n")) {

@@ -35,6 +35,7 @@ import { join, resolve } from "node:path";
 import process from "node:process";
 import type {
   ConvoyDriver,
+  DriverMethods,
   KeyedLock,
   Logger,
   OperationContext,
@@ -45,13 +46,8 @@ import type {
 import { loadOrCreateConfig, type VfsConfig } from "./config.ts";
 import { LONG_COMMAND_TIMEOUT_MS, VolumeDirs } from "./dirs.ts";
 import { RESTORE_DIR, VfsLayout } from "./layout.ts";
-import {
-  createSchemas,
-  type Schemas,
-  type SnapshotState,
-  type VolumeRecord,
-  type VolumeState,
-} from "./options.ts";
+import { createSchemas, type Schemas, type VolumeRecord, type VolumeState } from "./options.ts";
+import { snapshotLock, VfsSnapshots } from "./snapshots.ts";
 import { VolumeStates } from "./state.ts";
 
 /** The driver's name. */
@@ -86,6 +82,7 @@ class VfsDriver {
   #layout: VfsLayout;
   #dirs: VolumeDirs;
   #states: VolumeStates;
+  #snapshots: VfsSnapshots;
 
   constructor(api: PluginApi, opts: { cfg: VfsConfig; schemas: Schemas; log: Logger }) {
     const { cfg, schemas, log } = opts;
@@ -106,6 +103,14 @@ class VfsDriver {
     this.#layout = layout;
     this.#dirs = dirs;
     this.#states = new VolumeStates(api, { schemas, layout, dirs, log });
+    this.#snapshots = new VfsSnapshots(api, {
+      layout,
+      dirs,
+      states: this.#states,
+      records: this.#records,
+      locks: this.#locks,
+      log,
+    });
   }
 
   // ---- start-up ----------------------------------------------------------------------------
@@ -353,14 +358,7 @@ class VfsDriver {
       const dir = this.#layout.volumeDir(name);
       try {
         if (!o.ReferenceOnly) await rm(dir, { recursive: true, force: true, maxRetries: 3 });
-        for (const [snap, s] of Object.entries(state.Snapshots)) {
-          // Waits for a backup that is archiving this snapshot.
-          await this.#locks.run(
-            this.#snapshotLock(name, snap),
-            () => rm(s.FilePath, { recursive: true, force: true }),
-          );
-        }
-        await this.#states.removeSnapshotFiles(name, state);
+        await this.#snapshots.removeAll(name, state);
         await this.#states.remove(name);
       } catch (err) {
         throw this.#api.errors.wrapError(
@@ -495,135 +493,6 @@ class VfsDriver {
     return out;
   }
 
-  // ---- snapshots ---------------------------------------------------------------------------
-
-  #snapshotLock(volume: string, snapshot: string): string {
-    return `${volume}\u0000snapshot\u0000${snapshot}`;
-  }
-
-  async createSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const what = `Cannot create snapshot "${snap}" of volume "${name}"`;
-    await this.#locks.run(name, async () => {
-      const record = await this.#records.must(name, `create snapshot "${snap}" of volume`);
-      const state = await this.#states.forWrite(name, record);
-      if (state.Snapshots[snap]) {
-        throw new this.#api.errors.AlreadyExistsError(`${what}: snapshot already exists`);
-      }
-      const src = await this.#dirs.mustDir(name, `create snapshot "${snap}" of volume`);
-      const parent = this.#layout.snapshotRoot(name);
-      const final = join(parent, snap);
-      const work = join(parent, `.tmp-${snap}-${this.#api.util.randomId()}`);
-      await this.#api.util.ensureDir(parent);
-      // A directory without a state entry is left from a crash: it was never a snapshot.
-      await rm(final, { recursive: true, force: true });
-      try {
-        await this.#dirs.copyTree(src, work);
-        await this.#api.exec("sync", [], { timeoutMs: LONG_COMMAND_TIMEOUT_MS });
-        await rename(work, final);
-      } catch (err) {
-        await rm(work, { recursive: true, force: true });
-        throw this.#api.errors.wrapError(err, what);
-      }
-      const entry: SnapshotState = {
-        Name: snap,
-        CreatedTime: this.#api.util.now(),
-        FilePath: final,
-      };
-      try {
-        await this.#states.write(name, {
-          ...state,
-          Snapshots: { ...state.Snapshots, [snap]: entry },
-        });
-      } catch (err) {
-        await rm(final, { recursive: true, force: true });
-        throw this.#api.errors.wrapError(err, what);
-      }
-      this.#log.info(`Created snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-      });
-    });
-  }
-
-  async deleteSnapshot(id: string, volumeID: string): Promise<void> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    await this.#locks.run(name, async () => {
-      const record = await this.#records.read(name);
-      const state = record
-        ? await this.#states.forWrite(name, record)
-        : await this.#states.readFile(name);
-      const entry = state?.Snapshots[snap];
-      if (!state || !entry) {
-        throw new this.#api.errors.NotFoundError(
-          `Cannot delete snapshot "${snap}" of volume "${name}": snapshot does not exist`,
-        );
-      }
-      await this.#locks.run(this.#snapshotLock(name, snap), async () => {
-        const rest = { ...state.Snapshots };
-        delete rest[snap];
-        await this.#states.write(name, { ...state, Snapshots: rest });
-        await rm(entry.FilePath, { recursive: true, force: true });
-      });
-      this.#log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-      });
-    });
-  }
-
-  #snapshotInfo(volume: string, s: SnapshotState): StringMap {
-    return {
-      SnapshotName: s.Name,
-      SnapshotCreatedAt: s.CreatedTime,
-      VolumeUUID: volume,
-      FilePath: s.FilePath,
-    };
-  }
-
-  async #mustSnapshot(
-    snap: string,
-    name: string,
-    what: string,
-  ): Promise<{ record: VolumeRecord; snapshot: SnapshotState }> {
-    const record = await this.#records.must(name, `${what} snapshot "${snap}" of volume`);
-    const { state } = await this.#states.read(name, record);
-    const snapshot = state.Snapshots[snap];
-    if (!snapshot) {
-      throw new this.#api.errors.NotFoundError(
-        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
-      );
-    }
-    return { record, snapshot };
-  }
-
-  async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {
-    const snap = this.#api.util.validateName(id, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const { snapshot } = await this.#mustSnapshot(snap, name, "inspect");
-    return this.#snapshotInfo(name, snapshot);
-  }
-
-  async listSnapshot(opts: StringMap): Promise<Record<string, StringMap>> {
-    const volumeName = opts?.VolumeName;
-    const volumes = await this.#records.select(volumeName, "list the snapshots of volume");
-    const out: Record<string, StringMap> = {};
-    for (const { name, record } of volumes) {
-      let state: VolumeState;
-      try {
-        state = (await this.#states.read(name, record)).state;
-      } catch (err) {
-        if (volumeName) throw err;
-        this.#log.warn(this.#api.errors.errorMessage(err), { volume: name });
-        continue;
-      }
-      for (const s of Object.values(state.Snapshots)) out[s.Name] = this.#snapshotInfo(name, s);
-    }
-    return out;
-  }
-
   // ---- backups -----------------------------------------------------------------------------
 
   async createBackup(
@@ -641,14 +510,14 @@ class VfsDriver {
       "backup options",
     );
     const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
-    const { record, snapshot } = await this.#mustSnapshot(snap, name, "back up");
+    const { record, snapshot } = await this.#snapshots.mustSnapshot(snap, name, "back up");
     const archive = join(
       this.#layout.tmpDir,
       `backup-${name}-${snap}-${this.#api.util.randomId()}.tar.gz`,
     );
     try {
-      await this.#locks.run(this.#snapshotLock(name, snap), async () => {
-        await this.#mustSnapshot(snap, name, "back up");
+      await this.#locks.run(snapshotLock(name, snap), async () => {
+        await this.#snapshots.mustSnapshot(snap, name, "back up");
         const src = snapshot.FilePath;
         try {
           if ((await stat(src)).isFile()) {
@@ -705,7 +574,26 @@ class VfsDriver {
 
   convoyDriver(): ConvoyDriver {
     const cfg = this.#cfg;
-    const driver = this.#api.util.convoyDriver(DRIVER_NAME, this, () => ({
+    const snapshots = this.#snapshots;
+    const methods: DriverMethods = {
+      createVolume: (id, opts, ctx) => this.createVolume(id, opts, ctx),
+      deleteVolume: (id, opts) => this.deleteVolume(id, opts),
+      mountVolume: (id, opts) => this.mountVolume(id, opts),
+      umountVolume: (id) => this.umountVolume(id),
+      mountPoint: (id) => this.mountPoint(id),
+      getVolumeInfo: (id) => this.getVolumeInfo(id),
+      listVolume: (opts) => this.listVolume(opts),
+      createSnapshot: (id, volumeID) => snapshots.createSnapshot(id, volumeID),
+      deleteSnapshot: (id, volumeID) => snapshots.deleteSnapshot(id, volumeID),
+      getSnapshotInfo: (id, volumeID) => snapshots.getSnapshotInfo(id, volumeID),
+      listSnapshot: (opts) => snapshots.listSnapshot(opts),
+      createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
+        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
+      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
+      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
+      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
+    };
+    const driver = this.#api.util.convoyDriver(DRIVER_NAME, methods, () => ({
       Root: cfg.Root,
       Path: cfg.Path,
       DefaultVolumeSize: String(cfg.DefaultVolumeSize),

@@ -18,18 +18,7 @@
  * ```
  * @module
  */
-import {
-  chmod,
-  copyFile,
-  link,
-  lstat,
-  mkdir,
-  readdir,
-  rename,
-  rm,
-  rmdir,
-  stat,
-} from "node:fs/promises";
+import { lstat, readdir, rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import process from "node:process";
@@ -43,11 +32,12 @@ import type {
   RecordStore,
   StringMap,
 } from "../../mod.ts";
+import { VfsBackups } from "./backups.ts";
 import { loadOrCreateConfig, type VfsConfig } from "./config.ts";
-import { LONG_COMMAND_TIMEOUT_MS, VolumeDirs } from "./dirs.ts";
+import { VolumeDirs } from "./dirs.ts";
 import { RESTORE_DIR, VfsLayout } from "./layout.ts";
 import { createSchemas, type Schemas, type VolumeRecord, type VolumeState } from "./options.ts";
-import { snapshotLock, VfsSnapshots } from "./snapshots.ts";
+import { VfsSnapshots } from "./snapshots.ts";
 import { VolumeStates } from "./state.ts";
 
 /** The driver's name. */
@@ -83,6 +73,7 @@ class VfsDriver {
   #dirs: VolumeDirs;
   #states: VolumeStates;
   #snapshots: VfsSnapshots;
+  #backups: VfsBackups;
 
   constructor(api: PluginApi, opts: { cfg: VfsConfig; schemas: Schemas; log: Logger }) {
     const { cfg, schemas, log } = opts;
@@ -108,6 +99,13 @@ class VfsDriver {
       dirs,
       states: this.#states,
       records: this.#records,
+      locks: this.#locks,
+      log,
+    });
+    this.#backups = new VfsBackups(api, {
+      driver: DRIVER_NAME,
+      layout,
+      snapshots: this.#snapshots,
       locks: this.#locks,
       log,
     });
@@ -238,7 +236,7 @@ class VfsDriver {
       const dir = this.#layout.volumeDir(name);
       let created = false;
       if (o.BackupURL) {
-        await this.#restore(name, { url: o.BackupURL, endpoint: o.EndpointURL, ctx });
+        await this.#backups.restore(name, { url: o.BackupURL, endpoint: o.EndpointURL, ctx });
         created = true;
       } else {
         created = await this.#dirs.makeVolumeDir(name);
@@ -260,77 +258,6 @@ class VfsDriver {
       }
       this.#log.info(`Created volume "${name}"`, { volume: name, path: dir });
     });
-  }
-
-  /** Throws unless the volume path is free: missing, or an empty directory. */
-  async #checkRestoreTarget(name: string, url: string): Promise<void> {
-    const dir = this.#layout.volumeDir(name);
-    let entries: string[];
-    try {
-      entries = await readdir(dir);
-    } catch (err) {
-      if (this.#api.util.errno(err) === "ENOENT") return;
-      throw new this.#api.errors.ConflictError(
-        `Cannot restore backup "${url}" into volume "${name}": "${dir}" exists and is not a directory`,
-      );
-    }
-    if (entries.length > 0) {
-      throw new this.#api.errors.ConflictError(
-        `Cannot restore backup "${url}" into volume "${name}": the directory "${dir}" exists and is not empty`,
-      );
-    }
-  }
-
-  /**
-   * Restores a single-file backup as the volume directory: download, extract into a temporary
-   * directory beside it, rename into place. On failure or cancel (`src.ctx.signal`) nothing is
-   * left behind.
-   */
-  async #restore(
-    name: string,
-    src: { url: string; endpoint?: string; ctx?: OperationContext },
-  ): Promise<void> {
-    const { url, endpoint } = src;
-    const signal = src.ctx?.signal;
-    const what = `Cannot restore backup "${url}" into volume "${name}"`;
-    const backupVolume = await this.#api.backup.getBackupVolume(url, { endpoint });
-    if (backupVolume.driver !== DRIVER_NAME) {
-      throw new this.#api.errors.InvalidArgumentError(
-        `Cannot restore backup "${url}" into a vfs volume: it was made by driver "${backupVolume.driver}"`,
-      );
-    }
-    await this.#checkRestoreTarget(name, url);
-    const id = this.#api.util.randomId();
-    const archive = join(this.#layout.tmpDir, `restore-${name}-${id}.tar.gz`);
-    const work = this.#layout.restoreDir(id);
-    try {
-      await this.#api.backup.restoreSingleFileBackup(url, archive, {
-        endpoint,
-        signal,
-        progress: src.ctx?.progress,
-      });
-      await mkdir(work, { mode: 0o755 });
-      await chmod(work, 0o755);
-      try {
-        // -x detects gzip itself; old Convoy archives are gzip'ed tars of `-C <dir> .`.
-        await this.#api.exec("tar", ["--numeric-owner", "-xf", archive, "-C", work], {
-          timeoutMs: LONG_COMMAND_TIMEOUT_MS,
-          signal,
-        });
-      } catch (err) {
-        throw this.#api.errors.wrapError(err, what);
-      }
-      if (signal?.aborted) throw new this.#api.errors.CancelledError(`${what}: cancelled`);
-      await this.#checkRestoreTarget(name, url);
-      await rmdir(this.#layout.volumeDir(name)).catch(() => {});
-      await rename(work, this.#layout.volumeDir(name));
-      this.#log.info(`Restored backup "${url}" into volume "${name}"`, { volume: name });
-    } catch (err) {
-      await rm(work, { recursive: true, force: true });
-      throw this.#api.errors.wrapError(err, what);
-    } finally {
-      await rm(archive, { force: true });
-    }
   }
 
   async deleteVolume(id: string, opts: StringMap): Promise<void> {
@@ -493,88 +420,11 @@ class VfsDriver {
     return out;
   }
 
-  // ---- backups -----------------------------------------------------------------------------
-
-  async createBackup(
-    snapshotID: string,
-    volumeID: string,
-    destURL: string,
-    opts: StringMap,
-    ctx?: OperationContext,
-  ): Promise<string> {
-    const snap = this.#api.util.validateName(snapshotID, "snapshot");
-    const name = this.#validVolumeName(volumeID);
-    const o = this.#api.util.parseOptions(
-      this.#api.util.schemas.backup,
-      opts ?? {},
-      "backup options",
-    );
-    const what = `Cannot back up snapshot "${snap}" of volume "${name}"`;
-    const { record, snapshot } = await this.#snapshots.mustSnapshot(snap, name, "back up");
-    const archive = join(
-      this.#layout.tmpDir,
-      `backup-${name}-${snap}-${this.#api.util.randomId()}.tar.gz`,
-    );
-    try {
-      await this.#locks.run(snapshotLock(name, snap), async () => {
-        await this.#snapshots.mustSnapshot(snap, name, "back up");
-        const src = snapshot.FilePath;
-        try {
-          if ((await stat(src)).isFile()) {
-            // An old Convoy snapshot is already the archive.
-            await link(src, archive).catch(() => copyFile(src, archive));
-          } else {
-            await this.#api.exec("tar", ["--numeric-owner", "-czf", archive, "-C", src, "."], {
-              timeoutMs: LONG_COMMAND_TIMEOUT_MS,
-              signal: ctx?.signal,
-            });
-          }
-        } catch (err) {
-          throw this.#api.errors.wrapError(err, what);
-        }
-      });
-      const url = await this.#api.backup.createSingleFileBackup(archive, {
-        volume: { name, driver: DRIVER_NAME, size: 0, createdTime: record.CreatedTime },
-        snapshot: { name: snap, createdTime: snapshot.CreatedTime },
-        destURL,
-        endpoint: o.EndpointURL,
-        signal: ctx?.signal,
-        progress: ctx?.progress,
-      });
-      this.#log.info(`Backed up snapshot "${snap}" of volume "${name}"`, {
-        volume: name,
-        snapshot: snap,
-        dest_url: destURL,
-        backup_url: url,
-      });
-      return url;
-    } finally {
-      await rm(archive, { force: true });
-    }
-  }
-
-  /** Deleting, inspecting and listing backups need nothing of this driver but its name. */
-  get #queries() {
-    return this.#api.backup.queries(DRIVER_NAME);
-  }
-
-  async deleteBackup(url: string, opts?: StringMap): Promise<void> {
-    await this.#queries.deleteBackup(url, opts ?? {});
-  }
-
-  async getBackupInfo(url: string, opts?: StringMap): Promise<StringMap> {
-    return await this.#queries.getBackupInfo(url, opts ?? {});
-  }
-
-  async listBackup(destURL: string, opts: StringMap): Promise<Record<string, StringMap>> {
-    return await this.#queries.listBackup(destURL, opts ?? {});
-  }
-
   // ---- the ConvoyDriver object -------------------------------------------------------------
 
   convoyDriver(): ConvoyDriver {
     const cfg = this.#cfg;
-    const snapshots = this.#snapshots;
+    const [snapshots, backups] = [this.#snapshots, this.#backups];
     const methods: DriverMethods = {
       createVolume: (id, opts, ctx) => this.createVolume(id, opts, ctx),
       deleteVolume: (id, opts) => this.deleteVolume(id, opts),
@@ -588,10 +438,10 @@ class VfsDriver {
       getSnapshotInfo: (id, volumeID) => snapshots.getSnapshotInfo(id, volumeID),
       listSnapshot: (opts) => snapshots.listSnapshot(opts),
       createBackup: (snapshotID, volumeID, destURL, opts, ctx) =>
-        this.createBackup(snapshotID, volumeID, destURL, opts, ctx),
-      deleteBackup: (url, opts) => this.deleteBackup(url, opts),
-      getBackupInfo: (url, opts) => this.getBackupInfo(url, opts),
-      listBackup: (destURL, opts) => this.listBackup(destURL, opts),
+        backups.createBackup(snapshotID, volumeID, destURL, opts, ctx),
+      deleteBackup: (url, opts) => backups.deleteBackup(url, opts),
+      getBackupInfo: (url, opts) => backups.getBackupInfo(url, opts),
+      listBackup: (destURL, opts) => backups.listBackup(destURL, opts),
     };
     const driver = this.#api.util.convoyDriver(DRIVER_NAME, methods, () => ({
       Root: cfg.Root,

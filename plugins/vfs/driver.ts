@@ -4,6 +4,11 @@
  * Convoy volumes are seen; what is per host (mount state, snapshots) stays under the driver
  * root.
  *
+ * The parts, one concern each: layout.ts (the paths below), state.ts (the per-host state files),
+ * dirs.ts (volume directories: bind mounts, copies, `--vm` disk images), snapshots.ts,
+ * backups.ts (single-file backups and restores), startup.ts; this file: the volume operations and
+ * the ConvoyDriver object.
+ *
  * On-disk layout:
  *
  * ```
@@ -18,10 +23,8 @@
  * ```
  * @module
  */
-import { lstat, readdir, rm } from "node:fs/promises";
-import { hostname } from "node:os";
-import { join, resolve } from "node:path";
-import process from "node:process";
+import { rm } from "node:fs/promises";
+import { resolve } from "node:path";
 import type {
   ConvoyDriver,
   DriverMethods,
@@ -35,9 +38,10 @@ import type {
 import { VfsBackups } from "./backups.ts";
 import { loadOrCreateConfig, type VfsConfig } from "./config.ts";
 import { VolumeDirs } from "./dirs.ts";
-import { RESTORE_DIR, VfsLayout } from "./layout.ts";
+import { VfsLayout } from "./layout.ts";
 import { createSchemas, type Schemas, type VolumeRecord, type VolumeState } from "./options.ts";
 import { VfsSnapshots } from "./snapshots.ts";
+import { startUp } from "./startup.ts";
 import { VolumeStates } from "./state.ts";
 
 /** The driver's name. */
@@ -77,136 +81,48 @@ class VfsDriver {
 
   constructor(api: PluginApi, opts: { cfg: VfsConfig; schemas: Schemas; log: Logger }) {
     const { cfg, schemas, log } = opts;
-    const layout = new VfsLayout(cfg);
-    const dirs = new VolumeDirs(api, { cfg, layout, log });
-    this.#api = api;
-    this.#locks = api.util.createLock();
-    this.#cfg = cfg;
-    this.#schemas = schemas;
-    this.#log = log;
-    this.#records = api.util.createRecordStore({
+    const locks = api.util.createLock();
+    const records = api.util.createRecordStore({
       dir: cfg.ConfigPath,
       prefix: "vfs_volume_",
       schema: schemas.volumeRecord,
       kind: "volume",
       log,
     });
+    const layout = new VfsLayout(cfg);
+    const dirs = new VolumeDirs(api, { cfg, layout, log });
+    const states = new VolumeStates(api, { schemas, layout, dirs, log });
+    const snapshots = new VfsSnapshots(api, { layout, dirs, states, records, locks, log });
+    this.#api = api;
+    this.#cfg = cfg;
+    this.#schemas = schemas;
+    this.#log = log;
+    this.#locks = locks;
+    this.#records = records;
     this.#layout = layout;
     this.#dirs = dirs;
-    this.#states = new VolumeStates(api, { schemas, layout, dirs, log });
-    this.#snapshots = new VfsSnapshots(api, {
-      layout,
-      dirs,
-      states: this.#states,
-      records: this.#records,
-      locks: this.#locks,
-      log,
-    });
-    this.#backups = new VfsBackups(api, {
-      driver: DRIVER_NAME,
-      layout,
-      snapshots: this.#snapshots,
-      locks: this.#locks,
-      log,
-    });
+    this.#states = states;
+    this.#snapshots = snapshots;
+    this.#backups = new VfsBackups(api, { driver: DRIVER_NAME, layout, snapshots, locks, log });
   }
-
-  // ---- start-up ----------------------------------------------------------------------------
 
   /** Creates the folders, removes leftovers of interrupted operations, restores bind mounts. */
   async init(): Promise<void> {
-    for (
-      const dir of [
-        this.#cfg.Path,
-        this.#cfg.ConfigPath,
-        this.#layout.stateDir,
-        this.#layout.snapshotsDir,
-      ]
-    ) {
-      await this.#api.util.ensureDir(dir);
-    }
-    await rm(this.#layout.tmpDir, { recursive: true, force: true });
-    await this.#api.util.ensureDir(this.#layout.tmpDir);
-    await this.#cleanLeftovers();
-    await this.#restoreMounts();
+    await startUp(this.#api, {
+      cfg: this.#cfg,
+      layout: this.#layout,
+      dirs: this.#dirs,
+      states: this.#states,
+      records: this.#records,
+      log: this.#log,
+    });
   }
 
-  async #cleanLeftovers(): Promise<void> {
-    // Unfinished snapshot copies (local; one daemon per root).
-    for (const vol of await readdir(this.#layout.snapshotsDir)) {
-      const dir = join(this.#layout.snapshotsDir, vol);
-      if (!(await lstat(dir)).isDirectory()) continue;
-      for (const entry of await readdir(dir)) {
-        if (!entry.startsWith(".tmp-")) continue;
-        this.#log.info("Removing an unfinished snapshot copy", { path: join(dir, entry) });
-        await rm(join(dir, entry), { recursive: true, force: true });
-      }
-    }
-    // Unfinished restores of this host whose daemon is gone (vfs.path may be shared).
-    const host = hostname();
-    for (const entry of await readdir(this.#cfg.Path)) {
-      const m = RESTORE_DIR.exec(entry);
-      if (!m || m[2] !== host || this.#processAlive(Number(m[1]))) continue;
-      this.#log.info("Removing an unfinished restore", { path: join(this.#cfg.Path, entry) });
-      await rm(join(this.#cfg.Path, entry), { recursive: true, force: true });
-    }
-  }
-
-  /** Re-creates recorded bind mounts that are gone (after a reboot); failures are only logged. */
-  async #restoreMounts(): Promise<void> {
-    for (const file of await readdir(this.#layout.stateDir)) {
-      if (file.startsWith(".") || !file.endsWith(".json")) continue;
-      const name = file.slice(0, -".json".length);
-      let mountPoint = "";
-      try {
-        const record = await this.#records.read(name);
-        if (!record) {
-          this.#log.warn(`Skipping the local state of volume "${name}": volume no longer exists`, {
-            volume: name,
-          });
-          continue;
-        }
-        const { state, stale } = await this.#states.read(name, record);
-        if (stale) {
-          await this.#states.discardStale(name, stale);
-          continue;
-        }
-        mountPoint = state.MountPoint;
-        if (!mountPoint || mountPoint === this.#layout.volumeDir(name)) continue;
-        if (await this.#api.util.mounts.isMountPoint(mountPoint)) continue;
-        await this.#dirs.bind(name, mountPoint);
-        this.#log.info(`Restored the mount of volume "${name}" at "${mountPoint}"`, {
-          volume: name,
-          mountpoint: mountPoint,
-        });
-      } catch (err) {
-        this.#log.error(
-          `Cannot restore the mount of volume "${name}"${
-            mountPoint ? ` at "${mountPoint}"` : ""
-          }: ${this.#api.errors.errorMessage(err)}`,
-          { volume: name },
-        );
-      }
-    }
-  }
-
-  #processAlive(pid: number): boolean {
-    if (pid === process.pid) return false;
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch (err) {
-      return this.#api.util.errno(err) === "EPERM";
-    }
-  }
-
-  // ---- records --------------------------------------------------------------------------
+  // ---- volumes -----------------------------------------------------------------------------
 
   #validVolumeName(id: unknown): string {
     return this.#api.util.validateName(id, "volume");
   }
-
-  // ---- volumes -----------------------------------------------------------------------------
 
   async createVolume(id: string, opts: StringMap, ctx?: OperationContext): Promise<void> {
     const name = this.#validVolumeName(id);

@@ -4,7 +4,7 @@
  * @module
  */
 import type { StringMap } from "../api/driver.ts";
-import { BackendError, isErrorCode } from "../api/errors.ts";
+import { BackendError, isErrorCode, NotFoundError } from "../api/errors.ts";
 import type { ObjectStore } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { isValidName } from "../util/names.ts";
@@ -232,4 +232,25 @@ export async function volumeBackupInfos(
     out[info.BackupURL] = info;
   }
   return out;
+}
+
+/** The backup record of `ref`; NotFoundError naming the backup URL when there is none. */
+export async function requireBackupRecord(
+  store: ObjectStore,
+  ref: { volume: string; backup: string },
+  opts: { action: string; url?: string },
+): Promise<BackupRecord> {
+  const url = opts.url ?? encodeBackupURL({ ...ref, destURL: store.url });
+  const rec = await loadBackupRecord(store, ref);
+  if (!rec) {
+    throw new NotFoundError(
+      `Cannot ${opts.action} backup "${url}": backup record "${
+        backupConfigPath(ref.volume, ref.backup)
+      }" does not exist`,
+    );
+  }
+  if (opts.action === "restore" || opts.action === "verify") {
+    checkBackupRecord(store, rec, { ...ref, url, action: opts.action });
+  }
+  return rec;
 }

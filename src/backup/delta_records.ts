@@ -6,9 +6,8 @@
  */
 import { InvalidArgumentError, NotFoundError } from "../api/errors.ts";
 import type { ObjectStore } from "../store/types.ts";
-import { checkBackupRecord, loadBackupRecord, loadVolumeRecord } from "./catalog.ts";
+import { loadVolumeRecord, requireBackupRecord } from "./catalog.ts";
 import type { ChecksumAlgorithm, Compression } from "./codec.ts";
-import { backupConfigPath } from "./layout.ts";
 import type { BackupRecord, VolumeRecord } from "./records.ts";
 
 /** Our additions to volume.cfg (Convoy ignores unknown fields). */
@@ -34,15 +33,7 @@ export async function loadDelta(
   store: ObjectStore,
   ref: { volume: string; backup: string; url: string; action: string },
 ): Promise<{ volume: VolumeRecord; backup: BackupRecord }> {
-  const backup = await loadBackupRecord(store, ref);
-  if (!backup) {
-    throw new NotFoundError(
-      `Cannot ${ref.action} backup "${ref.url}": backup record "${
-        backupConfigPath(ref.volume, ref.backup)
-      }" does not exist`,
-    );
-  }
-  if (ref.action !== "delete") checkBackupRecord(store, backup, ref);
+  const backup = await requireBackupRecord(store, ref, { action: ref.action, url: ref.url });
   const volume = await loadVolumeRecord(store, ref.volume);
   if (!volume) {
     throw new NotFoundError(

@@ -21,10 +21,9 @@ import type { Logger } from "../util/log.ts";
 import { generateName, validateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
-  checkBackupRecord,
   listBackupNames,
-  loadBackupRecord,
   loadVolumeRecord,
+  requireBackupRecord,
   saveBackupRecord,
   saveVolumeRecord,
 } from "./catalog.ts";
@@ -145,30 +144,6 @@ async function refreshedVolume(
     CreatedTime: volume.createdTime,
     LastBackupName: old?.LastBackupName ?? "",
   };
-}
-
-/** The backup record of `ref`; NotFoundError naming the backup URL when there is none. */
-export async function requireBackupRecord(
-  store: ObjectStore,
-  ref: StoredBackupRef,
-  opts: MessageOptions & { action: string },
-): Promise<BackupRecord> {
-  const rec = await loadBackupRecord(store, ref);
-  if (!rec) {
-    throw new NotFoundError(
-      `Cannot ${opts.action} backup "${opts.url ?? backupURLOf(store, ref)}": backup record "${
-        backupConfigPath(ref.volume, ref.backup)
-      }" does not exist`,
-    );
-  }
-  if (opts.action === "restore" || opts.action === "verify") {
-    checkBackupRecord(store, rec, {
-      ...ref,
-      url: opts.url ?? backupURLOf(store, ref),
-      action: opts.action,
-    });
-  }
-  return rec;
 }
 
 /** The archive key of a single-file backup record. */

@@ -18,7 +18,13 @@ import { builtinStoreRegistry } from "../store/registry.ts";
 import type { ObjectStore, OpenStoreOptions } from "../store/types.ts";
 import type { Logger } from "../util/log.ts";
 import { validateName } from "../util/names.ts";
-import { backupInfo, loadVolumeRecord, volumeBackupInfos, walkVolumes } from "./catalog.ts";
+import {
+  backupInfo,
+  loadVolumeRecord,
+  requireBackupRecord,
+  volumeBackupInfos,
+  walkVolumes,
+} from "./catalog.ts";
 import {
   backupSize,
   createDeltaBackup,
@@ -32,7 +38,6 @@ import { type BackupRecord, isSingleFileBackup, type VolumeRecord } from "./reco
 import {
   createSingleFileBackup,
   deleteSingleFileBackup,
-  requireBackupRecord,
   restoreSingleFileBackup,
 } from "./singlefile.ts";
 import { type BackupRef, decodeBackupURL, encodeBackupURL } from "./url.ts";

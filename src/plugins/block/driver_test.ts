@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { copyFile, mkdir, open, readFile, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { BlockDeviceAdapter, PluginApi } from "../../../mod.ts";
 import { createBackupStoreApi } from "../../backup/store_api.ts";
@@ -228,6 +228,178 @@ describe("block framework", () => {
       });
       assert.deepEqual(await vols.listVolume({}), {});
       await assert.rejects(stat(join(dir, "root", "files", "bad.img")), { code: "ENOENT" });
+    });
+  });
+  it("journaling hooks run around every record change; an adopted device brings back its identity and snapshots", async () => {
+    await withTempDir(async (dir) => {
+      const root = join(dir, "root");
+      /** What each hook saw: the call and whether the record held the object then. */
+      const seen: string[] = [];
+      const recordFile = (name: string) => join(root, `jdev_volume_${name}.json`);
+      const recorded = async (name: string) => JSON.parse(await readFile(recordFile(name), "utf8"));
+      const kept = new Set<string>();
+      let starts: Array<{ volumes: string[]; snapshots: string[]; unreadable: string[] }> = [];
+      const setup = (api: PluginApi) =>
+        api.registerBlockDevice("jdev", async ({ root }) => {
+          const { z } = api.deps;
+          const files = join(root, "files");
+          await api.util.ensureDir(files);
+          const adapter: BlockDeviceAdapter<Fields, { Id: number }> = {
+            capabilities: { defaultSize: 8 * MiB },
+            records: { dir: ".", prefix: "jdev_volume_" },
+            volumeFields: z.object({ File: z.string() }),
+            snapshotFields: z.object({ Id: z.number() }),
+            async createDevice(req) {
+              const file = join(files, `${req.name}.img`);
+              if (kept.has(req.name)) {
+                kept.delete(req.name);
+                return {
+                  fields: { File: file },
+                  size: 8 * MiB,
+                  adopted: true,
+                  previous: {
+                    uuid: "kept-uuid",
+                    createdTime: "Mon Jan 02 15:04:05 +0000 2006",
+                    snapshots: [{
+                      name: "old",
+                      createdTime: "then",
+                      size: 8 * MiB,
+                      fields: { Id: 7 },
+                    }],
+                  },
+                };
+              }
+              const fh = await open(file, "wx");
+              await fh.truncate(req.size);
+              await fh.close();
+              return { fields: { File: file }, size: req.size };
+            },
+            async recorded(vol, snap) {
+              const rec = await recorded(vol.name);
+              seen.push(
+                snap
+                  ? `recorded ${vol.name}@${snap.name} ${snap.name in rec.Snapshots}`
+                  : `recorded ${vol.name} ${rec.UUID === vol.uuid}`,
+              );
+            },
+            async beforeRemove(vol, what) {
+              const rec = await recorded(vol.name);
+              const names = what.snapshots.map((s) => s.name).join(",");
+              const held = what.snapshots.every((s) => s.name in rec.Snapshots);
+              seen.push(
+                `beforeRemove ${vol.name} volume=${what.volume} keep=${what.keepData} [${names}] ${held}`,
+              );
+            },
+            async removeDevice(vol, { keepData }) {
+              seen.push(`removeDevice ${vol.name} keep=${keepData}`);
+              if (keepData) kept.add(vol.name);
+              else await rm(vol.fields.File, { force: true });
+            },
+            activate: (vol) => Promise.resolve({ path: vol.fields.File }),
+            async createSnapshot() {
+              return { fields: { Id: 1 } };
+            },
+            async removeSnapshot(vol, snap, opts) {
+              seen.push(`removeSnapshot ${vol.name}@${snap.name} keep=${opts?.keepData ?? false}`);
+              if (snap.name === "stuck") throw new api.errors.TimeoutError("dmsetup timed out");
+            },
+            openSnapshot: () => Promise.reject(new Error("not used")),
+            info: () => ({}),
+            async start(volumes, o) {
+              starts.push({
+                volumes: volumes.map((v) => v.name),
+                snapshots: volumes.flatMap((v) => o.snapshots[v.name].map((s) => s.name)),
+                unreadable: o.unreadable,
+              });
+            },
+          };
+          return adapter;
+        });
+      const init = registeredInit(setup, "jdev", { exec });
+      const d = await init(root, {});
+      const vols = await d.volumeOps();
+      const snaps = await d.snapshotOps();
+
+      await vols.createVolume("v1", {});
+      await snaps.createSnapshot("s1", "v1");
+      await snaps.createSnapshot("s2", "v1");
+      await snaps.deleteSnapshot("s1", "v1");
+      assert.deepEqual(seen.splice(0), [
+        "recorded v1 true",
+        "recorded v1@s1 true",
+        "recorded v1@s2 true",
+        // Before the record drops the snapshot, which it still holds.
+        "beforeRemove v1 volume=false keep=false [s1] true",
+        "removeSnapshot v1@s1 keep=false",
+      ]);
+      // An adapter's typed error gets the operation's context.
+      await snaps.createSnapshot("stuck", "v1");
+      await assert.rejects(
+        async () => await snaps.deleteSnapshot("stuck", "v1"),
+        (e: unknown) =>
+          e instanceof Error && e.constructor.name === "TimeoutError" &&
+          e.message === 'Cannot delete snapshot "stuck" of volume "v1": dmsetup timed out',
+      );
+      seen.splice(0);
+      const uuid = (await recorded("v1")).UUID;
+      await vols.deleteVolume("v1", { ReferenceOnly: "true" });
+      assert.deepEqual(seen.splice(0), [
+        "beforeRemove v1 volume=true keep=true [s2] true",
+        "removeSnapshot v1@s2 keep=true",
+        "removeDevice v1 keep=true",
+      ]);
+      await assert.rejects(stat(recordFile("v1")), { code: "ENOENT" });
+      // A mark in the kept device: an adopt must not format it.
+      const image = join(root, "files", "v1.img");
+      const fh = await open(image, "r+");
+      await fh.write(new Uint8Array(4096).fill(7), 0, 4096, 4 * MiB);
+      await fh.close();
+
+      // The adopted device: the earlier identity and snapshots, no mkfs (the file has none).
+      await vols.createVolume("v1", {});
+      assert.deepEqual(seen.splice(0), ["recorded v1 true"]);
+      const rec = await recorded("v1");
+      assert.equal(rec.UUID, "kept-uuid");
+      assert.notEqual(rec.UUID, uuid);
+      assert.equal(rec.CreatedTime, "Mon Jan 02 15:04:05 +0000 2006");
+      assert.deepEqual(Object.keys(rec.Snapshots), ["old"]);
+      assert.equal(rec.Filesystem, "ext4", "detected, not made again");
+      const mark = new Uint8Array(4096);
+      const fh2 = await open(image, "r");
+      await fh2.read(mark, 0, 4096, 4 * MiB);
+      await fh2.close();
+      assert.ok(mark.every((b) => b === 7), "the kept device's data is intact");
+      assert.equal((await snaps.getSnapshotInfo("old", "v1")).Size, String(8 * MiB));
+
+      // Convoy's shape: no UUID, no Device, Snapshots null and a snapshot without Size.
+      await writeFile(
+        recordFile("v2"),
+        JSON.stringify({
+          Name: "v2",
+          Size: 8 * MiB,
+          CreatedTime: "x",
+          File: join(dir, "v2.img"),
+          Snapshots: { a1: { Name: "a1", CreatedTime: "y", Id: 3 } },
+        }),
+      );
+      const v2fh = await open(join(dir, "v2.img"), "w");
+      await v2fh.truncate(8 * MiB);
+      await v2fh.close();
+      await writeFile(recordFile("bad"), "{not json");
+      starts = [];
+      const d2 = await init(root, {});
+      assert.deepEqual(starts, [{
+        volumes: ["v1", "v2"],
+        snapshots: ["old", "a1"],
+        unreadable: ["bad"],
+      }]);
+      const v2 = await recorded("v2");
+      assert.match(v2.UUID, /^[0-9a-f-]{36}$/);
+      assert.equal(v2.Device, join(dir, "v2.img"), "activated at start and recorded");
+      assert.equal(
+        (await (await d2.snapshotOps()).getSnapshotInfo("a1", "v2")).Size,
+        String(8 * MiB),
+      );
     });
   });
 });

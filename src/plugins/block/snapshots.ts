@@ -104,7 +104,7 @@ export class BlockSnapshotOps extends BlockVolumeOps {
         await this.write(vol, snaps);
         await this.adapter.removeSnapshot(vol, s);
       } catch (err) {
-        throw errors.wrapError(err, what);
+        throw inContext(err, what);
       }
       this.log.info(`Deleted snapshot "${snap}" of volume "${name}"`, {
         volume: name,

@@ -296,21 +296,23 @@ describe("block framework", () => {
               else await rm(vol.fields.File, { force: true });
             },
             activate: (vol) => Promise.resolve({ path: vol.fields.File }),
-            async createSnapshot() {
-              return { fields: { Id: 1 } };
-            },
-            async removeSnapshot(vol, snap, opts) {
+            createSnapshot: () => Promise.resolve({ fields: { Id: 1 } }),
+            removeSnapshot(vol, snap, opts) {
               seen.push(`removeSnapshot ${vol.name}@${snap.name} keep=${opts?.keepData ?? false}`);
-              if (snap.name === "stuck") throw new api.errors.TimeoutError("dmsetup timed out");
+              if (snap.name === "stuck") {
+                return Promise.reject(new api.errors.TimeoutError("dmsetup timed out"));
+              }
+              return Promise.resolve();
             },
             openSnapshot: () => Promise.reject(new Error("not used")),
             info: () => ({}),
-            async start(volumes, o) {
+            start(volumes, o) {
               starts.push({
                 volumes: volumes.map((v) => v.name),
                 snapshots: volumes.flatMap((v) => o.snapshots[v.name].map((s) => s.name)),
                 unreadable: o.unreadable,
               });
+              return Promise.resolve();
             },
           };
           return adapter;

@@ -9,6 +9,13 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type {
+  ConvoyDriver,
+  SnapshotOperations,
+  StringMap,
+  VolumeOperations,
+} from "../api/driver.ts";
+import { NotSupportedError } from "../api/errors.ts";
 import { createBackupStoreApi } from "../backup/store_api.ts";
 import { registeredInit } from "../plugins/testing.ts";
 import { createExec } from "../runtime/exec.ts";
@@ -248,5 +255,86 @@ describe("the daemon in process (vfs driver, temp root)", () => {
     assert.ok((await stat(body.Mountpoint as string)).isDirectory());
     assert.ok(other.svc.state.volumes.has("auto"));
     await other.handle(request("POST", "/VolumeDriver.Unmount", { Name: "auto", ID: "c" }));
+  });
+});
+
+describe("the service and a driver that keeps snapshots with a kept device", () => {
+  /**
+   * An in-memory driver whose reference-only delete keeps a volume's snapshots with its data,
+   * and whose create of the same name adopts both (as devicemapper does).
+   */
+  function keeperDriver(): ConvoyDriver {
+    const snaps = new Map<string, Record<string, StringMap>>();
+    const kept = new Map<string, Record<string, StringMap>>();
+    const volumeOps: VolumeOperations = {
+      name: () => "keeper",
+      createVolume(id) {
+        snaps.set(id, kept.get(id) ?? {});
+        kept.delete(id);
+      },
+      deleteVolume(id, opts) {
+        if (opts.ReferenceOnly === "true") kept.set(id, snaps.get(id) ?? {});
+        snaps.delete(id);
+      },
+      mountVolume: () => "/nowhere",
+      umountVolume() {},
+      mountPoint: () => "",
+      getVolumeInfo: (id) => ({ VolumeName: id, VolumeCreatedAt: "then" }),
+      listVolume: () => Object.fromEntries([...snaps.keys()].map((v) => [v, { VolumeName: v }])),
+    };
+    const snapshotOps: SnapshotOperations = {
+      name: () => "keeper",
+      createSnapshot(id, volumeID) {
+        snaps.get(volumeID)![id] = { SnapshotName: id, SnapshotCreatedAt: "now" };
+      },
+      deleteSnapshot(id, volumeID) {
+        delete snaps.get(volumeID)![id];
+      },
+      getSnapshotInfo: (id, volumeID) => snaps.get(volumeID)![id],
+      listSnapshot: (opts) => ({ ...snaps.get(opts.VolumeName) }),
+    };
+    return {
+      name: () => "keeper",
+      info: () => ({}),
+      volumeOps: () => volumeOps,
+      snapshotOps: () => snapshotOps,
+      backupOps: () => {
+        throw new NotSupportedError("keeper has no backups");
+      },
+    };
+  }
+
+  it("a create that adopts a kept device lists its snapshots again, at once", async () => {
+    const root = await mkdtemp(join(tmpdir(), "convoy-keeper-"));
+    try {
+      const state = new State(root);
+      await state.load();
+      const svc = new VolumeService({
+        drivers: new Map([["keeper", keeperDriver()]]),
+        state,
+        config: DaemonConfig.parse({ Root: root, DriverList: ["keeper"], DefaultDriver: "keeper" }),
+        backup: createBackupStoreApi({ log: silentLogger }),
+        stores: builtinStoreRegistry({ log: silentLogger }),
+        log: silentLogger,
+      });
+      await svc.reconcile();
+      await svc.createVolume({ name: "v1" });
+      await svc.createSnapshot("v1", { name: "s1" });
+      await svc.deleteVolume("v1", { referenceOnly: true });
+      await assert.rejects(svc.inspectSnapshot("s1"), { code: "NotFound" });
+      await svc.createVolume({ name: "v1" });
+      assert.equal((await svc.inspectSnapshot("s1")).VolumeName, "v1");
+      assert.deepEqual(Object.keys((await svc.inspectVolume("v1")).Snapshots), ["s1"]);
+      // A name another volume took meanwhile is not adopted twice.
+      await svc.createSnapshot("v1", { name: "s2" });
+      await svc.deleteVolume("v1", { referenceOnly: true });
+      await svc.createVolume({ name: "v2" });
+      await svc.createSnapshot("v2", { name: "s2" });
+      await svc.createVolume({ name: "v1" });
+      assert.equal((await svc.inspectSnapshot("s2")).VolumeName, "v2");
+      assert.deepEqual(Object.keys((await svc.inspectVolume("v1")).Snapshots), ["s1"]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

@@ -196,34 +196,43 @@ export class ServiceReconcile extends ServiceBase {
     }
     for (const v of this.state.volumes.values()) {
       if (v.Driver !== driverName) continue;
-      let listed: Record<string, StringMap>;
-      try {
-        listed = await sops.listSnapshot({ [OPT_VOLUME_NAME]: v.Name });
-      } catch (err) {
-        this.log.error("cannot list snapshots", { volume: v.Name, error: errorMessage(err) });
+      await this.syncSnapshots(v, sops);
+    }
+  }
+
+  /**
+   * Makes the index's snapshots of volume `v` those its driver lists: gone ones leave, new ones
+   * (e.g. kept with a device a create adopted) are added unless their name is taken. A failure
+   * to list is logged.
+   */
+  protected async syncSnapshots(v: VolumeRecord, sops: SnapshotOperations): Promise<void> {
+    let listed: Record<string, StringMap>;
+    try {
+      listed = await sops.listSnapshot({ [OPT_VOLUME_NAME]: v.Name });
+    } catch (err) {
+      this.log.error("cannot list snapshots", { volume: v.Name, error: errorMessage(err) });
+      return;
+    }
+    for (const s of Object.values(v.Snapshots)) {
+      if (!listed[s.Name]) delete v.Snapshots[s.Name];
+      else if (s.Status !== "ready") {
+        s.Status = "ready";
+        s.CreatedTime ||= listed[s.Name][OPT_SNAPSHOT_CREATED_TIME] ?? "";
+      }
+    }
+    for (const [name, info] of Object.entries(listed)) {
+      if (v.Snapshots[name]) continue;
+      if (this.state.nameTaken(name)) {
+        this.log.warn("snapshot name already used; not adopting", {
+          snapshot: name,
+          volume: v.Name,
+        });
         continue;
       }
-      for (const s of Object.values(v.Snapshots)) {
-        if (!listed[s.Name]) delete v.Snapshots[s.Name];
-        else if (s.Status !== "ready") {
-          s.Status = "ready";
-          s.CreatedTime ||= listed[s.Name][OPT_SNAPSHOT_CREATED_TIME] ?? "";
-        }
-      }
-      for (const [name, info] of Object.entries(listed)) {
-        if (v.Snapshots[name]) continue;
-        if (this.state.nameTaken(name)) {
-          this.log.warn("snapshot name already used; not adopting", {
-            snapshot: name,
-            volume: v.Name,
-          });
-          continue;
-        }
-        v.Snapshots[name] = {
-          ...this.state.newSnapshot({ Name: name, Status: "ready" }),
-          CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] ?? "",
-        };
-      }
+      v.Snapshots[name] = {
+        ...this.state.newSnapshot({ Name: name, Status: "ready" }),
+        CreatedTime: info[OPT_SNAPSHOT_CREATED_TIME] ?? "",
+      };
     }
   }
 }

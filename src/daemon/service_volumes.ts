@@ -9,7 +9,7 @@ import {
   errorMessage,
   InvalidArgumentError,
 } from "../api/errors.ts";
-import type { StringMap, VolumeOperations } from "../api/driver.ts";
+import type { SnapshotOperations, StringMap, VolumeOperations } from "../api/driver.ts";
 import {
   OPT_BACKUP_URL,
   OPT_ENDPOINT_URL,
@@ -25,6 +25,7 @@ import {
 } from "../api/options.ts";
 import { validateName } from "../util/names.ts";
 import { type CreateVolumeRequest, unescapeURL } from "./service_base.ts";
+import type { VolumeRecord } from "./state.ts";
 import { ServiceResponses } from "./responses.ts";
 
 /** Volume create and delete. */
@@ -79,6 +80,7 @@ export class ServiceVolumes extends ServiceResponses {
           const info = await vops.getVolumeInfo(name);
           rec.CreatedTime = info[OPT_VOLUME_CREATED_TIME] ?? "";
           rec.Status = "ready";
+          await this.#adoptSnapshots(rec);
           await this.state.save();
         } catch (err) {
           if (job) await this.#discardRestored(name, vops);
@@ -95,6 +97,24 @@ export class ServiceVolumes extends ServiceResponses {
     job?.finish();
     this.log.info("volume created", { volume: name, driver: driverName });
     return name;
+  }
+
+  /**
+   * A device the driver adopted may bring its snapshots back (devicemapper after a
+   * reference-only delete): the index takes them, as at start-up. Drivers without snapshots
+   * have none.
+   */
+  async #adoptSnapshots(rec: VolumeRecord): Promise<void> {
+    let sops: SnapshotOperations;
+    try {
+      sops = await this.snapshotOps(
+        rec.Driver,
+        `Cannot list the snapshots of volume "${rec.Name}"`,
+      );
+    } catch {
+      return;
+    }
+    await this.syncSnapshots(rec, sops);
   }
 
   /** Deletes the driver's volume of a restore that did not finish; a failure is logged. */

@@ -182,14 +182,18 @@ class ThinDevices {
     }
   }
 
+  /** Drops the Kept entries of `volumes` that hold the same thin device (the volume is recorded). */
+  async #dropKept(volumes: Volume[]): Promise<void> {
+    const stale = volumes.filter((v) => this.#cfg.Kept[v.name]?.DevID === v.fields.DevID);
+    if (!stale.length) return;
+    await this.#pool.config.update((cfg) => {
+      for (const v of stale) delete cfg.Kept[v.name];
+    });
+  }
+
   /** Drops Kept entries of volumes that exist again (a crash during an adopt); lists the rest. */
   async #checkKept(volumes: Volume[]): Promise<void> {
-    const stale = volumes.filter((v) => this.#cfg.Kept[v.name]?.DevID === v.fields.DevID);
-    if (stale.length) {
-      await this.#pool.config.update((cfg) => {
-        for (const v of stale) delete cfg.Kept[v.name];
-      });
-    }
+    await this.#dropKept(volumes);
     const left = Object.keys(this.#cfg.Kept);
     if (left.length) {
       this.#log.info(
@@ -271,9 +275,7 @@ class ThinDevices {
   async #recorded(vol: Volume, snap?: Snapshot): Promise<void> {
     if (snap) return await this.#ids.settle([snap.fields.DevID]);
     await this.#ids.settle([vol.fields.DevID]);
-    if (this.#cfg.Kept[vol.name]?.DevID === vol.fields.DevID) {
-      await this.#pool.config.update((cfg) => void delete cfg.Kept[vol.name]);
-    }
+    await this.#dropKept([vol]);
   }
 
   /**
@@ -320,9 +322,7 @@ class ThinDevices {
     if (opts.keepData) return;
     await this.#discard(vol);
     await this.#ids.delete([vol.fields.DevID], `deleting volume "${vol.name}"`);
-    if (this.#cfg.Kept[vol.name]?.DevID === vol.fields.DevID) {
-      await this.#pool.config.update((cfg) => void delete cfg.Kept[vol.name]);
-    }
+    await this.#dropKept([vol]);
   }
 
   /**

@@ -60,7 +60,6 @@ export function createMounting(opts: { mounts: PluginMounts; filesystems: BlockF
    */
   async function mountBlockVolume(name: string, spec: BlockMountSpec): Promise<string> {
     const { current, wanted, defaultMountPoint, log } = spec;
-    const wrap = errors.wrapError;
     const target = current || wanted || defaultMountPoint;
     const what = `Cannot mount volume "${name}" at "${wanted || target}"`;
     if (current && wanted && wanted !== current) {
@@ -70,7 +69,7 @@ export function createMounting(opts: { mounts: PluginMounts; filesystems: BlockF
     try {
       dev = await spec.activate();
     } catch (err) {
-      throw wrap(err, what);
+      throw errors.wrapError(err, what);
     }
     const device = dev.path;
     await ensureDir(target);
@@ -92,7 +91,7 @@ export function createMounting(opts: { mounts: PluginMounts; filesystems: BlockF
         await fs.mount(device, target, { fs: spec.fs });
       } catch (err) {
         if (!current && target === defaultMountPoint) await rmdir(target).catch(() => {});
-        throw wrap(err, what);
+        throw errors.wrapError(err, what);
       }
     }
     if (current) {
@@ -103,7 +102,7 @@ export function createMounting(opts: { mounts: PluginMounts; filesystems: BlockF
       await spec.save(target);
     } catch (err) {
       await fs.umount(target, { volume: name }).catch(() => {});
-      throw wrap(err, what);
+      throw errors.wrapError(err, what);
     }
     log.info(`Mounted volume "${name}" at "${target}"`, {
       volume: name,

@@ -27,25 +27,24 @@ export function sizeArg(value: string): number {
   }
 }
 
-/** `--iops`: a non-negative integer (Convoy silently turned garbage into 0; we refuse it). */
-export function iopsArg(value: string): number {
-  const n = Number(value.trim());
-  if (!/^\s*[0-9]+\s*$/.test(value) || !Number.isSafeInteger(n)) {
-    throw new CommanderArgumentError(`Invalid IOPS ${JSON.stringify(value)}: expected an integer`);
-  }
-  return n;
+/** A parser of a non-negative integer flag; `label` names it in the error. */
+function intArg(label: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value.trim());
+    if (!/^\s*[0-9]+\s*$/.test(value) || !Number.isSafeInteger(n)) {
+      throw new CommanderArgumentError(
+        `Invalid ${label} ${JSON.stringify(value)}: expected an integer`,
+      );
+    }
+    return n;
+  };
 }
 
+/** `--iops`: a non-negative integer (Convoy silently turned garbage into 0; we refuse it). */
+export const iopsArg = intArg("IOPS");
+
 /** `--throughput`: a non-negative integer (MiB/s). */
-export function throughputArg(value: string): number {
-  const n = Number(value.trim());
-  if (!/^\s*[0-9]+\s*$/.test(value) || !Number.isSafeInteger(n)) {
-    throw new CommanderArgumentError(
-      `Invalid throughput ${JSON.stringify(value)}: expected an integer`,
-    );
-  }
-  return n;
-}
+export const throughputArg = intArg("throughput");
 
 /**
  * Splits a `--driver-opts` entry on its first "=" (so values may contain "="). Throws when the

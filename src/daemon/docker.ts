@@ -62,6 +62,16 @@ function boolOpt(v: string | undefined, key: string, action: string): boolean {
   throw new InvalidArgumentError(`${action}: invalid option "${key}=${v}": expected true or false`);
 }
 
+/** A non-negative integer option; undefined when absent or empty. */
+function intOpt(v: string | undefined, key: string, action: string): number | undefined {
+  if (!v) return undefined;
+  const n = Number(v);
+  if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n)) {
+    throw new InvalidArgumentError(`${action}: invalid option "${key}=${v}": expected an integer`);
+  }
+  return n;
+}
+
 /** Validates Docker's create options; throws naming every unknown key. */
 export function parseCreateOptions(
   name: string,
@@ -90,24 +100,8 @@ export function parseCreateOptions(
       throw new InvalidArgumentError(`${action}: ${errorMessage(err)}`);
     }
   }
-  let iops: number | undefined;
-  if (o.iops) {
-    iops = Number(o.iops);
-    if (!/^[0-9]+$/.test(o.iops) || !Number.isSafeInteger(iops)) {
-      throw new InvalidArgumentError(
-        `${action}: invalid option "iops=${o.iops}": expected an integer`,
-      );
-    }
-  }
-  let throughput: number | undefined;
-  if (o.throughput) {
-    throughput = Number(o.throughput);
-    if (!/^[0-9]+$/.test(o.throughput) || !Number.isSafeInteger(throughput)) {
-      throw new InvalidArgumentError(
-        `${action}: invalid option "throughput=${o.throughput}": expected an integer`,
-      );
-    }
-  }
+  const iops = intOpt(o.iops, "iops", action);
+  const throughput = intOpt(o.throughput, "throughput", action);
   if (o.snapshot && o.backup) {
     throw new InvalidArgumentError(`${action}: options "backup" and "snapshot" exclude each other`);
   }
@@ -302,8 +296,7 @@ const dockerRoutes: Record<string, DockerRoute> = {
 
   "/VolumeDriver.List": async (svc) => {
     await svc.refreshVolumes();
-    const vols = svc.readyVolumes()
-      .sort((a, b) => a.Name.localeCompare(b.Name));
+    const vols = svc.readyVolumes();
     const list = await Promise.all(vols.map(async (v) => {
       let mp = v.MountPoint;
       try {

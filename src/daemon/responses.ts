@@ -99,8 +99,7 @@ export class ServiceResponses extends ServiceReconcile {
   async listVolumes(opts: { driverInfo?: boolean } = {}): Promise<Record<string, unknown>> {
     await this.refreshVolumes();
     const out: Record<string, unknown> = {};
-    const vols = [...this.state.volumes.values()].filter((v) => v.Status === "ready")
-      .sort((a, b) => a.Name.localeCompare(b.Name));
+    const vols = this.readyVolumes();
     await Promise.all(vols.map(async (v) => {
       try {
         if (opts.driverInfo) {

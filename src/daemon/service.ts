@@ -7,7 +7,7 @@
  */
 import { ServiceBackups } from "./service_backups.ts";
 
-export { type CreateVolumeRequest, unescapeURL } from "./service_base.ts";
+export type { CreateVolumeRequest } from "./service_base.ts";
 export { type SnapshotResponse, sortedMap, type VolumeResponse } from "./responses.ts";
 export { isStaleMount, liveMountIDs, STALE_MOUNT_PREFIX } from "./docker_mounts.ts";
 

@@ -17,7 +17,7 @@ import type { VerifyReport } from "../api/plugin.ts";
 import { decodeBackupURL } from "../backup/url.ts";
 import { isBlockDriver } from "../plugins/block/driver.ts";
 import { validateName } from "../util/names.ts";
-import { unescapeURL } from "./service_base.ts";
+import { unescapeBackupURL } from "../backup/url.ts";
 import type { GcReport } from "../backup/gc.ts";
 import { ServiceSnapshots } from "./service_snapshots.ts";
 
@@ -35,14 +35,14 @@ export class ServiceBackups extends ServiceSnapshots {
     const { volume: v, snapshot: s } = this.snapshot(snapshotName, action);
     const bops = await this.backupOps(v.Driver, action);
     this.backingUp.set(snapshotName, (this.backingUp.get(snapshotName) ?? 0) + 1);
+    const destURL = unescapeBackupURL(opts.destURL);
     const job = this.jobs.start("backup", {
       volume: v.Name,
       snapshot: snapshotName,
-      url: unescapeURL(opts.destURL),
+      url: destURL,
       id: opts.jobID,
     });
     try {
-      const destURL = unescapeURL(opts.destURL);
       const d = this.driver(v.Driver, action);
       // Block drivers take the typed request; other drivers get Convoy's string map.
       const url = isBlockDriver(d)
@@ -79,7 +79,7 @@ export class ServiceBackups extends ServiceSnapshots {
     url: string,
     opts: { endpoint?: string; sample?: number; jobID?: string } = {},
   ): Promise<VerifyReport> {
-    url = unescapeURL(url);
+    url = unescapeBackupURL(url);
     let volume = "";
     try {
       volume = decodeBackupURL(url).volume;
@@ -108,7 +108,7 @@ export class ServiceBackups extends ServiceSnapshots {
    * e.g. ebs://) go to that driver.
    */
   async deleteBackup(url: string, opts: { endpoint?: string } = {}): Promise<void> {
-    url = unescapeURL(url);
+    url = unescapeBackupURL(url);
     const action = `Cannot delete backup "${url}"`;
     const driver = await this.backupDriverOf(url, opts.endpoint, action);
     const bops = await this.backupOps(driver, action);
@@ -118,7 +118,7 @@ export class ServiceBackups extends ServiceSnapshots {
   }
 
   async inspectBackup(url: string, opts: { endpoint?: string } = {}): Promise<StringMap> {
-    url = unescapeURL(url);
+    url = unescapeBackupURL(url);
     const action = `Cannot inspect backup "${url}"`;
     const driver = await this.backupDriverOf(url, opts.endpoint, action);
     const bops = await this.backupOps(driver, action);
@@ -133,7 +133,7 @@ export class ServiceBackups extends ServiceSnapshots {
   ): Promise<Record<string, StringMap>> {
     if (!destURL) throw new InvalidArgumentError("Cannot list backups: no destination URL given");
     if (opts.volumeName) validateName(opts.volumeName, "volume");
-    destURL = unescapeURL(destURL);
+    destURL = unescapeBackupURL(destURL);
     const inStore = this.isStoreURL(destURL);
     const out: Record<string, StringMap> = {};
     for (const [name, d] of this.drivers) {
@@ -174,7 +174,7 @@ export class ServiceBackups extends ServiceSnapshots {
       throw new InvalidArgumentError("Cannot collect garbage: no destination URL given");
     }
     if (opts.volumeName) validateName(opts.volumeName, "volume");
-    const report = await this.backup.collectGarbage(unescapeURL(destURL), opts);
+    const report = await this.backup.collectGarbage(unescapeBackupURL(destURL), opts);
     this.log.info(opts.dryRun ? "backup gc dry run" : "backup gc done", {
       dest: destURL,
       volumes: Object.keys(report.Volumes).length,

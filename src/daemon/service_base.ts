@@ -19,7 +19,6 @@ import type {
 } from "../api/driver.ts";
 import type { HostBackupStoreApi } from "../backup/store_api.ts";
 import type { StoreRegistry } from "../store/registry.ts";
-import { unescapeBackupURL } from "../backup/url.ts";
 import { Jobs } from "./jobs.ts";
 import { generateName, validateName } from "../util/names.ts";
 import type { Logger } from "../util/log.ts";
@@ -43,9 +42,6 @@ export interface CreateVolumeRequest {
   /** The client's ID for the restore job (see Jobs.start). */
   jobID?: string;
 }
-
-/** Replaces every escaped "&" Convoy's CLI printed (see unescapeBackupURL). */
-export const unescapeURL = unescapeBackupURL;
 
 /** The scheme of a URL without ":", or "" when it does not parse. */
 export function schemeOf(url: string): string {
@@ -203,7 +199,8 @@ export class ServiceBase {
 
   /** The ready volumes of the index. */
   readyVolumes(): VolumeRecord[] {
-    return [...this.state.volumes.values()].filter((v) => v.Status === "ready");
+    return [...this.state.volumes.values()].filter((v) => v.Status === "ready")
+      .sort((a, b) => a.Name.localeCompare(b.Name));
   }
 
   /** True when Docker's Remove of volume `name` keeps its data (its driver declares it). */

@@ -24,7 +24,8 @@ import {
   OPT_VOLUME_TYPE,
 } from "../api/options.ts";
 import { validateName } from "../util/names.ts";
-import { type CreateVolumeRequest, unescapeURL } from "./service_base.ts";
+import type { CreateVolumeRequest } from "./service_base.ts";
+import { unescapeBackupURL } from "../backup/url.ts";
 import type { VolumeRecord } from "./state.ts";
 import { ServiceResponses } from "./responses.ts";
 
@@ -57,7 +58,7 @@ export class ServiceVolumes extends ServiceResponses {
     this.state.volumes.set(name, rec);
     const opts: StringMap = {
       [OPT_SIZE]: String(req.size ?? 0),
-      [OPT_BACKUP_URL]: req.backupURL ? unescapeURL(req.backupURL) : "",
+      [OPT_BACKUP_URL]: req.backupURL ? unescapeBackupURL(req.backupURL) : "",
       [OPT_ENDPOINT_URL]: req.endpoint ?? "",
       [OPT_VOLUME_NAME]: name,
       [OPT_VOLUME_ID]: req.driverVolumeID ?? "",
@@ -136,7 +137,7 @@ export class ServiceVolumes extends ServiceResponses {
   async #restoreDriver(req: CreateVolumeRequest): Promise<string | undefined> {
     if (!req.backupURL) return undefined;
     // Any error here (bad URL, missing backup) is reported by the driver's restore instead.
-    const driver = await this.backupDriverOf(unescapeURL(req.backupURL), req.endpoint, "")
+    const driver = await this.backupDriverOf(unescapeBackupURL(req.backupURL), req.endpoint, "")
       .catch(() => undefined);
     return driver && this.drivers.has(driver) ? driver : undefined;
   }

@@ -61,6 +61,7 @@ import {
 } from "./multipart.ts";
 import { fetchError, READ_IDLE_MS, readAll } from "./reads.ts";
 import { type S3RetryOptions, s3RetryPolicy } from "./retry.ts";
+import { pool } from "../../util/pool.ts";
 
 /** S3's largest DeleteObjects request. */
 const DELETE_BATCH = 1000;
@@ -75,29 +76,6 @@ export interface S3StoreOptions extends OpenStoreOptions {
   partSize?: number;
   /** Parallel requests of one write (parts) or one remove (listings, deletes); default 4. */
   concurrency?: number;
-}
-
-/** Runs `fn` over `items` with at most `limit` calls in flight; rejects with the first error. */
-async function forEachLimit<T>(
-  items: Iterable<T>,
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  const it = items[Symbol.iterator]();
-  let failed = false;
-  const worker = async () => {
-    for (let n = it.next(); !n.done && !failed; n = it.next()) {
-      try {
-        await fn(n.value);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  };
-  const results = await Promise.allSettled(Array.from({ length: Math.max(1, limit) }, worker));
-  const bad = results.find((r) => r.status === "rejected");
-  if (bad) throw (bad as PromiseRejectedResult).reason;
 }
 
 /** A plain Uint8Array view (not a Buffer) of `bytes`. */
@@ -403,7 +381,7 @@ export class S3Store implements ObjectStore {
         await this.#deleteBatch(pending.splice(0, DELETE_BATCH));
       }
     };
-    await forEachLimit(checked, this.#concurrency, async (k) => {
+    await pool(checked, { concurrency: this.#concurrency }, async (k) => {
       pending.push(this.#key(k));
       try {
         // The trailing "/" keeps "vol1" from matching "vol10".

@@ -234,13 +234,18 @@ export async function volumeBackupInfos(
   return out;
 }
 
+/** The URL naming `ref` in `store` (for messages and results). */
+export function backupURLOf(store: ObjectStore, ref: { volume: string; backup: string }): string {
+  return encodeBackupURL({ ...ref, destURL: store.url });
+}
+
 /** The backup record of `ref`; NotFoundError naming the backup URL when there is none. */
 export async function requireBackupRecord(
   store: ObjectStore,
   ref: { volume: string; backup: string },
   opts: { action: string; url?: string },
 ): Promise<BackupRecord> {
-  const url = opts.url ?? encodeBackupURL({ ...ref, destURL: store.url });
+  const url = opts.url ?? backupURLOf(store, ref);
   const rec = await loadBackupRecord(store, ref);
   if (!rec) {
     throw new NotFoundError(

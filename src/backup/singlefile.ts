@@ -21,6 +21,7 @@ import type { Logger } from "../util/log.ts";
 import { generateName, validateName } from "../util/names.ts";
 import { rubyDate } from "../util/time.ts";
 import {
+  backupURLOf,
   listBackupNames,
   loadVolumeRecord,
   requireBackupRecord,
@@ -34,7 +35,7 @@ import {
   RecordParseError,
   type VolumeRecord,
 } from "./records.ts";
-import { type BackupRef, encodeBackupURL } from "./url.ts";
+import type { BackupRef } from "./url.ts";
 
 /** A backup within one store. */
 export type StoredBackupRef = Pick<BackupRef, "backup" | "volume">;
@@ -52,11 +53,6 @@ export interface CreateSingleFileOptions extends OperationContext {
   log: Logger;
   /** The CreatedTime of the record (default: now, as RubyDate). */
   now?: () => string;
-}
-
-/** The URL naming `ref` in `store` (for messages and results). */
-export function backupURLOf(store: ObjectStore, ref: StoredBackupRef): string {
-  return encodeBackupURL({ ...ref, destURL: store.url });
 }
 
 async function newBackupName(store: ObjectStore, volume: string): Promise<string> {

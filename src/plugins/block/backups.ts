@@ -17,7 +17,8 @@ import { optionSchemas } from "../../util/option_schemas.ts";
 import { validateName } from "../../util/names.ts";
 import { parseOptions } from "../driver_util.ts";
 import { readFull } from "../../util/fs.ts";
-import { BLOCK_SIZE, type BlockBackupRequest, inContext } from "./core.ts";
+import { BLOCK_SIZE } from "../../backup/codec.ts";
+import { type BlockBackupRequest, inContext } from "./core.ts";
 import { BlockSnapshotOps } from "./snapshots.ts";
 
 /** Backup operations. */

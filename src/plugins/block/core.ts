@@ -38,8 +38,6 @@ import {
   volumeRecordSchema,
 } from "./records.ts";
 
-/** The delta-block engine's block size. */
-export const BLOCK_SIZE = 2 * 1024 * 1024;
 /** mkfs of a large device may take long. */
 export const LONG_COMMAND_TIMEOUT_MS = 24 * 60 * 60 * 1000;
 

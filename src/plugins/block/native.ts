@@ -8,7 +8,8 @@
 import { type FileHandle, open, stat } from "node:fs/promises";
 import type { BlockCallContext, NativeBackupReader } from "../../api/block.ts";
 import type { OperationContext } from "../../api/driver.ts";
-import { isZero } from "../../backup/codec.ts";
+import { BLOCK_SIZE, isZero } from "../../backup/codec.ts";
+import { blockOffsets } from "../../backup/deltablock.ts";
 import { pool } from "../../util/pool.ts";
 import { readFull } from "../../util/fs.ts";
 
@@ -36,8 +37,6 @@ export class NativeBackupRegistry {
 
 /** Parallel reads of a remote reader. */
 const COPY_CONCURRENCY = 4;
-/** A SnapshotSource is read at multiples of 2 MiB, at most 2 MiB at a time. */
-const BLOCK_SIZE = 2 * 1024 * 1024;
 
 /**
  * Copies the mapped ranges of `r` into `target` (a fresh file or device, sized to `r.size` when
@@ -48,12 +47,8 @@ export async function copyNativeBackup(
   target: string,
   ctx?: OperationContext,
 ): Promise<void> {
-  const blocks = new Set<number>();
-  for (const m of r.mappings) {
-    const end = Math.min(m.offset + m.size, r.size);
-    for (let b = Math.floor(m.offset / BLOCK_SIZE); b * BLOCK_SIZE < end; b++) blocks.add(b);
-  }
-  const list = [...blocks].sort((a, b) => a - b);
+  // A SnapshotSource is read at multiples of 2 MiB, at most 2 MiB at a time.
+  const list = blockOffsets(r.mappings, r.size);
   const src = r.source;
   const srcFile = src.kind === "reader" ? undefined : await open(src.path, "r");
   let fh: FileHandle | undefined;
@@ -63,8 +58,7 @@ export async function copyNativeBackup(
     if (isFile) await fh.truncate(r.size);
     const out = fh;
     const progress = { done: 0, total: list.length, bytes: 0 };
-    await pool(list, { concurrency: COPY_CONCURRENCY, signal: ctx?.signal }, async (b) => {
-      const offset = b * BLOCK_SIZE;
+    await pool(list, { concurrency: COPY_CONCURRENCY, signal: ctx?.signal }, async (offset) => {
       const data = new Uint8Array(Math.min(BLOCK_SIZE, r.size - offset));
       if (src.kind === "reader") await src.read(offset, data, { signal: ctx?.signal });
       else await readFull(srcFile!, { buf: data, pos: offset });

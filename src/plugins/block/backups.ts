@@ -99,12 +99,11 @@ export class BlockBackupOps extends BlockSnapshotOps {
     snap: string,
     opts: { base: string; volume: string; ctx?: OperationContext },
   ): Promise<Mappings | UnknownChanges> {
-    const { vol, snap: s } = await this.mustSnapshot(snap, {
-      volume: opts.volume,
-      what: "compare",
-    });
+    // One read of the record serves the snapshot and its base.
+    const of = { volume: opts.volume, what: "compare" };
+    const { vol, snaps, snap: s } = await this.mustSnapshot(snap, of);
     const base = opts.base && opts.base !== snap
-      ? (await this.mustSnapshot(opts.base, { volume: opts.volume, what: "compare" })).snap
+      ? this.snapshotOf(snaps, opts.base, of)
       : undefined;
     const release = base ? this.inUse.use(vol.name, base.name) : () => {};
     try {

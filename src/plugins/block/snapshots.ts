@@ -124,15 +124,23 @@ export class BlockSnapshotOps extends BlockVolumeOps {
   }
 
   protected async mustSnapshot(snap: string, of: { volume: string; what: string }) {
-    const { volume: name, what } = of;
-    const found = await this.must(name, `${what} snapshot "${snap}" of volume`);
-    const s = found.snaps[snap];
+    const found = await this.must(of.volume, `${of.what} snapshot "${snap}" of volume`);
+    return { ...found, snap: this.snapshotOf(found.snaps, snap, of) };
+  }
+
+  /** Snapshot `snap` of a volume read before; NotFoundError when it has none of that name. */
+  protected snapshotOf(
+    snaps: Record<string, BlockSnapshot>,
+    snap: string,
+    of: { volume: string; what: string },
+  ): BlockSnapshot {
+    const s = snaps[snap];
     if (!s) {
       throw new errors.NotFoundError(
-        `Cannot ${what} snapshot "${snap}" of volume "${name}": snapshot does not exist`,
+        `Cannot ${of.what} snapshot "${snap}" of volume "${of.volume}": snapshot does not exist`,
       );
     }
-    return { ...found, snap: s };
+    return s;
   }
 
   async getSnapshotInfo(id: string, volumeID: string): Promise<StringMap> {

@@ -192,24 +192,23 @@ export class BlockCore {
     await ensureDir(join(this.root, this.adapter.records?.dir ?? "state"));
     await ensureDir(join(this.root, "mounts"));
     const { records: recs, unreadable } = await this.readAll();
-    const volumes: BlockVolume[] = [];
-    const snapshots: Record<string, BlockSnapshot[]> = {};
+    const parsed: Array<{ name: string; vol: BlockVolume; snaps: Record<string, BlockSnapshot> }> =
+      [];
     for (const { name, record } of recs) {
       try {
-        const vol = this.volume(record);
-        snapshots[name] = Object.values(this.snapshots(record));
-        volumes.push(vol);
+        parsed.push({ name, vol: this.volume(record), snaps: this.snapshots(record) });
       } catch (err) {
         unreadable.push(name);
         this.log.error(errors.errorMessage(err), { volume: name });
       }
     }
-    await this.adapter.start?.(volumes, { snapshots, unreadable });
+    await this.adapter.start?.(parsed.map((p) => p.vol), {
+      snapshots: Object.fromEntries(parsed.map((p) => [p.name, Object.values(p.snaps)])),
+      unreadable,
+    });
     // Re-activates every recorded volume and re-mounts recorded mounts; failures are logged.
-    for (const { name, record } of recs) {
+    for (const { name, vol, snaps } of parsed) {
       try {
-        const vol = this.volume(record);
-        const snaps = this.snapshots(record);
         let active = await this.activate(vol, snaps);
         if (!active.filesystem) {
           // Convoy's records name none: blkid tells.

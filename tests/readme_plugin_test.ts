@@ -14,14 +14,31 @@ import type { PluginSetup } from "../mod.ts";
 import { importPlugin } from "../src/plugins/loader.ts";
 import { convoy, DENO, ok, REPO, run, startDaemon, tempDir, type TestDaemon } from "./helpers.ts";
 
-/** The ```ts block that follows the README's plugin-example marker. */
-export async function readmePluginExample(): Promise<string> {
+/** The ```ts block that follows the README's `<!-- <marker>: ... -->` marker. */
+async function readmeExample(marker: string): Promise<string> {
   const readme = await readFile(join(REPO, "README.md"), "utf8");
-  const marker = readme.indexOf("<!-- plugin-example:");
-  assert.ok(marker >= 0, "README.md has no <!-- plugin-example: --> marker");
-  const m = /```ts\n([\s\S]*?)```\n/.exec(readme.slice(marker));
-  assert.ok(m, "no ```ts block after the plugin-example marker");
+  const at = readme.indexOf(`<!-- ${marker}:`);
+  assert.ok(at >= 0, `README.md has no <!-- ${marker}: --> marker`);
+  const m = /```ts\n([\s\S]*?)```\n/.exec(readme.slice(at));
+  assert.ok(m, `no \`\`\`ts block after the ${marker} marker`);
   return m[1];
+}
+
+/** Type-checks the plugin file `file` against mod.ts, imported as "convoy/plugin-api". */
+async function assertTypeChecks(dir: string, file: string): Promise<void> {
+  const importMap = join(dir, "import_map.json");
+  const modUrl = pathToFileURL(join(REPO, "mod.ts")).href;
+  await writeFile(importMap, JSON.stringify({ imports: { "convoy/plugin-api": modUrl } }));
+  const r = await run(DENO, [
+    "check",
+    "--quiet",
+    "--config",
+    join(REPO, "deno.json"),
+    "--import-map",
+    importMap,
+    file,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
 }
 
 /** Convoy's time format, as api.util.now() writes it: "Mon Dec 07 15:49:30 +0000 2026". */
@@ -39,7 +56,7 @@ describe("the README's plugin example", () => {
     ({ dir, cleanup } = await tempDir("convoy-readme-plugin-"));
     plugins = join(dir, "plugins");
     await mkdir(plugins);
-    await writeFile(join(plugins, "mydriver.ts"), await readmePluginExample());
+    await writeFile(join(plugins, "mydriver.ts"), await readmeExample("plugin-example"));
     d = await startDaemon({
       root: join(dir, "root"),
       args: ["--plugins", plugins, "--drivers", "vfs", "--drivers", "mydriver"],
@@ -51,19 +68,7 @@ describe("the README's plugin example", () => {
   });
 
   it("type-checks against the plugin API (mod.ts)", async () => {
-    const importMap = join(dir, "import_map.json");
-    const modUrl = pathToFileURL(join(REPO, "mod.ts")).href;
-    await writeFile(importMap, JSON.stringify({ imports: { "convoy/plugin-api": modUrl } }));
-    const r = await run(DENO, [
-      "check",
-      "--quiet",
-      "--config",
-      join(REPO, "deno.json"),
-      "--import-map",
-      importMap,
-      join(plugins, "mydriver.ts"),
-    ]);
-    assert.equal(r.code, 0, r.stderr);
+    await assertTypeChecks(dir, join(plugins, "mydriver.ts"));
   });
 
   it("is loaded by the daemon and listed by convoy info", async () => {
@@ -126,16 +131,6 @@ describe("the README's plugin example", () => {
   });
 });
 
-/** The ```ts block that follows the README's block-adapter-example marker. */
-export async function readmeAdapterExample(): Promise<string> {
-  const readme = await readFile(join(REPO, "README.md"), "utf8");
-  const marker = readme.indexOf("<!-- block-adapter-example:");
-  assert.ok(marker >= 0, "README.md has no <!-- block-adapter-example: --> marker");
-  const m = /```ts\n([\s\S]*?)```\n/.exec(readme.slice(marker));
-  assert.ok(m, "no ```ts block after the block-adapter-example marker");
-  return m[1];
-}
-
 describe("the README's block device adapter example", () => {
   let d: TestDaemon;
   let dir: string;
@@ -147,7 +142,7 @@ describe("the README's block device adapter example", () => {
     ({ dir, cleanup } = await tempDir("convoy-readme-adapter-"));
     plugins = join(dir, "plugins");
     await mkdir(plugins);
-    await writeFile(join(plugins, "sparsedev.ts"), await readmeAdapterExample());
+    await writeFile(join(plugins, "sparsedev.ts"), await readmeExample("block-adapter-example"));
     d = await startDaemon({
       root: join(dir, "root"),
       args: ["--plugins", plugins, "--drivers", "vfs", "--drivers", "sparsedev"],
@@ -159,19 +154,7 @@ describe("the README's block device adapter example", () => {
   });
 
   it("type-checks against the plugin API (mod.ts)", async () => {
-    const importMap = join(dir, "import_map.json");
-    const modUrl = pathToFileURL(join(REPO, "mod.ts")).href;
-    await writeFile(importMap, JSON.stringify({ imports: { "convoy/plugin-api": modUrl } }));
-    const r = await run(DENO, [
-      "check",
-      "--quiet",
-      "--config",
-      join(REPO, "deno.json"),
-      "--import-map",
-      importMap,
-      join(plugins, "sparsedev.ts"),
-    ]);
-    assert.equal(r.code, 0, r.stderr);
+    await assertTypeChecks(dir, join(plugins, "sparsedev.ts"));
   });
 
   it("makes block volumes: mkfs, mount, snapshot, backup, restore into a new volume, delete", async () => {
@@ -214,7 +197,7 @@ describe("the README's block device adapter example", () => {
 // The README's plugin example passes the driver conformance suite, as the README shows a plugin
 // author how to run it: the example has no snapshots, no backups and no --mountpoint.
 const exampleDir = await mkdtemp(join(tmpdir(), "convoy-readme-conformance-"));
-await writeFile(join(exampleDir, "mydriver.ts"), await readmePluginExample());
+await writeFile(join(exampleDir, "mydriver.ts"), await readmeExample("plugin-example"));
 const example = await importPlugin(join(exampleDir, "mydriver.ts"), { forceDataUrl: true });
 driverConformance({
   name: "mydriver",

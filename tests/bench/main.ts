@@ -19,7 +19,7 @@ import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/pr
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { ok, run, startDaemon } from "../helpers.ts";
-import { BENCH_ENV, startS3Server } from "./s3.ts";
+import { BENCH_ENV, must, startS3Server } from "./common.ts";
 import { backupConfigPath, blockPath } from "../../src/backup/layout.ts";
 import { decodeBackupURL } from "../../src/backup/url.ts";
 
@@ -28,12 +28,6 @@ const WORK = process.env.CONVOY_BENCH_DIR ?? "/var/tmp/convoy-bench";
 const DATA_BYTES = Number(process.env.CONVOY_BENCH_DATA ?? 2e9);
 const RUNS = Math.max(1, Number(process.env.CONVOY_BENCH_RUNS ?? 5));
 const log = (msg: string) => process.stderr.write(`bench: ${msg}\n`);
-
-async function must(cmd: string, args: string[], env?: Record<string, string>): Promise<string> {
-  const r = await run(cmd, args, { env });
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr || r.stdout}`);
-  return r.stdout;
-}
 
 async function duBytes(path: string): Promise<number> {
   return Number((await must("du", ["-sb", path])).split(/\s/)[0]);

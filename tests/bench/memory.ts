@@ -12,19 +12,13 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { mountsUnder, ok, run, startDaemon } from "../helpers.ts";
-import { BENCH_ENV, startS3Server } from "./s3.ts";
+import { BENCH_ENV, must, startS3Server } from "./common.ts";
 
 const MiB = 1024 * 1024;
 const WORK = process.env.CONVOY_MEM_DIR ?? "/var/tmp/convoy-bench-memory";
 const VOLUME = Number(process.env.CONVOY_MEM_VOLUME ?? 4 * 1024 * MiB);
 const DATA = Number(process.env.CONVOY_MEM_DATA ?? 2 * 1024 * MiB);
 const log = (msg: string) => process.stderr.write(`bench:memory: ${msg}\n`);
-
-async function must(cmd: string, args: string[]): Promise<string> {
-  const r = await run(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr || r.stdout}`);
-  return r.stdout;
-}
 
 /** VmHWM and VmRSS of `pid`, in bytes; reset first clears the peak (Linux clear_refs 5). */
 async function rss(pid: number, reset = false): Promise<{ peak: number; now: number }> {

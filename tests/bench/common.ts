@@ -1,7 +1,11 @@
-/** The benchmarks' local S3 server (tests/s3_server.ts) with a "bench" bucket, and the CLI's env. */
+/**
+ * What the benchmarks share: the local S3 server (tests/s3_server.ts) with a "bench" bucket, the
+ * CLI's environment, and running a command that must succeed.
+ * @module
+ */
 import { spawn } from "node:child_process";
 import { join } from "node:path";
-import { REPO } from "../helpers.ts";
+import { REPO, run } from "../helpers.ts";
 
 /** The daemon's and CLI's environment: the server checks no signature; no metadata service. */
 export const BENCH_ENV = {
@@ -38,4 +42,15 @@ export async function startS3Server(dir: string): Promise<{ endpoint: string; st
     throw err;
   }
   return { endpoint, stop };
+}
+
+/** Runs `cmd`; its stdout, or an Error with its stderr when it fails. */
+export async function must(
+  cmd: string,
+  args: string[],
+  env?: Record<string, string>,
+): Promise<string> {
+  const r = await run(cmd, args, { env });
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr || r.stdout}`);
+  return r.stdout;
 }
